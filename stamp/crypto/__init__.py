@@ -1,0 +1,1 @@
+"""Byte-exact Project Origin cryptography: pure functions, no I/O (spec/crypto.md)."""
