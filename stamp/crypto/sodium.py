@@ -31,7 +31,7 @@ class CryptoBackendMissing(RuntimeError):
 
 def _load() -> Any:
     try:
-        import pysodium  # type: ignore[import-untyped]
+        import pysodium
     except (ImportError, ValueError, OSError) as exc:  # pysodium raises ValueError when libsodium is absent
         raise CryptoBackendMissing(
             "libsodium is required for Stamp's commitments and range proofs but could not be "

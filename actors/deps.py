@@ -1,0 +1,55 @@
+"""What every actor needs from the process: the loop bridge, the database pool, the
+gateways and the settings. Built once at start-up and handed down."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import pykka
+
+from actors.bridge import LoopBridge
+from stamp.config import Settings
+from stamp.db import queries
+from stamp.db.queries import Lease
+from stamp.domain import Recipient
+
+
+class RecipientCache:
+    """Recipients never change once created, so a bounded cache of them saves a
+    query per certificate. Used from the event loop only."""
+
+    def __init__(self, pool: asyncpg.Pool, size: int = 50_000) -> None:
+        self._pool = pool
+        self._size = size
+        self._entries: OrderedDict[str, Recipient] = OrderedDict()
+        self._lock = asyncio.Lock()
+
+    async def get(self, recipient_id: str) -> Recipient | None:
+        found = self._entries.get(recipient_id)
+        if found is not None:
+            self._entries.move_to_end(recipient_id)
+            return found
+        recipient = await queries.get_recipient(self._pool, recipient_id)
+        if recipient is not None:
+            self._entries[recipient_id] = recipient
+            if len(self._entries) > self._size:
+                self._entries.popitem(last=False)
+        return recipient
+
+
+@dataclass(frozen=True, slots=True)
+class ActorDeps:
+    settings: Settings
+    bridge: LoopBridge
+    pool: asyncpg.Pool
+    recipients: RecipientCache
+    registry_gateway: pykka.ActorRef[Any]
+    wallet_gateway: pykka.ActorRef[Any]
+
+    @property
+    def lease(self) -> Lease:
+        return Lease(self.settings.instance_id, self.settings.lease_seconds)

@@ -1,0 +1,168 @@
+"""Supervisor: admits certificates, owns the actor tree, routes position requests.
+
+At most ``max_in_flight`` certificate actors live at once; the rest wait as rows in
+PostgreSQL (the database is the backlog) and are claimed, oldest first, as capacity
+frees. On start it resumes every certificate this instance was driving before a
+crash or restart, and keeps renewing the leases of those it drives, so that another
+instance takes over only what nobody drives.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import pykka
+import structlog
+
+from actors.base import StampActor
+from actors.bridge import tell_quietly
+from actors.certificate import CertificateActor
+from actors.deps import ActorDeps
+from actors.messages import (
+    AdmitCertificate,
+    AllocatePositionFor,
+    BacklogClaimed,
+    BacklogClaimFailed,
+    CertificateFinished,
+    Drain,
+    PassivateApproved,
+    RecipientIdle,
+    Ref,
+    SupervisorTick,
+)
+from actors.recipient import RecipientActor
+from stamp.db import queries
+from stamp.domain import CertificateKey, CertificateRecord
+
+log = structlog.get_logger(__name__)
+TICK_SECONDS = 1.0
+
+
+@dataclass(slots=True)
+class _RecipientEntry:
+    ref: Ref
+    routed: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SupervisorStats:
+    certificate_actors: int
+    recipient_actors: int
+    draining: bool
+
+
+class Supervisor(StampActor):
+    def __init__(self, deps: ActorDeps) -> None:
+        super().__init__()
+        self.deps = deps
+        self.settings = deps.settings
+        self.certificates: dict[CertificateKey, Ref] = {}
+        self.recipients: dict[str, _RecipientEntry] = {}
+        self.claiming = False
+        self.backlog_waiting = True  # unknown at start: look
+        self.draining = False
+        self.last_renewal = time.monotonic()
+        self.stats = SupervisorStats(0, 0, False)
+
+    def on_start(self) -> None:
+        self._pump()
+        self.deps.bridge.later(TICK_SECONDS, self.actor_ref, SupervisorTick())
+
+    def on_stop(self) -> None:
+        for ref in [*self.certificates.values(), *(e.ref for e in self.recipients.values())]:
+            with contextlib.suppress(pykka.ActorDeadError):
+                ref.stop(block=False)
+
+    def on_receive(self, message: object) -> Any:
+        match message:
+            case AdmitCertificate(record=record):
+                if self.draining or record.key in self.certificates:
+                    pass
+                elif len(self.certificates) < self.settings.max_in_flight:
+                    self._spawn(record)
+                else:
+                    self.backlog_waiting = True
+            case AllocatePositionFor(recipient_id=recipient_id, request=request):
+                self._route(recipient_id, request)
+            case CertificateFinished(key=key, state=state):
+                self.certificates.pop(key, None)
+                if state is None:
+                    # Abandoned (crash, stale, shutdown): let whoever is next pick it up.
+                    self.deps.bridge.run(
+                        queries.release_lease(self.deps.pool, key, self.settings.instance_id),
+                        self.actor_ref,
+                        lambda _: None,
+                        lambda _exc: None,
+                    )
+                    self.backlog_waiting = True
+                if self.backlog_waiting:
+                    self._pump()
+            case RecipientIdle(recipient_id=recipient_id, handled=handled, ref=ref):
+                entry = self.recipients.get(recipient_id)
+                if entry is not None and entry.ref == ref and entry.routed == handled:
+                    del self.recipients[recipient_id]
+                    tell_quietly(ref, PassivateApproved())
+            case BacklogClaimed(records=records, limit=limit):
+                self.claiming = False
+                self.backlog_waiting = len(records) >= limit
+                for record in records:
+                    if record.key not in self.certificates and not self.draining:
+                        self._spawn(record)
+            case BacklogClaimFailed(reason=reason):
+                self.claiming = False
+                log.warning("supervisor.claim_failed", reason=reason)
+            case SupervisorTick():
+                self._on_tick()
+            case Drain():
+                self.draining = True
+        self.stats = SupervisorStats(len(self.certificates), len(self.recipients), self.draining)
+        return None
+
+    def _spawn(self, record: CertificateRecord) -> None:
+        self.certificates[record.key] = CertificateActor.start(record, self.deps, self.actor_ref)
+
+    def _route(self, recipient_id: str, request: object) -> None:
+        entry = self.recipients.get(recipient_id)
+        if entry is None:
+            entry = _RecipientEntry(RecipientActor.start(recipient_id, self.deps, self.actor_ref))
+            self.recipients[recipient_id] = entry
+        entry.routed += 1
+        entry.ref.tell(request)
+
+    def _pump(self) -> None:
+        room = self.settings.max_in_flight - len(self.certificates)
+        if self.claiming or self.draining or room <= 0:
+            return
+        self.claiming = True
+        limit = min(room, 500)
+        self.deps.bridge.run(
+            queries.claim_backlog(
+                self.deps.pool,
+                owner=self.settings.instance_id,
+                lease_seconds=self.settings.lease_seconds,
+                limit=limit,
+            ),
+            self.actor_ref,
+            lambda records: BacklogClaimed(tuple(records), limit),
+            lambda exc: BacklogClaimFailed(f"{type(exc).__name__}: {exc}"),
+        )
+
+    def _on_tick(self) -> None:
+        now = time.monotonic()
+        if now - self.last_renewal >= self.settings.lease_seconds / 3:
+            self.last_renewal = now
+            self.deps.bridge.run(
+                queries.renew_leases(
+                    self.deps.pool, owner=self.settings.instance_id, lease_seconds=self.settings.lease_seconds
+                ),
+                self.actor_ref,
+                lambda _: None,
+                lambda _exc: None,
+            )
+        # Also catches certificates whose owner died (expired leases) and rows stored
+        # while every slot was taken.
+        self._pump()
+        self.deps.bridge.later(TICK_SECONDS, self.actor_ref, SupervisorTick())

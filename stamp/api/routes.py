@@ -1,0 +1,277 @@
+"""Route handlers of the REST API (api.md). Handlers never wait on an actor: they
+write to PostgreSQL and *tell* the supervisor."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import asyncpg
+import orjson
+from aiohttp import web
+
+from actors.messages import AdmitCertificate
+from stamp.api import problems
+from stamp.api.requests import (
+    NewCertificate,
+    parse_limit,
+    parse_new_certificate,
+    parse_new_recipient,
+    parse_state_filter,
+    parse_uuid,
+    read_json_body,
+)
+from stamp.api.runtime import RUNTIME, Runtime
+from stamp.api.views import certificate_detail, certificate_summary, decode_cursor, encode_cursor
+from stamp.db import queries
+from stamp.domain import CertificateKey, CertificateRecord, Recipient, State
+
+routes = web.RouteTableDef()
+
+
+def json_response(
+    body: dict[str, Any], status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(body), status=status, content_type="application/json", headers=headers
+    )
+
+
+def _status_url(request: web.Request, registry: str, certificate_id: str) -> str:
+    return f"{request.app[RUNTIME].settings.path_base}/v1/certificates/{registry}/{certificate_id}"
+
+
+# --- recipients ---------------------------------------------------------------------
+
+
+@routes.post("/v1/recipients")
+async def create_recipient(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    body = await read_json_body(request, runtime.settings.max_body_bytes)
+    new = parse_new_recipient(body)
+    recipient = Recipient(
+        str(uuid.uuid4()), new.wallet_endpoint_version, new.wallet_endpoint_url, new.wallet_public_key
+    )
+    await queries.insert_recipient(runtime.pool, recipient)
+    location = f"{runtime.settings.path_base}/v1/recipients/{recipient.id}"
+    return json_response({"id": recipient.id}, status=201, headers={"Location": location})
+
+
+@routes.get("/v1/recipients/{id}")
+async def get_recipient(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    recipient_id = parse_uuid(request.match_info["id"], "id")
+    recipient = await queries.get_recipient(runtime.pool, recipient_id)
+    if recipient is None:
+        raise problems.NotFound(f"recipient {recipient_id} not found")
+    return json_response(
+        {
+            "id": recipient.id,
+            "walletEndpointReference": {
+                "version": recipient.wallet_endpoint_version,
+                "endpoint": recipient.wallet_endpoint_url,
+                "publicKey": _b64(recipient.wallet_public_key),
+            },
+        }
+    )
+
+
+def _b64(data: bytes) -> str:
+    import base64
+
+    return base64.b64encode(data).decode()
+
+
+# --- certificates -------------------------------------------------------------------
+
+
+@routes.post("/v1/certificates")
+async def create_certificate(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    settings = runtime.settings
+    if runtime.draining:
+        raise problems.Unavailable("Stamp is shutting down", retry_after=5)
+    body = await read_json_body(request, settings.max_body_bytes)
+    new = parse_new_certificate(
+        body,
+        registries=settings.registries.keys(),
+        grid_areas=settings.issuer_keys.keys(),
+        max_attributes=settings.max_attributes,
+        max_attribute_length=settings.max_attribute_length,
+    )
+    row = _new_row(new)
+    if runtime.backlog.full:
+        existing = await queries.find_conflicting(runtime.pool, row)
+        if existing is None:
+            raise problems.Unavailable(
+                f"backlog of {runtime.backlog.count} certificates in progress exceeds the limit "
+                f"{settings.max_backlog}; retry later",
+                retry_after=5,
+            )
+        return _answer_existing(request, new, existing)
+    if await runtime.recipients.get(new.recipient_id) is None:
+        raise problems.NotFound(f"recipient {new.recipient_id} not found", field="recipientId")
+    created_at = await queries.insert_certificate(runtime.pool, row)
+    if created_at is None:
+        existing = await queries.find_conflicting(runtime.pool, row)
+        if existing is None:  # deleted in between cannot happen; treat as a conflict to be safe
+            raise problems.Conflict("the certificate conflicts with another one")
+        return _answer_existing(request, new, existing)
+    runtime.backlog.added()
+    runtime.supervisor.tell(AdmitCertificate(_stored_record(new)))
+    status_url = _status_url(request, new.registry_name, new.certificate_id)
+    return json_response(
+        {
+            "id": new.certificate_id,
+            "registryName": new.registry_name,
+            "state": State.STORED.value,
+            "statusUrl": status_url,
+        },
+        status=202,
+        headers={"Location": status_url},
+    )
+
+
+def _new_row(new: NewCertificate) -> queries.NewCertificateRow:
+    return queries.NewCertificateRow(
+        registry_name=new.registry_name,
+        certificate_id=new.certificate_id,
+        recipient_id=new.recipient_id,
+        metering_point_id=new.metering_point_id,
+        certificate_type=new.certificate_type,
+        quantity=new.quantity,
+        start=new.start,
+        end=new.end,
+        grid_area=new.grid_area,
+        clear_attributes=new.clear_attributes,
+        hashed_attributes=new.hashed_attributes,
+        request_digest=new.canonical_digest(),
+    )
+
+
+def _stored_record(new: NewCertificate) -> CertificateRecord:
+    return CertificateRecord(
+        key=CertificateKey(new.registry_name, new.certificate_id),
+        recipient_id=new.recipient_id,
+        metering_point_id=new.metering_point_id,
+        certificate_type=new.certificate_type,
+        quantity=new.quantity,
+        start=new.start,
+        end=new.end,
+        grid_area=new.grid_area,
+        clear_attributes=new.clear_attributes,
+        hashed_attributes=new.hashed_attributes,
+        state=State.STORED,
+        version=0,
+        position=None,
+        attempts=0,
+        transaction_id=None,
+    )
+
+
+def _stored_as_new(existing: asyncpg.Record) -> NewCertificate:
+    return NewCertificate(
+        recipient_id=existing["recipient_id"],
+        registry_name=existing["registry_name"],
+        metering_point_id=existing["metering_point_id"],
+        certificate_id=existing["id"],
+        certificate_type=existing["certificate_type"],
+        quantity=existing["quantity"],
+        start=existing["period_start"],
+        end=existing["period_end"],
+        grid_area=existing["grid_area"],
+        clear_attributes=tuple((k, v) for k, v in existing["clear_attributes"]),
+        hashed_attributes=tuple((k, v) for k, v in existing["hashed_attributes"]),
+    )
+
+
+def _answer_existing(request: web.Request, new: NewCertificate, existing: asyncpg.Record) -> web.Response:
+    """An identical re-post is answered like the first post; anything else is a 409."""
+    same_key = existing["registry_name"] == new.registry_name and existing["id"] == new.certificate_id
+    if same_key and bytes(existing["request_digest"]) == new.canonical_digest():
+        status_url = _status_url(request, new.registry_name, new.certificate_id)
+        return json_response(
+            {
+                "id": new.certificate_id,
+                "registryName": new.registry_name,
+                "state": existing["state"],
+                "statusUrl": status_url,
+            },
+            status=202,
+            headers={"Location": status_url},
+        )
+    if same_key:
+        differences = new.differences(_stored_as_new(existing))
+        raise problems.Conflict(
+            f"certificate {new.registry_name}/{new.certificate_id} already exists with different content",
+            differences=differences,
+        )
+    raise problems.Conflict(
+        f"metering point {new.metering_point_id} already has certificate {existing['registry_name']}/"
+        f"{existing['id']} for the period {new.start}..{new.end}",
+        differences=["certificate.id"],
+    )
+
+
+@routes.get("/v1/certificates/{registry}/{id}")
+async def get_certificate(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    certificate_id = parse_uuid(request.match_info["id"], "id")
+    key = CertificateKey(request.match_info["registry"], certificate_id)
+    found = await queries.get_view(runtime.pool, key)
+    if found is None:
+        raise problems.NotFound(f"certificate {key} not found")
+    row, events = found
+    return json_response(certificate_detail(row, events))
+
+
+@routes.get("/v1/certificates")
+async def list_certificates(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    query = {k.lower(): v for k, v in request.query.items()}
+    limit = parse_limit(query.get("limit"), default=100, maximum=1000)
+    state = parse_state_filter(query.get("state"))
+    recipient_id = parse_uuid(query["recipientid"], "recipientId") if query.get("recipientid") else None
+    after = None
+    if query.get("cursor"):
+        try:
+            after = decode_cursor(query["cursor"])
+        except ValueError as exc:
+            raise problems.ValidationProblem.single("cursor", str(exc)) from exc
+    rows = await queries.list_certificates(
+        runtime.pool,
+        state=state,
+        recipient_id=recipient_id,
+        metering_point_id=query.get("meteringpointid") or None,
+        after=after,
+        limit=limit + 1,
+    )
+    page, more = rows[:limit], len(rows) > limit
+    return json_response(
+        {
+            "result": [certificate_summary(r) for r in page],
+            "metadata": {
+                "count": len(page),
+                "limit": limit,
+                "nextCursor": encode_cursor(page[-1]) if more else None,
+            },
+        }
+    )
+
+
+# --- operations ---------------------------------------------------------------------
+
+
+@routes.get("/health/live")
+async def live(request: web.Request) -> web.Response:
+    return json_response({"status": "live"})
+
+
+@routes.get("/health/ready")
+async def ready(request: web.Request) -> web.Response:
+    runtime: Runtime = request.app[RUNTIME]
+    checks = await runtime.readiness()
+    ok = all(checks.values())
+    return json_response(
+        {"status": "ready" if ok else "not ready", "checks": checks}, status=200 if ok else 503
+    )

@@ -1,0 +1,67 @@
+"""JSON shapes of Stamp's answers (api.md): camelCase, enums as strings, unix seconds
+for periods, RFC 3339 for timestamps. Never R, salts or keys."""
+
+from __future__ import annotations
+
+import base64
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+import orjson
+
+from stamp.domain import CERTIFICATE_TYPES
+
+
+def rfc3339(at: datetime) -> str:
+    return at.isoformat().replace("+00:00", "Z")
+
+
+def certificate_summary(row: asyncpg.Record) -> dict[str, Any]:
+    failure = None
+    if row["failed_step"] is not None:
+        failure = {"step": row["failed_step"], "reason": row["failure_reason"], "attempts": row["attempts"]}
+    return {
+        "id": row["id"],
+        "registryName": row["registry_name"],
+        "recipientId": row["recipient_id"],
+        "meteringPointId": row["metering_point_id"],
+        "type": CERTIFICATE_TYPES[row["certificate_type"]],
+        "quantity": row["quantity"],
+        "start": row["period_start"],
+        "end": row["period_end"],
+        "gridArea": row["grid_area"],
+        "state": row["state"],
+        "position": row["position"],
+        "rejectionReason": row["rejection_reason"],
+        "failure": failure,
+        "transactionId": row["transaction_id"],
+        "createdAt": rfc3339(row["created_at"]),
+        "updatedAt": rfc3339(row["updated_at"]),
+    }
+
+
+def certificate_detail(row: asyncpg.Record, events: list[asyncpg.Record]) -> dict[str, Any]:
+    view = certificate_summary(row)
+    view["clearTextAttributes"] = dict(row["clear_attributes"])
+    view["hashedAttributes"] = [{"key": k, "value": v} for k, v in row["hashed_attributes"]]
+    view["events"] = [
+        {"type": e["event_type"], "state": e["state"], "at": rfc3339(e["at"]), "detail": e["detail"]}
+        for e in events
+    ]
+    return view
+
+
+def encode_cursor(row: asyncpg.Record) -> str:
+    raw = orjson.dumps([row["created_at"].isoformat(), row["registry_name"], row["id"]])
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str, str]:
+    """Raises ValueError for anything that is not a cursor this API issued."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        at, registry, certificate_id = orjson.loads(raw)
+        return datetime.fromisoformat(at), str(registry), str(certificate_id)
+    except (ValueError, TypeError, orjson.JSONDecodeError) as exc:
+        raise ValueError("not a valid cursor") from exc

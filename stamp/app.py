@@ -1,0 +1,167 @@
+"""Assembly of one Stamp process: every resource is set up and torn down in one
+``cleanup_ctx`` generator, so start order and reverse stop order follow by
+construction (STYLE.md "Lifecycles in one place").
+
+database → crypto process pool → registry/wallet clients → actors → HTTP routes
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import multiprocessing
+import threading
+from collections.abc import AsyncIterator
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any
+
+import asyncpg
+import pykka
+import structlog
+from aiohttp import web
+
+from actors.bridge import LoopBridge
+from actors.deps import ActorDeps, RecipientCache
+from actors.messages import Drain
+from actors.registry_gateway import RegistryGateway
+from actors.supervisor import Supervisor
+from actors.wallet_gateway import WalletGateway
+from stamp.api.problems import problem_middleware
+from stamp.api.routes import routes
+from stamp.api.runtime import RUNTIME, Backlog, Runtime
+from stamp.config import Settings
+from stamp.db import queries
+from stamp.db.embedded import EmbeddedPostgres
+from stamp.db.migrate import apply_migrations, ensure_current
+from stamp.db.pool import create_pool, wait_for_database
+from stamp.gateways.registry_client import RegistryClient
+from stamp.gateways.wallet_client import WalletClient
+
+log = structlog.get_logger(__name__)
+
+SETTINGS = web.AppKey("settings", Settings)
+POOL = web.AppKey("pool", asyncpg.Pool)
+EXECUTOR = web.AppKey("executor", ProcessPoolExecutor)
+REGISTRY_CLIENT = web.AppKey("registry_client", RegistryClient)
+WALLET_CLIENT = web.AppKey("wallet_client", WalletClient)
+
+# Many actor threads at once: their stacks are small (messages are handled in
+# shallow calls), so a smaller stack keeps the resident memory low.
+ACTOR_THREAD_STACK_BYTES = 512 * 1024
+
+
+async def database_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    embedded: EmbeddedPostgres | None = None
+    dsn = settings.database_url
+    if dsn is None:
+        embedded = EmbeddedPostgres(settings.data_dir / "pg")
+        dsn = await asyncio.to_thread(embedded.start)
+        log.info("database.embedded_started", data_dir=str(settings.data_dir / "pg"))
+    try:
+        await wait_for_database(dsn, timeout=30)
+        pool = await create_pool(dsn, min_size=2, max_size=20)
+        async with pool.acquire() as conn:
+            if settings.auto_migrate:
+                applied = await apply_migrations(conn)
+                if applied:
+                    log.info("database.migrated", versions=applied)
+            await ensure_current(conn)
+        app[POOL] = pool
+        yield
+        await pool.close()
+    finally:
+        if embedded is not None:
+            await asyncio.to_thread(embedded.stop)
+
+
+def warm_crypto_worker() -> None:
+    """Runs once in each fresh worker: imports and generator tables are paid for at
+    start-up, not by the first certificates."""
+    from stamp.crypto.generators import bulletproof_gens
+
+    bulletproof_gens(32)
+
+
+async def crypto_pool_ctx(app: web.Application) -> AsyncIterator[None]:
+    # Proving is CPU-bound and pure: a process pool puts it on every core. "spawn",
+    # because forking a process that runs actor and gRPC threads is unsafe.
+    settings = app[SETTINGS]
+    executor = ProcessPoolExecutor(settings.crypto_workers, mp_context=multiprocessing.get_context("spawn"))
+    loop = asyncio.get_running_loop()
+    await asyncio.gather(
+        *(loop.run_in_executor(executor, warm_crypto_worker) for _ in range(settings.crypto_workers))
+    )
+    app[EXECUTOR] = executor
+    yield
+    executor.shutdown(wait=False, cancel_futures=True)
+
+
+async def clients_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    app[REGISTRY_CLIENT] = RegistryClient(
+        settings.registries, call_timeout=settings.registry_call_timeout_seconds
+    )
+    app[WALLET_CLIENT] = WalletClient(
+        timeout=settings.wallet_timeout_seconds, limit_per_host=settings.wallet_concurrency_per_host
+    )
+    yield
+    await app[WALLET_CLIENT].close()
+    await app[REGISTRY_CLIENT].close()
+
+
+async def actors_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings, pool = app[SETTINGS], app[POOL]
+    threading.stack_size(ACTOR_THREAD_STACK_BYTES)
+    bridge = LoopBridge(asyncio.get_running_loop(), app[EXECUTOR])
+    registry_gateway = RegistryGateway.start(app[REGISTRY_CLIENT], bridge, settings)
+    wallet_gateway = WalletGateway.start(app[WALLET_CLIENT], bridge)
+    recipients = RecipientCache(pool)
+    deps = ActorDeps(settings, bridge, pool, recipients, registry_gateway, wallet_gateway)
+    released = await queries.release_all_leases(pool, settings.instance_id)
+    if released:
+        log.info("supervisor.resuming", certificates=released)
+    backlog = Backlog(settings.max_backlog)
+    await backlog.refresh(pool)
+    supervisor = Supervisor.start(deps)
+    runtime = Runtime(settings, pool, supervisor, recipients, backlog)
+    app[RUNTIME] = runtime
+    refresher = asyncio.create_task(_refresh_backlog(runtime))
+    yield
+    runtime.draining = True
+    refresher.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await refresher
+    await asyncio.to_thread(_stop_actors, supervisor, [registry_gateway, wallet_gateway])
+
+
+def _stop_actors(supervisor: pykka.ActorRef[Any], gateways: list[pykka.ActorRef[Any]]) -> None:
+    with contextlib.suppress(pykka.ActorDeadError):
+        supervisor.tell(Drain())
+    with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
+        supervisor.stop(block=True, timeout=10)
+    for gateway in gateways:
+        with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
+            gateway.stop(block=True, timeout=5)
+
+
+async def _refresh_backlog(runtime: Runtime) -> None:
+    while True:
+        await asyncio.sleep(1)
+        try:
+            await runtime.backlog.refresh(runtime.pool)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("backlog.refresh_failed", error=type(exc).__name__)
+
+
+def build_app(settings: Settings) -> web.Application:
+    app = web.Application(middlewares=[problem_middleware], client_max_size=settings.max_body_bytes + 1024)
+    app[SETTINGS] = settings
+    app.cleanup_ctx.extend([database_ctx, crypto_pool_ctx, clients_ctx, actors_ctx])
+    # Like the existing Stamp, every route answers with and without the path base.
+    bases = [""] if not settings.path_base else ["", settings.path_base]
+    for base in bases:
+        for route in routes:
+            assert isinstance(route, web.RouteDef)
+            app.router.add_route(route.method, base + route.path, route.handler)
+    return app

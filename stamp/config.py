@@ -1,0 +1,297 @@
+"""Stamp's configuration: ``STAMP_*`` environment variables, validated at start.
+
+Every problem is collected and reported at once (``ConfigError``) so an operator fixes
+a deployment in one go; ``stamp check-config`` prints the result with secrets masked.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, TypeVar
+
+import platformdirs
+
+from stamp.crypto.issuer_keys import IssuerKey
+
+T = TypeVar("T")
+
+LEGACY_ISSUER_KEY_PREFIX = "IssuerPrivateKeyPems__"
+"""The existing Stamp's form: one variable per grid area holding Base64 of the PEM."""
+
+
+class ConfigError(ValueError):
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("invalid configuration:\n  - " + "\n  - ".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Exponential backoff with full jitter: delay n = random(0, min(cap, base·2^n))."""
+
+    base_seconds: float = 0.2
+    cap_seconds: float = 10.0
+    max_attempts: int = 10
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    database_url: str | None = None
+    data_dir: Path = field(default_factory=lambda: Path(platformdirs.user_data_dir("stamp")))
+    host: str = "127.0.0.1"
+    port: int = 8080
+    path_base: str = ""
+    registries: Mapping[str, str] = field(default_factory=dict)
+    issuer_keys: Mapping[str, IssuerKey] = field(default_factory=dict, repr=False)
+    auto_migrate: bool = True
+    # Stable across restarts of one deployment, so a restarted instance resumes its own
+    # certificates at once instead of waiting for their leases to expire.
+    instance_id: str = field(default_factory=lambda: f"{socket.gethostname()}:8080")
+    max_in_flight: int = 512
+    max_backlog: int = 200_000
+    max_body_bytes: int = 64 * 1024
+    max_attributes: int = 50
+    max_attribute_length: int = 512
+    crypto_workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    verify_own_proofs: bool = True
+    registry_batch_size: int = 200
+    registry_poll_initial_seconds: float = 0.2
+    registry_poll_max_seconds: float = 2.0
+    registry_pending_timeout_seconds: float = 300.0
+    registry_call_timeout_seconds: float = 10.0
+    registry_retry: RetryPolicy = RetryPolicy()
+    wallet_timeout_seconds: float = 10.0
+    wallet_concurrency_per_host: int = 32
+    wallet_retry: RetryPolicy = RetryPolicy()
+    recipient_idle_seconds: float = 30.0
+    lease_seconds: float = 60.0
+    shutdown_timeout_seconds: float = 20.0
+    log_format: str = "json"
+    log_level: str = "info"
+
+    @property
+    def embedded_database(self) -> bool:
+        return self.database_url is None
+
+    def masked(self) -> dict[str, Any]:
+        """The effective configuration for display: secrets and passwords masked."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "issuer_keys":
+                value = {area: key.fingerprint for area, key in value.items()}
+            elif f.name == "database_url" and value:
+                value = re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", value)
+            elif isinstance(value, Path):
+                value = str(value)
+            elif isinstance(value, RetryPolicy):
+                value = {g.name: getattr(value, g.name) for g in fields(value)}
+            elif isinstance(value, Mapping):
+                value = dict(value)
+            out[f.name] = value
+        return out
+
+
+def _read(env: Mapping[str, str], problems: list[str], name: str, parse: Callable[[str], T], default: T) -> T:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        return parse(raw.strip())
+    except (ValueError, OSError) as exc:
+        problems.append(f"{name}={raw!r}: {exc}")
+        return default
+
+
+def _positive_int(raw: str) -> int:
+    value = int(raw)
+    if value <= 0:
+        raise ValueError("must be a positive integer")
+    return value
+
+
+def _non_negative_float(raw: str) -> float:
+    value = float(raw)
+    if value < 0:
+        raise ValueError("must be ≥ 0")
+    return value
+
+
+def _bool(raw: str) -> bool:
+    lowered = raw.lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError("must be true or false")
+
+
+def _port(raw: str) -> int:
+    value = int(raw)
+    if not 0 <= value <= 65535:
+        raise ValueError("must be a port number 0..65535")
+    return value
+
+
+def _path_base(raw: str) -> str:
+    base = "/" + raw.strip("/")
+    if base == "/":
+        return ""
+    if not re.fullmatch(r"(/[A-Za-z0-9._~-]+)+", base):
+        raise ValueError("must be a URL path such as /api")
+    return base
+
+
+def _pairs(raw: str) -> list[tuple[str, str]]:
+    """``NAME=value`` items separated by ``,`` or ``;`` (PEM and Base64 contain neither)."""
+    pairs = []
+    for item in re.split(r"[;,]", raw):
+        if not item.strip():
+            continue
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip() or not value.strip():
+            raise ValueError(f"expected NAME=VALUE items, got {item.strip()!r}")
+        pairs.append((name.strip(), value.strip()))
+    return pairs
+
+
+def _registries(raw: str) -> dict[str, str]:
+    registries = {}
+    for name, address in _pairs(raw):
+        if not re.fullmatch(r"[^:\s]+:\d{1,5}", address):
+            raise ValueError(f"registry {name!r}: address must be host:port, got {address!r}")
+        registries[name] = address
+    return registries
+
+
+def _issuer_key(value: str) -> IssuerKey:
+    """A PEM file path, inline PEM, or Base64 of the PEM text."""
+    if "BEGIN" not in value and not value.startswith("LS0t") and Path(value).exists():
+        value = Path(value).read_text()
+    return IssuerKey.from_pem(value)
+
+
+def _issuer_keys(env: Mapping[str, str], problems: list[str]) -> dict[str, IssuerKey]:
+    keys: dict[str, IssuerKey] = {}
+    raw = env.get("STAMP_ISSUER_KEYS", "")
+    items: list[tuple[str, str, str]] = []
+    # Inline PEM keeps its newlines; split items on ';' or ',' only outside a PEM body.
+    try:
+        items += [("STAMP_ISSUER_KEYS", area, value) for area, value in _pairs(raw.replace("\n", "\\n"))]
+    except ValueError as exc:
+        problems.append(f"STAMP_ISSUER_KEYS: {exc}")
+    items += [
+        (name, name[len(LEGACY_ISSUER_KEY_PREFIX) :], value)
+        for name, value in env.items()
+        if name.startswith(LEGACY_ISSUER_KEY_PREFIX)
+    ]
+    for source, area, value in items:
+        try:
+            keys[area] = _issuer_key(value.replace("\\n", "\n"))
+        except (ValueError, OSError) as exc:
+            problems.append(f"{source}: grid area {area!r}: not a usable Ed25519 private key ({exc})")
+    return keys
+
+
+def _retry(env: Mapping[str, str], problems: list[str], prefix: str) -> RetryPolicy:
+    default = RetryPolicy()
+    return RetryPolicy(
+        base_seconds=_read(
+            env, problems, f"{prefix}_RETRY_BASE_SECONDS", _non_negative_float, default.base_seconds
+        ),
+        cap_seconds=_read(
+            env, problems, f"{prefix}_RETRY_CAP_SECONDS", _non_negative_float, default.cap_seconds
+        ),
+        max_attempts=_read(
+            env, problems, f"{prefix}_RETRY_MAX_ATTEMPTS", _positive_int, default.max_attempts
+        ),
+    )
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate the configuration; raise ConfigError listing every problem."""
+    env = os.environ if env is None else env
+    problems: list[str] = []
+    d = Settings()
+    database_url = env.get("STAMP_DATABASE_URL") or None
+    if database_url and not re.match(r"postgres(ql)?://", database_url):
+        problems.append("STAMP_DATABASE_URL: must be a postgresql:// URL")
+    log_format = env.get("STAMP_LOG_FORMAT", d.log_format).lower()
+    if log_format not in {"json", "console"}:
+        problems.append(f"STAMP_LOG_FORMAT={log_format!r}: must be json or console")
+    log_level = env.get("STAMP_LOG_LEVEL", d.log_level).lower()
+    if log_level not in {"debug", "info", "warning", "error"}:
+        problems.append(f"STAMP_LOG_LEVEL={log_level!r}: must be debug, info, warning or error")
+    settings = Settings(
+        database_url=database_url,
+        data_dir=_read(env, problems, "STAMP_DATA_DIR", Path, d.data_dir),
+        host=env.get("STAMP_HOST", d.host),
+        port=_read(env, problems, "STAMP_PORT", _port, d.port),
+        path_base=_read(env, problems, "STAMP_PATH_BASE", _path_base, d.path_base),
+        registries=_read(env, problems, "STAMP_REGISTRIES", _registries, {}),
+        issuer_keys=_issuer_keys(env, problems),
+        auto_migrate=_read(env, problems, "STAMP_AUTO_MIGRATE", _bool, database_url is None),
+        instance_id=env.get("STAMP_INSTANCE_ID")
+        or f"{socket.gethostname()}:{env.get('STAMP_PORT') or d.port}",
+        max_in_flight=_read(env, problems, "STAMP_MAX_IN_FLIGHT", _positive_int, d.max_in_flight),
+        max_backlog=_read(env, problems, "STAMP_MAX_BACKLOG", _positive_int, d.max_backlog),
+        max_body_bytes=_read(env, problems, "STAMP_MAX_BODY_BYTES", _positive_int, d.max_body_bytes),
+        max_attributes=_read(env, problems, "STAMP_MAX_ATTRIBUTES", _positive_int, d.max_attributes),
+        max_attribute_length=_read(
+            env, problems, "STAMP_MAX_ATTRIBUTE_LENGTH", _positive_int, d.max_attribute_length
+        ),
+        crypto_workers=_read(env, problems, "STAMP_CRYPTO_WORKERS", _positive_int, d.crypto_workers),
+        verify_own_proofs=_read(env, problems, "STAMP_VERIFY_OWN_PROOFS", _bool, d.verify_own_proofs),
+        registry_batch_size=_read(
+            env, problems, "STAMP_REGISTRY_BATCH_SIZE", _positive_int, d.registry_batch_size
+        ),
+        registry_poll_initial_seconds=_read(
+            env,
+            problems,
+            "STAMP_REGISTRY_POLL_INITIAL_SECONDS",
+            _non_negative_float,
+            d.registry_poll_initial_seconds,
+        ),
+        registry_poll_max_seconds=_read(
+            env, problems, "STAMP_REGISTRY_POLL_MAX_SECONDS", _non_negative_float, d.registry_poll_max_seconds
+        ),
+        registry_pending_timeout_seconds=_read(
+            env,
+            problems,
+            "STAMP_REGISTRY_PENDING_TIMEOUT_SECONDS",
+            _non_negative_float,
+            d.registry_pending_timeout_seconds,
+        ),
+        registry_call_timeout_seconds=_read(
+            env,
+            problems,
+            "STAMP_REGISTRY_CALL_TIMEOUT_SECONDS",
+            _non_negative_float,
+            d.registry_call_timeout_seconds,
+        ),
+        registry_retry=_retry(env, problems, "STAMP_REGISTRY"),
+        wallet_timeout_seconds=_read(
+            env, problems, "STAMP_WALLET_TIMEOUT_SECONDS", _non_negative_float, d.wallet_timeout_seconds
+        ),
+        wallet_concurrency_per_host=_read(
+            env, problems, "STAMP_WALLET_CONCURRENCY_PER_HOST", _positive_int, d.wallet_concurrency_per_host
+        ),
+        wallet_retry=_retry(env, problems, "STAMP_WALLET"),
+        recipient_idle_seconds=_read(
+            env, problems, "STAMP_RECIPIENT_IDLE_SECONDS", _non_negative_float, d.recipient_idle_seconds
+        ),
+        lease_seconds=_read(env, problems, "STAMP_LEASE_SECONDS", _non_negative_float, d.lease_seconds),
+        shutdown_timeout_seconds=_read(
+            env, problems, "STAMP_SHUTDOWN_TIMEOUT", _non_negative_float, d.shutdown_timeout_seconds
+        ),
+        log_format=log_format,
+        log_level=log_level,
+    )
+    if problems:
+        raise ConfigError(problems)
+    return settings

@@ -1,0 +1,473 @@
+"""All of Stamp's SQL, as named, parameterised statements (STYLE.md "SQL as SQL").
+
+Every state change is a single statement: a compare-and-set ``UPDATE … WHERE version =
+$expected`` whose RETURNING feeds the ``INSERT`` of the history event in the same
+statement, so the row and its event commit together and a stale writer changes
+nothing (invariant 5).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from stamp.domain import ACTIVE_STATES, CertificateKey, CertificateRecord, Event, Recipient, State
+
+ACTIVE = [s.value for s in ACTIVE_STATES]
+Conn = asyncpg.Pool | asyncpg.Connection
+
+# --- recipients -------------------------------------------------------------------
+
+INSERT_RECIPIENT = """
+INSERT INTO recipients (id, wallet_endpoint_version, wallet_endpoint_url, wallet_public_key)
+VALUES ($1, $2, $3, $4)
+"""
+
+SELECT_RECIPIENT = """
+SELECT id::text, wallet_endpoint_version, wallet_endpoint_url, wallet_public_key
+FROM recipients WHERE id = $1
+"""
+
+# Positions for a batch of certificates of one recipient, in one statement: the
+# recipient row is locked (the counter is serialised across processes too), each
+# certificate still without a position and at its expected version gets the next
+# number in request order, and the counter advances by exactly the number handed
+# out, so positions have no gaps.
+ALLOCATE_POSITIONS = """
+WITH recipient AS (
+    SELECT id, next_position FROM recipients WHERE id = $1 FOR UPDATE
+),
+wanted AS (
+    SELECT w.registry_name, w.id, w.version, w.ord
+    FROM unnest($2::text[], $3::uuid[], $4::int[]) WITH ORDINALITY AS w(registry_name, id, version, ord)
+),
+eligible AS (
+    SELECT c.registry_name, c.id,
+           row_number() OVER (ORDER BY wanted.ord) - 1 AS offset_
+    FROM wanted
+    JOIN certificates c
+      ON c.registry_name = wanted.registry_name AND c.id = wanted.id
+     AND c.version = wanted.version AND c.position IS NULL AND c.state = 'stored'
+     AND c.recipient_id = $1
+),
+assigned AS (
+    UPDATE certificates c
+    SET position = recipient.next_position + eligible.offset_,
+        version = c.version + 1,
+        lease_owner = $5, lease_until = now() + make_interval(secs => $6),
+        updated_at = now()
+    FROM eligible, recipient
+    WHERE c.registry_name = eligible.registry_name AND c.id = eligible.id
+    RETURNING c.registry_name, c.id::text, c.position, c.version
+),
+advanced AS (
+    UPDATE recipients r SET next_position = r.next_position + (SELECT count(*) FROM assigned)
+    WHERE r.id = $1
+    RETURNING r.next_position
+)
+SELECT assigned.*, (SELECT next_position FROM advanced) AS next_position FROM assigned
+"""
+
+# --- certificates: intake -----------------------------------------------------------
+
+INSERT_CERTIFICATE = """
+WITH inserted AS (
+    INSERT INTO certificates (
+        registry_name, id, recipient_id, metering_point_id, certificate_type, quantity,
+        period_start, period_end, grid_area, clear_attributes, hashed_attributes,
+        request_digest, state)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'stored')
+    ON CONFLICT DO NOTHING
+    RETURNING registry_name, id, state, created_at
+),
+event AS (
+    INSERT INTO certificate_events (registry_name, certificate_id, event_type, state, detail)
+    SELECT registry_name, id, 'CertificateStored', state, '{}'::jsonb FROM inserted
+)
+SELECT state, created_at FROM inserted
+"""
+
+SELECT_CONFLICTING = """
+SELECT registry_name, id::text, recipient_id::text, metering_point_id, certificate_type,
+       quantity, period_start, period_end, grid_area, clear_attributes, hashed_attributes,
+       request_digest, state
+FROM certificates
+WHERE (registry_name = $1 AND id = $2)
+   OR (metering_point_id = $3 AND period_start = $4 AND period_end = $5)
+ORDER BY (registry_name = $1 AND id = $2) DESC
+LIMIT 1
+"""
+
+COUNT_ACTIVE = """
+SELECT count(*) FROM certificates
+WHERE state IN ('stored', 'sent_to_registry', 'issued_in_registry', 'marked_as_issued')
+"""
+
+COUNT_BY_STATE = "SELECT state, count(*) FROM certificates GROUP BY state"
+
+# --- certificates: reads -------------------------------------------------------------
+
+
+def _record_columns(t: str) -> str:
+    return f"""
+{t}.registry_name, {t}.id::text AS id, {t}.recipient_id::text AS recipient_id, {t}.metering_point_id,
+{t}.certificate_type, {t}.quantity, {t}.period_start, {t}.period_end, {t}.grid_area,
+{t}.clear_attributes, {t}.hashed_attributes, {t}.state, {t}.version, {t}.position, {t}.attempts,
+{t}.transaction_id, {t}.transaction, {t}.blinding, {t}.salts, {t}.failed_step
+"""
+
+
+SELECT_RECORD = f"SELECT {_record_columns('c')} FROM certificates c WHERE registry_name = $1 AND id = $2"
+
+SELECT_VIEW = """
+SELECT registry_name, id::text AS id, recipient_id::text AS recipient_id, metering_point_id,
+       certificate_type, quantity, period_start, period_end, grid_area, clear_attributes,
+       hashed_attributes, state, position, transaction_id, rejection_reason, failed_step,
+       failure_reason, attempts, created_at, updated_at
+FROM certificates WHERE registry_name = $1 AND id = $2
+"""
+
+SELECT_EVENTS = """
+SELECT event_type, state, at, detail FROM certificate_events
+WHERE registry_name = $1 AND certificate_id = $2 ORDER BY seq
+"""
+
+# Keyset paging over (created_at, registry_name, id); every filter is optional.
+LIST_CERTIFICATES = """
+SELECT registry_name, id::text AS id, recipient_id::text AS recipient_id, metering_point_id,
+       certificate_type, quantity, period_start, period_end, grid_area, state, position,
+       transaction_id, rejection_reason, failed_step, failure_reason, attempts,
+       created_at, updated_at
+FROM certificates
+WHERE ($1::text IS NULL OR state = $1)
+  AND ($2::uuid IS NULL OR recipient_id = $2)
+  AND ($3::text IS NULL OR metering_point_id = $3)
+  AND ($4::timestamptz IS NULL OR (created_at, registry_name, id) > ($4, $5, $6::uuid))
+ORDER BY created_at, registry_name, id
+LIMIT $7
+"""
+
+# --- certificates: admission and leases --------------------------------------------
+
+# Certificates that nobody drives (never admitted, or their owner's lease ran out),
+# oldest first; SKIP LOCKED lets several instances claim side by side.
+CLAIM_BACKLOG = f"""
+UPDATE certificates c
+SET lease_owner = $1, lease_until = now() + make_interval(secs => $2)
+FROM (
+    SELECT registry_name, id FROM certificates
+    WHERE state IN ('stored', 'sent_to_registry', 'issued_in_registry', 'marked_as_issued')
+      AND (lease_owner IS NULL OR lease_until < now())
+    ORDER BY created_at
+    LIMIT $3
+    FOR UPDATE SKIP LOCKED
+) picked
+WHERE c.registry_name = picked.registry_name AND c.id = picked.id
+RETURNING {_record_columns("c")}
+"""
+
+RENEW_LEASES = """
+UPDATE certificates SET lease_until = now() + make_interval(secs => $2)
+WHERE lease_owner = $1
+  AND state IN ('stored', 'sent_to_registry', 'issued_in_registry', 'marked_as_issued')
+"""
+
+# At start-up: whatever this instance drove before it stopped is up for grabs again.
+RELEASE_ALL_LEASES = """
+UPDATE certificates SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = $1
+"""
+
+RELEASE_LEASE = """
+UPDATE certificates SET lease_owner = NULL, lease_until = NULL
+WHERE registry_name = $1 AND id = $2 AND lease_owner = $3
+"""
+
+# --- certificates: transitions --------------------------------------------------------
+
+_TRANSITION = """
+WITH changed AS (
+    UPDATE certificates
+    SET state = $4, version = version + 1, updated_at = now(),
+        lease_owner = CASE WHEN $4 IN ('delivered', 'rejected', 'failed') THEN NULL ELSE $5 END,
+        lease_until = CASE WHEN $4 IN ('delivered', 'rejected', 'failed') THEN NULL
+                           ELSE now() + make_interval(secs => $6) END,
+        {assignments}
+    WHERE registry_name = $1 AND id = $2 AND version = $3
+    RETURNING registry_name, id, version, state
+),
+event AS (
+    INSERT INTO certificate_events (registry_name, certificate_id, event_type, state, detail)
+    SELECT registry_name, id, $7, state, $8 FROM changed
+)
+SELECT version FROM changed
+"""
+
+RECORD_TRANSACTION = _TRANSITION.format(
+    assignments="transaction = $9, transaction_id = $10, blinding = $11, salts = $12, attempts = 0"
+)
+ADVANCE = _TRANSITION.format(assignments="attempts = 0")
+REJECT = _TRANSITION.format(assignments="rejection_reason = $9")
+FAIL = _TRANSITION.format(assignments="failed_step = $9, failure_reason = $10, attempts = $11")
+
+# Before every wallet delivery after the first: only the writer that moves the
+# version on may send, so two drivers of one certificate never both deliver.
+CLAIM_DELIVERY = """
+UPDATE certificates
+SET version = version + 1, attempts = attempts + 1, updated_at = now(),
+    lease_owner = $4, lease_until = now() + make_interval(secs => $5)
+WHERE registry_name = $1 AND id = $2 AND version = $3 AND state = 'marked_as_issued'
+RETURNING version
+"""
+
+RETRY_FAILED = """
+WITH changed AS (
+    UPDATE certificates
+    SET state = $3, version = version + 1, updated_at = now(), attempts = 0,
+        failed_step = NULL, failure_reason = NULL, lease_owner = NULL, lease_until = NULL
+    WHERE registry_name = $1 AND id = $2 AND state = 'failed'
+    RETURNING registry_name, id, version, state
+),
+event AS (
+    INSERT INTO certificate_events (registry_name, certificate_id, event_type, state, detail)
+    SELECT registry_name, id, 'CertificateRetried', state, $4 FROM changed
+)
+SELECT version FROM changed
+"""
+
+
+# --- functions ---------------------------------------------------------------------------
+
+
+def record_from_row(row: asyncpg.Record) -> CertificateRecord:
+    return CertificateRecord(
+        key=CertificateKey(row["registry_name"], row["id"]),
+        recipient_id=row["recipient_id"],
+        metering_point_id=row["metering_point_id"],
+        certificate_type=row["certificate_type"],
+        quantity=row["quantity"],
+        start=row["period_start"],
+        end=row["period_end"],
+        grid_area=row["grid_area"],
+        clear_attributes=tuple((k, v) for k, v in row["clear_attributes"]),
+        hashed_attributes=tuple((k, v) for k, v in row["hashed_attributes"]),
+        state=State(row["state"]),
+        version=row["version"],
+        position=row["position"],
+        attempts=row["attempts"],
+        transaction_id=row["transaction_id"],
+        transaction=row["transaction"],
+        blinding=row["blinding"],
+        salts=tuple(row["salts"]) if row["salts"] is not None else None,
+        failed_step=row["failed_step"],
+    )
+
+
+async def insert_recipient(conn: Conn, recipient: Recipient) -> None:
+    await conn.execute(
+        INSERT_RECIPIENT,
+        recipient.id,
+        recipient.wallet_endpoint_version,
+        recipient.wallet_endpoint_url,
+        recipient.wallet_public_key,
+    )
+
+
+async def get_recipient(conn: Conn, recipient_id: str) -> Recipient | None:
+    row = await conn.fetchrow(SELECT_RECIPIENT, recipient_id)
+    if row is None:
+        return None
+    return Recipient(
+        row["id"], row["wallet_endpoint_version"], row["wallet_endpoint_url"], row["wallet_public_key"]
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class NewCertificateRow:
+    registry_name: str
+    certificate_id: str
+    recipient_id: str
+    metering_point_id: str
+    certificate_type: int
+    quantity: int
+    start: int
+    end: int
+    grid_area: str
+    clear_attributes: tuple[tuple[str, str], ...]
+    hashed_attributes: tuple[tuple[str, str], ...]
+    request_digest: bytes
+
+
+async def insert_certificate(conn: Conn, new: NewCertificateRow) -> datetime | None:
+    """Store a new certificate with its CertificateStored event; None on any conflict."""
+    row = await conn.fetchrow(
+        INSERT_CERTIFICATE,
+        new.registry_name,
+        new.certificate_id,
+        new.recipient_id,
+        new.metering_point_id,
+        new.certificate_type,
+        new.quantity,
+        new.start,
+        new.end,
+        new.grid_area,
+        [list(a) for a in new.clear_attributes],
+        [list(a) for a in new.hashed_attributes],
+        new.request_digest,
+    )
+    return None if row is None else row["created_at"]
+
+
+async def find_conflicting(conn: Conn, new: NewCertificateRow) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        SELECT_CONFLICTING, new.registry_name, new.certificate_id, new.metering_point_id, new.start, new.end
+    )
+
+
+async def count_active(conn: Conn) -> int:
+    return int(await conn.fetchval(COUNT_ACTIVE))
+
+
+async def count_by_state(conn: Conn) -> dict[str, int]:
+    return {row["state"]: row["count"] for row in await conn.fetch(COUNT_BY_STATE)}
+
+
+async def get_record(conn: Conn, key: CertificateKey) -> CertificateRecord | None:
+    row = await conn.fetchrow(SELECT_RECORD, key.registry, key.certificate_id)
+    return None if row is None else record_from_row(row)
+
+
+async def get_view(conn: Conn, key: CertificateKey) -> tuple[asyncpg.Record, list[asyncpg.Record]] | None:
+    row = await conn.fetchrow(SELECT_VIEW, key.registry, key.certificate_id)
+    if row is None:
+        return None
+    events = await conn.fetch(SELECT_EVENTS, key.registry, key.certificate_id)
+    return row, events
+
+
+async def list_certificates(
+    conn: Conn,
+    *,
+    state: str | None,
+    recipient_id: str | None,
+    metering_point_id: str | None,
+    after: tuple[datetime, str, str] | None,
+    limit: int,
+) -> list[asyncpg.Record]:
+    after_at, after_registry, after_id = after if after else (None, None, None)
+    return list(
+        await conn.fetch(
+            LIST_CERTIFICATES,
+            state,
+            recipient_id,
+            metering_point_id,
+            after_at,
+            after_registry,
+            after_id,
+            limit,
+        )
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class AllocatedPosition:
+    key: CertificateKey
+    position: int
+    version: int
+
+
+async def allocate_positions(
+    conn: Conn,
+    recipient_id: str,
+    wanted: Sequence[tuple[CertificateKey, int]],
+    *,
+    lease_owner: str,
+    lease_seconds: float,
+) -> list[AllocatedPosition]:
+    """Give each (certificate, expected version) the recipient's next position, in
+    order; certificates that are stale or already have one are left out."""
+    rows = await conn.fetch(
+        ALLOCATE_POSITIONS,
+        recipient_id,
+        [k.registry for k, _ in wanted],
+        [k.certificate_id for k, _ in wanted],
+        [v for _, v in wanted],
+        lease_owner,
+        lease_seconds,
+    )
+    return [
+        AllocatedPosition(CertificateKey(r["registry_name"], r["id"]), r["position"], r["version"])
+        for r in rows
+    ]
+
+
+async def claim_backlog(
+    conn: Conn, *, owner: str, lease_seconds: float, limit: int
+) -> list[CertificateRecord]:
+    rows = await conn.fetch(CLAIM_BACKLOG, owner, lease_seconds, limit)
+    return [record_from_row(r) for r in rows]
+
+
+async def renew_leases(conn: Conn, *, owner: str, lease_seconds: float) -> None:
+    await conn.execute(RENEW_LEASES, owner, lease_seconds)
+
+
+async def release_all_leases(conn: Conn, owner: str) -> int:
+    status: str = await conn.execute(RELEASE_ALL_LEASES, owner)
+    return int(status.split()[-1])
+
+
+async def release_lease(conn: Conn, key: CertificateKey, owner: str) -> None:
+    await conn.execute(RELEASE_LEASE, key.registry, key.certificate_id, owner)
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    owner: str
+    seconds: float
+
+
+async def transition(
+    conn: Conn,
+    sql: str,
+    key: CertificateKey,
+    expected_version: int,
+    new_state: State,
+    event: Event,
+    detail: dict[str, Any],
+    lease: Lease,
+    *extra: Any,
+) -> int | None:
+    """Apply one compare-and-set transition; the new version, or None when stale."""
+    version: int | None = await conn.fetchval(
+        sql,
+        key.registry,
+        key.certificate_id,
+        expected_version,
+        new_state.value,
+        lease.owner,
+        lease.seconds,
+        event.value,
+        detail,
+        *extra,
+    )
+    return version
+
+
+async def claim_delivery(conn: Conn, key: CertificateKey, expected_version: int, lease: Lease) -> int | None:
+    version: int | None = await conn.fetchval(
+        CLAIM_DELIVERY, key.registry, key.certificate_id, expected_version, lease.owner, lease.seconds
+    )
+    return version
+
+
+async def retry_failed(
+    conn: Conn, key: CertificateKey, resume_state: State, detail: dict[str, Any]
+) -> int | None:
+    version: int | None = await conn.fetchval(
+        RETRY_FAILED, key.registry, key.certificate_id, resume_state.value, detail
+    )
+    return version

@@ -1,0 +1,93 @@
+"""Domain values shared by the HTTP edge, the actors and the database layer."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class State(enum.StrEnum):
+    """Lifecycle states of a certificate (DESIGN.md §1)."""
+
+    STORED = "stored"
+    SENT_TO_REGISTRY = "sent_to_registry"
+    ISSUED_IN_REGISTRY = "issued_in_registry"
+    MARKED_AS_ISSUED = "marked_as_issued"
+    DELIVERED = "delivered"
+    REJECTED = "rejected"
+    FAILED = "failed"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_STATES
+
+
+TERMINAL_STATES = frozenset({State.DELIVERED, State.REJECTED, State.FAILED})
+ACTIVE_STATES = tuple(s for s in State if s not in TERMINAL_STATES)
+
+
+class Event(enum.StrEnum):
+    """Events of a certificate's history, named as in the issuance flow."""
+
+    STORED = "CertificateStored"
+    SENT_TO_REGISTRY = "CertificateSentToRegistry"
+    ISSUED_IN_REGISTRY = "CertificateIssuedInRegistry"
+    FAILED_IN_REGISTRY = "CertificateFailedInRegistry"
+    MARKED_AS_ISSUED = "CertificateMarkedAsIssued"
+    SENT_TO_WALLET = "CertificateSentToWallet"
+    FAILED = "CertificateFailed"
+    RETRIED = "CertificateRetried"
+
+
+class Step(enum.StrEnum):
+    """The step of the pipeline a failure belongs to (and an operator retry resumes)."""
+
+    POSITION = "position"
+    CRYPTO = "crypto"
+    REGISTRY = "registry"
+    WALLET = "wallet"
+
+
+CERTIFICATE_TYPES = {1: "consumption", 2: "production"}
+
+
+@dataclass(frozen=True, slots=True)
+class CertificateKey:
+    registry: str
+    certificate_id: str
+
+    def __str__(self) -> str:
+        return f"{self.registry}/{self.certificate_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class Recipient:
+    id: str
+    wallet_endpoint_version: int
+    wallet_endpoint_url: str
+    wallet_public_key: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class CertificateRecord:
+    """A certificate row as the actors see it: what is needed to resume any step."""
+
+    key: CertificateKey
+    recipient_id: str
+    metering_point_id: str
+    certificate_type: int
+    quantity: int
+    start: int
+    end: int
+    grid_area: str
+    clear_attributes: tuple[tuple[str, str], ...]
+    hashed_attributes: tuple[tuple[str, str], ...]
+    state: State
+    version: int
+    position: int | None
+    attempts: int
+    transaction_id: str | None
+    transaction: bytes | None = field(default=None, repr=False)
+    blinding: bytes | None = field(default=None, repr=False)
+    salts: tuple[bytes, ...] | None = field(default=None, repr=False)
+    failed_step: str | None = None

@@ -1,0 +1,172 @@
+"""gRPC client of the Project Origin registries (``grpc.aio``, one channel per registry).
+
+Transactions go out as the exact bytes Stamp persisted: the SendTransactions request
+is framed by hand (field 1, length-delimited, per transaction) instead of being
+re-serialised from parsed messages, so what the registry hashes is what Stamp stored
+(crypto.md §6, invariant 3).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import grpc
+from grpc import aio
+
+from protos.project_origin.common.v1 import common_pb2
+from protos.project_origin.registry.v1 import registry_pb2
+
+_SERVICE = "/project_origin.registry.v1.RegistryService/"
+_TRANSIENT_CODES = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.CANCELLED,
+    }
+)
+
+
+class TxStatus(enum.Enum):
+    UNKNOWN = registry_pb2.UNKNOWN
+    PENDING = registry_pb2.PENDING
+    FAILED = registry_pb2.FAILED
+    COMMITTED = registry_pb2.COMMITTED
+    FINALIZED = registry_pb2.FINALIZED
+
+    @property
+    def issued(self) -> bool:
+        return self in (TxStatus.COMMITTED, TxStatus.FINALIZED)
+
+
+@dataclass(frozen=True, slots=True)
+class StatusReply:
+    status: TxStatus
+    message: str
+
+
+class RegistryCallError(Exception):
+    """A call did not get an answer; ``transient`` says whether retrying may help."""
+
+    def __init__(self, registry: str, code: str, detail: str, *, transient: bool) -> None:
+        super().__init__(f"registry {registry}: {code}: {detail}")
+        self.registry = registry
+        self.code = code
+        self.transient = transient
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def frame_send_request(transactions: Iterable[bytes]) -> bytes:
+    """Serialized SendTransactionsRequest holding the given Transaction bytes verbatim."""
+    return b"".join(b"\x0a" + _varint(len(tx)) + tx for tx in transactions)
+
+
+def _identity(data: bytes) -> bytes:
+    return data
+
+
+class RegistryClient:
+    def __init__(
+        self, addresses: Mapping[str, str], *, call_timeout: float, max_concurrent_calls: int = 64
+    ) -> None:
+        self._addresses = dict(addresses)
+        self._timeout = call_timeout
+        self._channels: dict[str, aio.Channel] = {}
+        self._limit = asyncio.Semaphore(max_concurrent_calls)
+
+    @property
+    def registries(self) -> frozenset[str]:
+        return frozenset(self._addresses)
+
+    def _channel(self, registry: str) -> aio.Channel:
+        channel = self._channels.get(registry)
+        if channel is None:
+            channel = aio.insecure_channel(
+                self._addresses[registry],
+                options=[("grpc.keepalive_time_ms", 30_000), ("grpc.max_receive_message_length", 64 << 20)],
+            )
+            self._channels[registry] = channel
+        return channel
+
+    async def close(self) -> None:
+        channels, self._channels = list(self._channels.values()), {}
+        for channel in channels:
+            await channel.close(grace=None)
+
+    def _error(self, registry: str, exc: aio.AioRpcError) -> RegistryCallError:
+        code = exc.code()
+        return RegistryCallError(registry, code.name, exc.details() or "", transient=code in _TRANSIENT_CODES)
+
+    async def send(self, registry: str, transactions: list[bytes]) -> None:
+        call = self._channel(registry).unary_unary(
+            _SERVICE + "SendTransactions",
+            request_serializer=_identity,
+            response_deserializer=registry_pb2.SubmitTransactionResponse.FromString,
+        )
+        async with self._limit:
+            try:
+                await call(frame_send_request(transactions), timeout=self._timeout)
+            except aio.AioRpcError as exc:
+                raise self._error(registry, exc) from exc
+
+    async def status(self, registry: str, transaction_id: str) -> StatusReply:
+        call = self._channel(registry).unary_unary(
+            _SERVICE + "GetTransactionStatus",
+            request_serializer=registry_pb2.GetTransactionStatusRequest.SerializeToString,
+            response_deserializer=registry_pb2.GetTransactionStatusResponse.FromString,
+        )
+        async with self._limit:
+            try:
+                reply = await call(
+                    registry_pb2.GetTransactionStatusRequest(id=transaction_id), timeout=self._timeout
+                )
+            except aio.AioRpcError as exc:
+                raise self._error(registry, exc) from exc
+        return StatusReply(TxStatus(reply.status), reply.message)
+
+    async def statuses(
+        self, registry: str, transaction_ids: list[str]
+    ) -> list[StatusReply | RegistryCallError]:
+        """Status of many transactions, concurrently; a failed call is returned in place."""
+        results = await asyncio.gather(
+            *(self.status(registry, tx_id) for tx_id in transaction_ids), return_exceptions=True
+        )
+        out: list[StatusReply | RegistryCallError] = []
+        for result in results:
+            if isinstance(result, (StatusReply, RegistryCallError)):
+                out.append(result)
+            elif isinstance(result, BaseException):
+                out.append(RegistryCallError(registry, type(result).__name__, str(result), transient=True))
+        return out
+
+    async def stream_transactions(self, registry: str, certificate_id: str) -> list[bytes]:
+        """The stream's transactions in order, as the registry serialises them."""
+        call = self._channel(registry).unary_unary(
+            _SERVICE + "GetStreamTransactions",
+            request_serializer=registry_pb2.GetStreamTransactionsRequest.SerializeToString,
+            response_deserializer=registry_pb2.GetStreamTransactionsResponse.FromString,
+        )
+        request = registry_pb2.GetStreamTransactionsRequest(stream_id=common_pb2.Uuid(value=certificate_id))
+        async with self._limit:
+            try:
+                reply = await call(request, timeout=self._timeout)
+            except aio.AioRpcError as exc:
+                raise self._error(registry, exc) from exc
+        return [tx.SerializeToString() for tx in reply.transactions]

@@ -1,0 +1,114 @@
+"""Fixtures shared by every Stamp test.
+
+The database fixtures run against a real PostgreSQL: 127.0.0.1:5432 as `postgres`
+unless STAMP_TEST_PG_DSN names another server. Each test session works in its own
+database (created here, migrated, dropped at the end), so sessions and other users
+of the server never see each other's rows.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import AsyncIterator
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+import pytest_asyncio
+
+from stamp.db.migrate import apply_migrations
+from stamp.db.pool import DatabaseUnavailable, create_pool, wait_for_database
+
+DEFAULT_TEST_PG_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def dsn_for_database(server_dsn: str, database: str) -> str:
+    """The same server and credentials, another database."""
+    return urlunsplit(urlsplit(server_dsn)._replace(path=f"/{database}"))
+
+
+async def create_database(server_dsn: str, prefix: str) -> str:
+    """Creates an empty database with a unique name; returns its name."""
+    name = f"{prefix}_{os.getpid()}_{secrets.token_hex(4)}"
+    conn = await asyncpg.connect(server_dsn)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return name
+
+
+async def drop_database(server_dsn: str, name: str) -> None:
+    conn = await asyncpg.connect(server_dsn)
+    try:
+        # FORCE: a test that failed half-way may leave sessions open.
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def pg_server_dsn() -> str:
+    """A maintenance DSN of the test PostgreSQL server. Fails, never skips, when the
+    server is not there: a suite that silently skips its database tests proves nothing."""
+    dsn = os.environ.get("STAMP_TEST_PG_DSN") or DEFAULT_TEST_PG_DSN
+    try:
+        await wait_for_database(dsn, timeout=10)
+    except DatabaseUnavailable as exc:
+        pytest.fail(
+            f"the tests need PostgreSQL and cannot reach it: {exc}. Start PostgreSQL on "
+            "127.0.0.1:5432 (user postgres, trust auth) or set STAMP_TEST_PG_DSN to a server "
+            "where that user may CREATE DATABASE.",
+            pytrace=False,
+        )
+    return dsn
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def database_dsn(pg_server_dsn: str) -> AsyncIterator[str]:
+    """A database of this session with Stamp's schema applied; dropped at the end."""
+    name = await create_database(pg_server_dsn, "stamp_test")
+    try:
+        dsn = dsn_for_database(pg_server_dsn, name)
+        conn = await asyncpg.connect(dsn)
+        try:
+            await apply_migrations(conn)
+        finally:
+            await conn.close()
+        yield dsn
+    finally:
+        await drop_database(pg_server_dsn, name)
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def db_pool(database_dsn: str) -> AsyncIterator[asyncpg.Pool]:
+    pool = await create_pool(database_dsn, min_size=1, max_size=10)
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def clean_db(db_pool: asyncpg.Pool) -> asyncpg.Pool:
+    """The session pool, on tables emptied before the test. Every table but the
+    migration ledger is emptied, so tables added by later migrations are covered."""
+    tables = await db_pool.fetch(
+        "SELECT format('%I.%I', schemaname, tablename) AS name FROM pg_tables "
+        "WHERE schemaname = current_schema() AND tablename <> 'schema_migrations'"
+    )
+    if tables:
+        await db_pool.execute(f"TRUNCATE {', '.join(t['name'] for t in tables)} RESTART IDENTITY CASCADE")
+    return db_pool
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def empty_database_dsn(pg_server_dsn: str) -> AsyncIterator[str]:
+    """A fresh database without any schema, dropped after the test (for tests of
+    migrations and of start-up against an empty database)."""
+    name = await create_database(pg_server_dsn, "stamp_test_empty")
+    try:
+        yield dsn_for_database(pg_server_dsn, name)
+    finally:
+        await drop_database(pg_server_dsn, name)

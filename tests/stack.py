@@ -1,0 +1,152 @@
+"""A running Stamp with its Registry and Wallet simulators, for end-to-end tests.
+
+Everything is real: PostgreSQL (the test database), a grpc.aio registry simulator,
+an aiohttp wallet simulator, and Stamp's own app served on a loopback port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from stamp.app import POOL, build_app
+from stamp.config import RetryPolicy, Settings
+from stamp.crypto.issuer_keys import IssuerKey
+from stamp.devstack.registry import RegistrySimConfig, RegistrySimulator
+from stamp.devstack.wallet import WalletSimConfig, WalletSimulator
+from stamp.domain import TERMINAL_STATES
+
+REGISTRY = "Narnia"
+GRID_AREA = "DK1"
+ISSUER = IssuerKey.generate()
+
+
+@dataclass
+class Stack:
+    base: str
+    http: aiohttp.ClientSession
+    app: web.Application
+    registry: RegistrySimulator
+    wallet: WalletSimulator
+    settings: Settings
+
+    @property
+    def pool(self) -> Any:
+        return self.app[POOL]
+
+    async def create_recipient(self) -> str:
+        reference = self.wallet.create_endpoint()
+        async with self.http.post(
+            f"{self.base}/v1/recipients", json={"walletEndpointReference": reference.as_json()}
+        ) as response:
+            assert response.status == 201, await response.text()
+            recipient_id: str = (await response.json())["id"]
+            return recipient_id
+
+    async def post_certificate(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        async with self.http.post(f"{self.base}/v1/certificates", json=body) as response:
+            return response.status, await response.json(content_type=None)
+
+    async def get_certificate(self, registry: str, certificate_id: str) -> tuple[int, dict[str, Any]]:
+        async with self.http.get(f"{self.base}/v1/certificates/{registry}/{certificate_id}") as response:
+            return response.status, await response.json(content_type=None)
+
+    async def wait_terminal(self, keys: list[tuple[str, str]], timeout: float = 60) -> dict[str, str]:
+        """Wait until every certificate is in a terminal state; their states by id."""
+        terminal = {s.value for s in TERMINAL_STATES}
+        deadline = asyncio.get_running_loop().time() + timeout
+        ids = [certificate_id for _, certificate_id in keys]
+        while True:
+            rows = await self.pool.fetch(
+                "SELECT id::text, state FROM certificates WHERE id = ANY($1::uuid[])", ids
+            )
+            states = {r["id"]: r["state"] for r in rows}
+            if len(states) == len(ids) and all(s in terminal for s in states.values()):
+                return states
+            if asyncio.get_running_loop().time() > deadline:
+                pending = {k: v for k, v in states.items() if v not in terminal}
+                raise AssertionError(
+                    f"not terminal after {timeout}s: {len(pending)} e.g. {list(pending.items())[:3]}"
+                )
+            await asyncio.sleep(0.1)
+
+
+def certificate_body(
+    recipient_id: str, *, quantity: int = 1000, start: int | None = None, **overrides: Any
+) -> dict[str, Any]:
+    start = start if start is not None else 1_700_000_000 + 3600 * (uuid.uuid4().int % 10**6)
+    certificate = {
+        "id": str(uuid.uuid4()),
+        "type": "production",
+        "quantity": quantity,
+        "start": start,
+        "end": start + 3600,
+        "gridArea": GRID_AREA,
+        "clearTextAttributes": {"fuelCode": "F01040100", "techCode": "T010000"},
+        "hashedAttributes": [{"key": "assetId", "value": "571234567890123456"}],
+    }
+    certificate.update(overrides.pop("certificate", {}))
+    body = {
+        "recipientId": recipient_id,
+        "registryName": REGISTRY,
+        "meteringPointId": f"57{uuid.uuid4().int % 10**16:016d}",
+        "certificate": certificate,
+    }
+    body.update(overrides)
+    return body
+
+
+def stack_settings(database_url: str, registry_address: str, data_dir: Path, **overrides: Any) -> Settings:
+    fast_retry = RetryPolicy(base_seconds=0.05, cap_seconds=0.5, max_attempts=5)
+    settings = Settings(
+        database_url=database_url,
+        data_dir=data_dir,
+        registries={REGISTRY: registry_address},
+        issuer_keys={GRID_AREA: ISSUER},
+        auto_migrate=True,
+        instance_id=f"test-{uuid.uuid4().hex[:8]}",
+        crypto_workers=2,
+        registry_poll_initial_seconds=0.05,
+        registry_poll_max_seconds=0.2,
+        registry_retry=fast_retry,
+        wallet_retry=fast_retry,
+        recipient_idle_seconds=1.0,
+    )
+    return dataclasses.replace(settings, **overrides)
+
+
+@contextlib.asynccontextmanager
+async def running_stack(
+    database_url: str, data_dir: Path, *, commit_delay: float = 0.05, **overrides: Any
+) -> AsyncIterator[Stack]:
+    registry = RegistrySimulator(
+        RegistrySimConfig(
+            registries=(REGISTRY,), issuer_keys={GRID_AREA: (ISSUER.public_pem(),)}, commit_delay=commit_delay
+        )
+    )
+    await registry.start()
+    wallet = WalletSimulator(WalletSimConfig(registries={REGISTRY: registry.address}))
+    await wallet.start()
+    settings = stack_settings(database_url, registry.address, data_dir, **overrides)
+    app = build_app(settings)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        async with aiohttp.ClientSession() as http:
+            yield Stack(f"http://127.0.0.1:{port}", http, app, registry, wallet, settings)
+    finally:
+        await runner.cleanup()
+        await wallet.stop()
+        await registry.stop()
