@@ -10,6 +10,7 @@ delivery) only ever happen after the values they carry are persisted.
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Any
 
 import structlog
@@ -37,6 +38,7 @@ from actors.messages import (
     Transitioned,
     WalletAnswered,
 )
+from stamp import metrics
 from stamp.crypto.bundle import IssueBundle, IssueRequest, build_issue_bundle
 from stamp.db import queries
 from stamp.domain import CertificateRecord, Event, Recipient, State, Step
@@ -56,6 +58,7 @@ class CertificateActor(StampActor):
         self.retry: Any = None  # the operation a Resume repeats
         self.resumed = record.state is not State.STORED or record.position is not None
         self.delivery_claimed = False
+        self.step_started = time.monotonic()
         self.log = log.bind(
             certificate_id=record.key.certificate_id,
             registry=record.key.registry,
@@ -265,6 +268,9 @@ class CertificateActor(StampActor):
         previous = self.record.state
         self.record = dataclasses.replace(self.record, state=state, version=version)
         if state is not previous:
+            now = time.monotonic()
+            metrics.certificate_transitioned(self.record, previous, state, now - self.step_started)
+            self.step_started = now
             self.attempts = 0
             self.log.info("certificate.transitioned", state=state.value, version=version)
         if state is State.MARKED_AS_ISSUED:

@@ -26,8 +26,10 @@ from actors.messages import Drain
 from actors.registry_gateway import RegistryGateway
 from actors.supervisor import Supervisor
 from actors.wallet_gateway import WalletGateway
+from stamp import metrics
+from stamp.api import auth, openapi, withdrawals
+from stamp.api import routes as certificate_routes
 from stamp.api.problems import problem_middleware
-from stamp.api.routes import routes
 from stamp.api.runtime import RUNTIME, Backlog, Runtime
 from stamp.config import Settings
 from stamp.db import queries
@@ -155,13 +157,16 @@ async def _refresh_backlog(runtime: Runtime) -> None:
 
 
 def build_app(settings: Settings) -> web.Application:
-    app = web.Application(middlewares=[problem_middleware], client_max_size=settings.max_body_bytes + 1024)
+    app = web.Application(
+        middlewares=[metrics.metrics_middleware, problem_middleware, auth.auth_middleware],
+        client_max_size=settings.max_body_bytes + 1024,
+    )
     app[SETTINGS] = settings
     app.cleanup_ctx.extend([database_ctx, crypto_pool_ctx, clients_ctx, actors_ctx])
     # Like the existing Stamp, every route answers with and without the path base.
     bases = [""] if not settings.path_base else ["", settings.path_base]
     for base in bases:
-        for route in routes:
+        for route in [*withdrawals.routes, *certificate_routes.routes, *openapi.routes, *metrics.routes]:
             assert isinstance(route, web.RouteDef)
             app.router.add_route(route.method, base + route.path, route.handler)
     return app

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Sequence
 
@@ -136,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # gRPC's fork handlers only print warnings here: Stamp never forks a process that
+    # uses gRPC (the crypto pool is spawned), it only starts PostgreSQL's binaries.
+    os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["devstack"]:
         # The simulators' CLI owns every option after the word (argparse's REMAINDER

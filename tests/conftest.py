@@ -1,13 +1,14 @@
 """Fixtures shared by every Stamp test.
 
-The database fixtures run against a real PostgreSQL: 127.0.0.1:5432 as `postgres`
-unless STAMP_TEST_PG_DSN names another server. Each test session works in its own
+The database fixtures run against a real PostgreSQL: STAMP_TEST_PG_DSN, else
+127.0.0.1:5432 as `postgres`, else an embedded PostgreSQL started for the session. Each test session works in its own
 database (created here, migrated, dropped at the end), so sessions and other users
 of the server never see each other's rows.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 from collections.abc import AsyncIterator
@@ -17,6 +18,7 @@ import asyncpg
 import pytest
 import pytest_asyncio
 
+from stamp.db.embedded import EmbeddedPostgres
 from stamp.db.migrate import apply_migrations
 from stamp.db.pool import DatabaseUnavailable, create_pool, wait_for_database
 
@@ -49,20 +51,33 @@ async def drop_database(server_dsn: str, name: str) -> None:
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
-async def pg_server_dsn() -> str:
-    """A maintenance DSN of the test PostgreSQL server. Fails, never skips, when the
-    server is not there: a suite that silently skips its database tests proves nothing."""
-    dsn = os.environ.get("STAMP_TEST_PG_DSN") or DEFAULT_TEST_PG_DSN
+async def pg_server_dsn(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
+    """A maintenance DSN of the test PostgreSQL server.
+
+    STAMP_TEST_PG_DSN when set (CI sets it): then the server must be there — this
+    fails, never skips, because a suite that silently skips its database tests proves
+    nothing. Otherwise 127.0.0.1:5432, and when nothing answers there (a fresh machine)
+    an embedded PostgreSQL started for this session: the same engine Stamp embeds."""
+    explicit = os.environ.get("STAMP_TEST_PG_DSN")
+    dsn = explicit or DEFAULT_TEST_PG_DSN
     try:
-        await wait_for_database(dsn, timeout=10)
+        await wait_for_database(dsn, timeout=10 if explicit else 3)
     except DatabaseUnavailable as exc:
-        pytest.fail(
-            f"the tests need PostgreSQL and cannot reach it: {exc}. Start PostgreSQL on "
-            "127.0.0.1:5432 (user postgres, trust auth) or set STAMP_TEST_PG_DSN to a server "
-            "where that user may CREATE DATABASE.",
-            pytrace=False,
-        )
-    return dsn
+        if explicit:
+            pytest.fail(
+                f"the tests need PostgreSQL and cannot reach it: {exc}. Start PostgreSQL on "
+                "127.0.0.1:5432 (user postgres, trust auth) or set STAMP_TEST_PG_DSN to a server "
+                "where that user may CREATE DATABASE.",
+                pytrace=False,
+            )
+        embedded = EmbeddedPostgres(tmp_path_factory.mktemp("embedded-pg") / "pg")
+        embedded_dsn = await asyncio.to_thread(embedded.start)
+        try:
+            yield dsn_for_database(embedded_dsn, "postgres")
+        finally:
+            await asyncio.to_thread(embedded.stop)
+        return
+    yield dsn
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")

@@ -11,6 +11,7 @@ import orjson
 from aiohttp import web
 
 from actors.messages import AdmitCertificate
+from stamp import metrics
 from stamp.api import problems
 from stamp.api.requests import (
     NewCertificate,
@@ -118,6 +119,7 @@ async def create_certificate(request: web.Request) -> web.Response:
             raise problems.Conflict("the certificate conflicts with another one")
         return _answer_existing(request, new, existing)
     runtime.backlog.added()
+    metrics.certificate_received()
     runtime.supervisor.tell(AdmitCertificate(_stored_record(new)))
     status_url = _status_url(request, new.registry_name, new.certificate_id)
     return json_response(
