@@ -51,6 +51,16 @@ class Step(enum.StrEnum):
 CERTIFICATE_TYPES = {1: "consumption", 2: "production"}
 
 
+def resume_state(failed_step: str | None, has_transaction: bool) -> State:
+    """Where an operator retry of a failed certificate resumes: from the step that
+    failed, with whatever was persisted before it (position, transaction, R)."""
+    if failed_step == Step.WALLET:
+        return State.MARKED_AS_ISSUED
+    if has_transaction:
+        return State.SENT_TO_REGISTRY
+    return State.STORED
+
+
 @dataclass(frozen=True, slots=True)
 class CertificateKey:
     registry: str

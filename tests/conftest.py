@@ -1,9 +1,9 @@
 """Fixtures shared by every Stamp test.
 
 The database fixtures run against a real PostgreSQL: STAMP_TEST_PG_DSN, else
-127.0.0.1:5432 as `postgres`, else an embedded PostgreSQL started for the session. Each test session works in its own
-database (created here, migrated, dropped at the end), so sessions and other users
-of the server never see each other's rows.
+127.0.0.1:5432 as `postgres`, else an embedded PostgreSQL started for the session.
+Each test session works in its own database (created here, migrated, dropped at the
+end), so sessions and other users of the server never see each other's rows.
 """
 
 from __future__ import annotations

@@ -261,6 +261,35 @@ async def list_certificates(request: web.Request) -> web.Response:
     )
 
 
+@routes.post("/v1/certificates/{registry}/{id}/retry")
+async def retry_certificate(request: web.Request) -> web.Response:
+    """Operator retry of a failed certificate, from the step that failed."""
+    runtime = request.app[RUNTIME]
+    key = CertificateKey(request.match_info["registry"], parse_uuid(request.match_info["id"], "id"))
+    async with runtime.pool.acquire() as conn:
+        outcome = await queries.retry_failed(conn, key)
+    if not outcome.found:
+        raise problems.NotFound(f"certificate {key} not found")
+    if outcome.state is None:
+        raise problems.Conflict(
+            f"certificate {key} is {outcome.previous_state}; only a failed certificate can be retried"
+        )
+    record = await queries.get_record(runtime.pool, key)
+    if record is not None:
+        runtime.supervisor.tell(AdmitCertificate(record))
+    status_url = _status_url(request, key.registry, key.certificate_id)
+    return json_response(
+        {
+            "id": key.certificate_id,
+            "registryName": key.registry,
+            "state": outcome.state.value,
+            "statusUrl": status_url,
+        },
+        status=202,
+        headers={"Location": status_url},
+    )
+
+
 # --- operations ---------------------------------------------------------------------
 
 

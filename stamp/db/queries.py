@@ -15,7 +15,15 @@ from typing import Any
 
 import asyncpg
 
-from stamp.domain import ACTIVE_STATES, CertificateKey, CertificateRecord, Event, Recipient, State
+from stamp.domain import (
+    ACTIVE_STATES,
+    CertificateKey,
+    CertificateRecord,
+    Event,
+    Recipient,
+    State,
+    resume_state,
+)
 
 ACTIVE = [s.value for s in ACTIVE_STATES]
 Conn = asyncpg.Pool | asyncpg.Connection
@@ -464,10 +472,29 @@ async def claim_delivery(conn: Conn, key: CertificateKey, expected_version: int,
     return version
 
 
-async def retry_failed(
-    conn: Conn, key: CertificateKey, resume_state: State, detail: dict[str, Any]
-) -> int | None:
-    version: int | None = await conn.fetchval(
-        RETRY_FAILED, key.registry, key.certificate_id, resume_state.value, detail
-    )
-    return version
+SELECT_FAILED_FOR_RETRY = """
+SELECT state, failed_step, failure_reason, attempts, transaction IS NOT NULL AS has_transaction
+FROM certificates WHERE registry_name = $1 AND id = $2 FOR UPDATE
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class RetryOutcome:
+    found: bool
+    state: State | None  # the state it resumes from; None when it was not failed
+    previous_state: str | None = None
+
+
+async def retry_failed(conn: asyncpg.Connection, key: CertificateKey) -> RetryOutcome:
+    """Operator retry: a failed certificate resumes from the step that failed, with
+    its persisted position, R and transaction. Anything else is left as it is."""
+    async with conn.transaction():
+        row = await conn.fetchrow(SELECT_FAILED_FOR_RETRY, key.registry, key.certificate_id)
+        if row is None:
+            return RetryOutcome(False, None)
+        if row["state"] != State.FAILED:
+            return RetryOutcome(True, None, row["state"])
+        resume = resume_state(row["failed_step"], row["has_transaction"])
+        detail = {"from": row["failed_step"], "reason": row["failure_reason"], "attempts": row["attempts"]}
+        await conn.fetchval(RETRY_FAILED, key.registry, key.certificate_id, resume.value, detail)
+        return RetryOutcome(True, resume)
