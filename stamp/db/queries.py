@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from stamp.domain import (
     ACTIVE_STATES,
@@ -485,7 +486,7 @@ class RetryOutcome:
     previous_state: str | None = None
 
 
-async def retry_failed(conn: asyncpg.Connection, key: CertificateKey) -> RetryOutcome:
+async def retry_failed(conn: asyncpg.Connection | PoolConnectionProxy, key: CertificateKey) -> RetryOutcome:
     """Operator retry: a failed certificate resumes from the step that failed, with
     its persisted position, R and transaction. Anything else is left as it is."""
     async with conn.transaction():
