@@ -23,8 +23,10 @@ from actors.messages import (
     AllocatePosition,
     AllocatePositionFor,
     BundleBuilt,
+    CertificateCrashed,
     CertificateFinished,
     DeliverSlice,
+    Drain,
     PositionAllocated,
     PositionNotAllocated,
     RecipientLoaded,
@@ -59,6 +61,8 @@ class CertificateActor(StampActor):
         self.resumed = record.state is not State.STORED or record.position is not None
         self.delivery_claimed = False
         self.step_started = time.monotonic()
+        self.awaiting = False  # an answer is due that must be recorded before stopping
+        self.draining = False
         self.log = log.bind(
             certificate_id=record.key.certificate_id,
             registry=record.key.registry,
@@ -71,6 +75,8 @@ class CertificateActor(StampActor):
         self._advance()
 
     def on_receive(self, message: object) -> None:
+        if isinstance(message, (Transitioned, WalletAnswered, StepFailed)):
+            self.awaiting = False
         match message:
             case PositionAllocated(position=position, version=version):
                 self.record = dataclasses.replace(self.record, position=position, version=version)
@@ -98,10 +104,21 @@ class CertificateActor(StampActor):
                 self._on_step_failed(step, reason)
             case Resume():
                 operation, self.retry = self.retry, None
-                (operation or self._advance)()
+                if self.draining:
+                    self._leave_for_shutdown()
+                else:
+                    (operation or self._advance)()
+            case Drain():
+                # Shutdown: an answer we wait for that must be recorded (a wallet's
+                # 2xx, a transition) is awaited; anything else resumes after restart.
+                self.draining = True
+                if not self.awaiting:
+                    self._leave_for_shutdown()
 
-    def on_failure(self, *exc_info: object) -> None:
-        tell_quietly(self.supervisor, CertificateFinished(self.record.key, None))
+    def on_failure(self, exc_type: object, exc: object, traceback: object) -> None:
+        reason = f"{type(exc).__name__}: {exc}"
+        self.log.error("certificate.actor_crashed", state=self.record.state.value, reason=reason)
+        tell_quietly(self.supervisor, CertificateCrashed(self.record.key, self.record.state, reason))
 
     # --- the state machine --------------------------------------------------------------
 
@@ -109,6 +126,8 @@ class CertificateActor(StampActor):
         record = self.record
         if record.state.terminal:
             self._finish()
+        elif self.draining:
+            self._leave_for_shutdown()
         elif record.state is State.STORED and record.position is None:
             request = AllocatePosition(record.key, record.version, self.actor_ref)
             tell_quietly(self.supervisor, AllocatePositionFor(record.recipient_id, request))
@@ -231,6 +250,7 @@ class CertificateActor(StampActor):
                 (k, v, salt) for (k, v), salt in zip(record.hashed_attributes, record.salts, strict=True)
             ),
         )
+        self.awaiting = True
         self.deps.wallet_gateway.tell(DeliverSlice(slice_, self.actor_ref))
 
     def _on_wallet(self, outcome: DeliveryOutcome, status: int | None, reason: str) -> None:
@@ -259,6 +279,7 @@ class CertificateActor(StampActor):
             self.retry = retry
             return StepFailed("database", f"{type(exc).__name__}: {exc}")
 
+        self.awaiting = True
         self.deps.bridge.run(coro, self.actor_ref, on_result, on_error)
 
     def _on_transitioned(self, state: State, version: int | None) -> None:
@@ -305,6 +326,11 @@ class CertificateActor(StampActor):
 
     def _give_up(self, reason: str) -> None:
         self.log.warning("certificate.abandoned", reason=reason)
+        tell_quietly(self.supervisor, CertificateFinished(self.record.key, None))
+        self.stop()
+
+    def _leave_for_shutdown(self) -> None:
+        self.log.info("certificate.left_for_restart", state=self.record.state.value)
         tell_quietly(self.supervisor, CertificateFinished(self.record.key, None))
         self.stop()
 

@@ -41,6 +41,17 @@ class RecipientCache:
         return recipient
 
 
+@dataclass(slots=True)
+class LiveCounts:
+    """Written by the supervisor, read by the HTTP edge and metrics: plain ints, so a
+    slightly stale read is harmless and nobody waits on an actor."""
+
+    certificate_actors: int = 0
+    recipient_actors: int = 0
+    # Set by intake when it stored a certificate without admitting it (no room).
+    backlog_waiting: bool = False
+
+
 @dataclass(frozen=True, slots=True)
 class ActorDeps:
     settings: Settings
@@ -49,6 +60,7 @@ class ActorDeps:
     recipients: RecipientCache
     registry_gateway: pykka.ActorRef[Any]
     wallet_gateway: pykka.ActorRef[Any]
+    live: LiveCounts
 
     @property
     def lease(self) -> Lease:

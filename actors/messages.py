@@ -39,6 +39,26 @@ class CertificateFinished:
 
 
 @dataclass(frozen=True, slots=True)
+class CertificateCrashed:
+    """A certificate actor died of an unexpected exception."""
+
+    key: CertificateKey
+    state: State
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class RestartCertificate:
+    key: CertificateKey
+
+
+@dataclass(frozen=True, slots=True)
+class RecordReloaded:
+    key: CertificateKey
+    record: CertificateRecord | None
+
+
+@dataclass(frozen=True, slots=True)
 class RecipientIdle:
     recipient_id: str
     handled: int

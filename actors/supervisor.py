@@ -17,6 +17,7 @@ from typing import Any
 import pykka
 import structlog
 
+from actors.backoff import backoff_delay
 from actors.base import StampActor
 from actors.bridge import tell_quietly
 from actors.certificate import CertificateActor
@@ -26,32 +27,31 @@ from actors.messages import (
     AllocatePositionFor,
     BacklogClaimed,
     BacklogClaimFailed,
+    CertificateCrashed,
     CertificateFinished,
     Drain,
     PassivateApproved,
     RecipientIdle,
+    RecordReloaded,
     Ref,
+    RestartCertificate,
     SupervisorTick,
 )
 from actors.recipient import RecipientActor
 from stamp.db import queries
-from stamp.domain import CertificateKey, CertificateRecord
+from stamp.domain import CertificateKey, CertificateRecord, State, step_of
 
 log = structlog.get_logger(__name__)
 TICK_SECONDS = 1.0
+MAX_CRASHES = 3
+"""An actor that crashes this often on one certificate marks it failed instead of
+looping: the crash is a bug or bad data that a restart does not cure."""
 
 
 @dataclass(slots=True)
 class _RecipientEntry:
     ref: Ref
     routed: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class SupervisorStats:
-    certificate_actors: int
-    recipient_actors: int
-    draining: bool
 
 
 class Supervisor(StampActor):
@@ -61,11 +61,11 @@ class Supervisor(StampActor):
         self.settings = deps.settings
         self.certificates: dict[CertificateKey, Ref] = {}
         self.recipients: dict[str, _RecipientEntry] = {}
+        self.crashes: dict[CertificateKey, int] = {}
         self.claiming = False
         self.backlog_waiting = True  # unknown at start: look
         self.draining = False
         self.last_renewal = time.monotonic()
-        self.stats = SupervisorStats(0, 0, False)
 
     def on_start(self) -> None:
         self._pump()
@@ -98,8 +98,22 @@ class Supervisor(StampActor):
                         lambda _exc: None,
                     )
                     self.backlog_waiting = True
-                if self.backlog_waiting:
+                if self.backlog_waiting or self.deps.live.backlog_waiting:
                     self._pump()
+            case CertificateCrashed(key=key, state=state, reason=reason):
+                self._on_crash(key, state, reason)
+            case RestartCertificate(key=key):
+                self.deps.bridge.run(
+                    queries.get_record(self.deps.pool, key),
+                    self.actor_ref,
+                    lambda record: RecordReloaded(key, record),
+                    lambda _exc: RestartCertificate(key),
+                )
+            case RecordReloaded(key=key, record=record):
+                if record is not None and not record.state.terminal and not self.draining:
+                    self._spawn(record)
+                else:
+                    self.certificates.pop(key, None)
             case RecipientIdle(recipient_id=recipient_id, handled=handled, ref=ref):
                 entry = self.recipients.get(recipient_id)
                 if entry is not None and entry.ref == ref and entry.routed == handled:
@@ -118,8 +132,50 @@ class Supervisor(StampActor):
                 self._on_tick()
             case Drain():
                 self.draining = True
-        self.stats = SupervisorStats(len(self.certificates), len(self.recipients), self.draining)
+                for ref in self.certificates.values():
+                    tell_quietly(ref, Drain())
+        self.deps.live.certificate_actors = len(self.certificates)
+        self.deps.live.recipient_actors = len(self.recipients)
         return None
+
+    def _on_crash(self, key: CertificateKey, state: State, reason: str) -> None:
+        crashes = self.crashes.get(key, 0) + 1
+        self.crashes[key] = crashes
+        if crashes >= MAX_CRASHES:
+            self.crashes.pop(key, None)
+            self.certificates.pop(key, None)
+            log.error(
+                "supervisor.certificate_crash_loop",
+                certificate_id=key.certificate_id,
+                registry=key.registry,
+                crashes=crashes,
+                reason=reason,
+            )
+            self.deps.bridge.run(
+                queries.fail_after_crashes(
+                    self.deps.pool,
+                    key,
+                    step_of(state),
+                    f"internal error ({crashes} crashes): {reason}",
+                    crashes,
+                ),
+                self.actor_ref,
+                lambda _: None,
+                lambda _exc: None,
+            )
+            self._pump()
+            return
+        # The slot stays taken (and the lease held) until the restart: nobody else
+        # picks the certificate up meanwhile.
+        delay = backoff_delay(self.settings.registry_retry, crashes)
+        log.warning(
+            "supervisor.certificate_restarting",
+            certificate_id=key.certificate_id,
+            registry=key.registry,
+            crashes=crashes,
+            delay=round(delay, 3),
+        )
+        self.deps.bridge.later(delay, self.actor_ref, RestartCertificate(key))
 
     def _spawn(self, record: CertificateRecord) -> None:
         self.certificates[record.key] = CertificateActor.start(record, self.deps, self.actor_ref)
@@ -137,6 +193,7 @@ class Supervisor(StampActor):
         if self.claiming or self.draining or room <= 0:
             return
         self.claiming = True
+        self.deps.live.backlog_waiting = False
         limit = min(room, 500)
         self.deps.bridge.run(
             queries.claim_backlog(

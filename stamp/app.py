@@ -21,7 +21,7 @@ import structlog
 from aiohttp import web
 
 from actors.bridge import LoopBridge
-from actors.deps import ActorDeps, RecipientCache
+from actors.deps import ActorDeps, LiveCounts, RecipientCache
 from actors.messages import Drain
 from actors.registry_gateway import RegistryGateway
 from actors.supervisor import Supervisor
@@ -115,31 +115,46 @@ async def clients_ctx(app: web.Application) -> AsyncIterator[None]:
 async def actors_ctx(app: web.Application) -> AsyncIterator[None]:
     settings, pool = app[SETTINGS], app[POOL]
     threading.stack_size(ACTOR_THREAD_STACK_BYTES)
-    bridge = LoopBridge(asyncio.get_running_loop(), app[EXECUTOR])
+    loop = asyncio.get_running_loop()
+    bridge = LoopBridge(loop, app[EXECUTOR])
     registry_gateway = RegistryGateway.start(app[REGISTRY_CLIENT], bridge, settings)
     wallet_gateway = WalletGateway.start(app[WALLET_CLIENT], bridge)
     recipients = RecipientCache(pool)
-    deps = ActorDeps(settings, bridge, pool, recipients, registry_gateway, wallet_gateway)
+    live = LiveCounts()
+    deps = ActorDeps(settings, bridge, pool, recipients, registry_gateway, wallet_gateway, live)
     released = await queries.release_all_leases(pool, settings.instance_id)
     if released:
         log.info("supervisor.resuming", certificates=released)
     backlog = Backlog(settings.max_backlog)
     await backlog.refresh(pool)
     supervisor = Supervisor.start(deps)
-    runtime = Runtime(settings, pool, supervisor, recipients, backlog)
+    runtime = Runtime(settings, pool, supervisor, recipients, backlog, live)
     app[RUNTIME] = runtime
+    from actors.withdrawal import WithdrawalActor  # resumes pending withdrawals as it starts
+
+    withdrawal_actor = WithdrawalActor.start(deps, app[REGISTRY_CLIENT])
+    runtime.extra[withdrawals.WITHDRAWALS_ACTOR] = withdrawal_actor
     refresher = asyncio.create_task(_refresh_backlog(runtime))
     yield
     runtime.draining = True
     refresher.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await refresher
-    await asyncio.to_thread(_stop_actors, supervisor, [registry_gateway, wallet_gateway])
+    supervisor.tell(Drain())
+    # Let the answers still on their way (a wallet's 2xx, a transition) be recorded,
+    # so a graceful stop never causes a repeated delivery after restart.
+    deadline = loop.time() + settings.shutdown_timeout_seconds * 0.8
+    while live.certificate_actors and loop.time() < deadline:  # noqa: ASYNC110 (set by an actor thread)
+        await asyncio.sleep(0.05)
+    await asyncio.to_thread(_stop_actors, supervisor, [withdrawal_actor, registry_gateway, wallet_gateway])
+    # Whatever is still in flight is resumable from its persisted state: hand it to
+    # the next instance now rather than after the lease expires.
+    with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        released = await queries.release_all_leases(pool, settings.instance_id)
+        log.info("supervisor.released", certificates=released)
 
 
 def _stop_actors(supervisor: pykka.ActorRef[Any], gateways: list[pykka.ActorRef[Any]]) -> None:
-    with contextlib.suppress(pykka.ActorDeadError):
-        supervisor.tell(Drain())
     with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
         supervisor.stop(block=True, timeout=10)
     for gateway in gateways:
@@ -162,7 +177,7 @@ def build_app(settings: Settings) -> web.Application:
         client_max_size=settings.max_body_bytes + 1024,
     )
     app[SETTINGS] = settings
-    app.cleanup_ctx.extend([database_ctx, crypto_pool_ctx, clients_ctx, actors_ctx])
+    app.cleanup_ctx.extend([database_ctx, crypto_pool_ctx, clients_ctx, actors_ctx, metrics.sampler_ctx])
     # Like the existing Stamp, every route answers with and without the path base.
     bases = [""] if not settings.path_base else ["", settings.path_base]
     for base in bases:

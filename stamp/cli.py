@@ -1,4 +1,5 @@
-"""The ``stamp`` command: serve, migrate, demo, devstack, check-config."""
+"""The ``stamp`` command: serve, migrate, demo, devstack, check-config, and the operator
+commands (keys, tokens, recipients, certificates: ``stamp.operator_cli``)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,16 @@ import orjson
 from stamp.config import ConfigError, Settings, load_settings
 
 
+def _startup_errors() -> tuple[type[BaseException], ...]:
+    """Expected start-up failures: a clear message, not a traceback. (Evaluated only
+    when an exception is raised, so the imports cost nothing otherwise.)"""
+    from stamp.db.embedded import EmbeddedPostgresError
+    from stamp.db.migrate import MigrationError, SchemaOutdated
+    from stamp.db.pool import DatabaseUnavailable
+
+    return (SchemaOutdated, MigrationError, DatabaseUnavailable, EmbeddedPostgresError)
+
+
 def _settings_or_exit() -> Settings:
     try:
         return load_settings()
@@ -22,10 +33,8 @@ def _settings_or_exit() -> Settings:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from aiohttp import web
-
-    from stamp.app import build_app
     from stamp.logging import configure_logging
+    from stamp.server import serve
 
     settings = _settings_or_exit()
     configure_logging(settings.log_format, settings.log_level)
@@ -35,15 +44,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    web.run_app(
-        build_app(settings),
-        host=settings.host,
-        port=settings.port,
-        shutdown_timeout=settings.shutdown_timeout_seconds,
-        print=None,
-        access_log=None,
-    )
-    return 0
+    try:
+        return asyncio.run(serve(settings))
+    except _startup_errors() as exc:
+        print(f"stamp: cannot start: {exc}", file=sys.stderr)
+        return 1
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -68,15 +73,19 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         )
         return applied
 
-    if settings.database_url is not None:
-        asyncio.run(run(settings.database_url))
-        return 0
-    embedded = EmbeddedPostgres(settings.data_dir / "pg")
-    dsn = embedded.start()
     try:
-        asyncio.run(run(dsn))
-    finally:
-        embedded.stop()
+        if settings.database_url is not None:
+            asyncio.run(run(settings.database_url))
+            return 0
+        embedded = EmbeddedPostgres(settings.data_dir / "pg")
+        dsn = embedded.start()
+        try:
+            asyncio.run(run(dsn))
+        finally:
+            embedded.stop()
+    except _startup_errors() as exc:
+        print(f"stamp: cannot migrate: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -94,6 +103,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from stamp.demo import run_demo
 
     return asyncio.run(run_demo(args))
+
+
+def cmd_loadtest(args: argparse.Namespace) -> int:
+    from stamp.loadtest import cmd_loadtest as run
+
+    return run(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -130,9 +145,26 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--json", action="store_true", help="print the summary as JSON")
     demo.set_defaults(func=cmd_demo)
 
+    loadtest = sub.add_parser(
+        "loadtest",
+        help="drive Stamp with certificates (local stack or --target) and report throughput, latencies, "
+        "resources and the invariant check",
+        description="Drive Stamp with certificates and measure it: a local stack (PostgreSQL, simulators, "
+        "Stamp processes) or a running Stamp (--target) with `stamp devstack`'s wallet (--wallet). "
+        "Exit code 1 when the invariant check fails.",
+    )
+    from stamp.loadtest import add_arguments as add_loadtest_arguments
+
+    add_loadtest_arguments(loadtest)
+    loadtest.set_defaults(func=cmd_loadtest)
+
     sub.add_parser(
         "devstack", help="run the registry and wallet simulators standalone (see `stamp devstack --help`)"
     )
+
+    from stamp import operator_cli
+
+    operator_cli.add_commands(sub)
     return parser
 
 

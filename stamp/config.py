@@ -16,6 +16,18 @@ from typing import Any, TypeVar
 
 import platformdirs
 
+from stamp.credentials import (
+    DEFAULT_ALGORITHMS,
+    DEFAULT_LEEWAY_SECONDS,
+    MAX_LEEWAY_SECONDS,
+    CredentialsError,
+    JwtKey,
+    JwtPolicy,
+    load_jwks,
+    load_public_key_pem,
+    parse_algorithms,
+    parse_token_spec,
+)
 from stamp.crypto.issuer_keys import IssuerKey
 
 T = TypeVar("T")
@@ -73,10 +85,18 @@ class Settings:
     shutdown_timeout_seconds: float = 20.0
     log_format: str = "json"
     log_level: str = "info"
+    # Bearer authentication of /v1 (docs/authentication.md); off when both are empty.
+    # SHA-256 digests of the static tokens: the tokens themselves are never kept.
+    auth_tokens: tuple[bytes, ...] = field(default=(), repr=False)
+    auth_jwt: JwtPolicy | None = None
 
     @property
     def embedded_database(self) -> bool:
         return self.database_url is None
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.auth_tokens) or self.auth_jwt is not None
 
     def masked(self) -> dict[str, Any]:
         """The effective configuration for display: secrets and passwords masked."""
@@ -85,6 +105,10 @@ class Settings:
             value = getattr(self, f.name)
             if f.name == "issuer_keys":
                 value = {area: key.fingerprint for area, key in value.items()}
+            elif f.name == "auth_tokens":
+                value = f"{len(value)} configured (masked)" if value else None
+            elif f.name == "auth_jwt":
+                value = value.describe() if value is not None else None
             elif f.name == "database_url" and value:
                 value = re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", value)
             elif isinstance(value, Path):
@@ -213,6 +237,90 @@ def _retry(env: Mapping[str, str], problems: list[str], prefix: str) -> RetryPol
     )
 
 
+def _auth_tokens(env: Mapping[str, str], problems: list[str]) -> tuple[bytes, ...]:
+    """``STAMP_AUTH_TOKENS`` (comma-separated) and ``STAMP_AUTH_TOKENS_FILE`` (one per
+    line, ``#`` comments): each a ``sha256:<hex>`` digest or a plain token. Problems
+    name the item by its place, never by its text."""
+    specs = [
+        (f"STAMP_AUTH_TOKENS item {n}", item)
+        for n, item in enumerate(env.get("STAMP_AUTH_TOKENS", "").split(","), 1)
+        if item.strip()
+    ]
+    path = env.get("STAMP_AUTH_TOKENS_FILE", "").strip()
+    if path:
+        try:
+            lines = Path(path).read_text().splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            problems.append(f"STAMP_AUTH_TOKENS_FILE={path!r}: cannot read it ({type(exc).__name__})")
+            lines = []
+        specs += [
+            (f"STAMP_AUTH_TOKENS_FILE line {n}", line)
+            for n, line in enumerate(lines, 1)
+            if line.strip() and not line.lstrip().startswith("#")
+        ]
+    digests: list[bytes] = []
+    for where, spec in specs:
+        try:
+            digest = parse_token_spec(spec)
+        except CredentialsError as exc:
+            problems.append(f"{where}: {exc}")
+            continue
+        if digest not in digests:
+            digests.append(digest)
+    return tuple(digests)
+
+
+def _leeway(raw: str) -> float:
+    value = float(raw)
+    if not 0 <= value <= MAX_LEEWAY_SECONDS:
+        raise ValueError(f"must be between 0 and {MAX_LEEWAY_SECONDS:g} seconds")
+    return value
+
+
+def _pem_keys(data: bytes, allowed: tuple[str, ...], source: str) -> tuple[JwtKey, ...]:
+    return (load_public_key_pem(data, allowed, source),)
+
+
+def _auth_jwt(env: Mapping[str, str], problems: list[str]) -> JwtPolicy | None:
+    issuer = env.get("STAMP_AUTH_JWT_ISSUER", "").strip()
+    audience = tuple(a.strip() for a in env.get("STAMP_AUTH_JWT_AUDIENCE", "").split(",") if a.strip())
+    loaders: dict[str, Callable[[bytes, tuple[str, ...], str], tuple[JwtKey, ...]]] = {
+        "STAMP_AUTH_JWT_JWKS_FILE": load_jwks,
+        "STAMP_AUTH_JWT_PUBLIC_KEY": _pem_keys,
+    }
+    sources = [(name, env[name].strip(), load) for name, load in loaders.items() if env.get(name, "").strip()]
+    before = len(problems)
+    algorithms = _read(env, problems, "STAMP_AUTH_JWT_ALGORITHMS", parse_algorithms, DEFAULT_ALGORITHMS)
+    leeway = _read(env, problems, "STAMP_AUTH_JWT_LEEWAY_SECONDS", _leeway, DEFAULT_LEEWAY_SECONDS)
+    if not sources:
+        if issuer or audience or env.get("STAMP_AUTH_JWT_ALGORITHMS"):
+            problems.append(
+                "STAMP_AUTH_JWT_*: JWT authentication needs its keys: set STAMP_AUTH_JWT_JWKS_FILE "
+                "or STAMP_AUTH_JWT_PUBLIC_KEY"
+            )
+        return None
+    keys: list[JwtKey] = []
+    for name, path, loader in sources:
+        try:
+            keys += loader(Path(path).read_bytes(), algorithms, path)
+        except OSError as exc:
+            problems.append(f"{name}={path!r}: cannot read it ({exc.strerror or type(exc).__name__})")
+        except CredentialsError as exc:
+            problems.append(f"{name}={path!r}: {exc}")
+    if not issuer:
+        problems.append(
+            "STAMP_AUTH_JWT_ISSUER: required with JWT authentication (the `iss` tokens must carry)"
+        )
+    if not audience:
+        problems.append(
+            "STAMP_AUTH_JWT_AUDIENCE: required with JWT authentication (the `aud` tokens must carry, "
+            "so tokens meant for other services are refused)"
+        )
+    if len(problems) > before:
+        return None
+    return JwtPolicy(issuer, audience, tuple(keys), leeway)
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Read and validate the configuration; raise ConfigError listing every problem."""
     env = os.environ if env is None else env
@@ -291,6 +399,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         ),
         log_format=log_format,
         log_level=log_level,
+        auth_tokens=_auth_tokens(env, problems),
+        auth_jwt=_auth_jwt(env, problems),
     )
     if problems:
         raise ConfigError(problems)

@@ -51,6 +51,15 @@ class Step(enum.StrEnum):
 CERTIFICATE_TYPES = {1: "consumption", 2: "production"}
 
 
+def step_of(state: State) -> Step:
+    """The pipeline step a certificate in this state is working on."""
+    if state is State.STORED:
+        return Step.CRYPTO
+    if state is State.SENT_TO_REGISTRY:
+        return Step.REGISTRY
+    return Step.WALLET
+
+
 def resume_state(failed_step: str | None, has_transaction: bool) -> State:
     """Where an operator retry of a failed certificate resumes: from the step that
     failed, with whatever was persisted before it (position, transaction, R)."""

@@ -53,12 +53,18 @@ def migrations_folder(tmp_path: Path, extra: dict[str, str]) -> Path:
     return folder
 
 
+SHIPPED = [m.version for m in load_migrations()]
+LATEST = SHIPPED[-1]
+NEXT = LATEST + 1
+
+
 async def test_migrations_apply_to_an_empty_database_and_are_recorded(empty_database_dsn: str) -> None:
     conn = await asyncpg.connect(empty_database_dsn)
     try:
-        assert await apply_migrations(conn) == [1]
+        assert await apply_migrations(conn) == SHIPPED
         rows = await conn.fetch("SELECT version, name, applied_at FROM schema_migrations ORDER BY version")
-        assert [(r["version"], r["name"]) for r in rows] == [(1, "initial")]
+        assert [r["version"] for r in rows] == SHIPPED
+        assert (rows[0]["version"], rows[0]["name"]) == (1, "initial")
         assert rows[0]["applied_at"] is not None
         tables = {
             r["tablename"]
@@ -74,7 +80,7 @@ async def test_applying_migrations_twice_applies_nothing_the_second_time(empty_d
     try:
         await apply_migrations(conn)
         assert await apply_migrations(conn) == []
-        assert await conn.fetchval("SELECT count(*) FROM schema_migrations") == 1
+        assert await conn.fetchval("SELECT count(*) FROM schema_migrations") == len(SHIPPED)
     finally:
         await conn.close()
 
@@ -85,7 +91,7 @@ async def test_an_empty_database_is_outdated_and_the_error_tells_to_run_stamp_mi
     conn = await asyncpg.connect(empty_database_dsn)
     try:
         status = await schema_status(conn)
-        assert (status.current, status.latest, status.pending) == (0, 1, [1])
+        assert (status.current, status.latest, status.pending) == (0, LATEST, SHIPPED)
         with pytest.raises(SchemaOutdated) as raised:
             await ensure_current(conn)
         assert "stamp migrate" in str(raised.value)
@@ -100,16 +106,18 @@ async def test_an_empty_database_is_outdated_and_the_error_tells_to_run_stamp_mi
 async def test_a_database_missing_a_newer_migration_is_outdated_until_it_is_applied(
     empty_database_dsn: str, tmp_path: Path
 ) -> None:
-    newer = migrations_folder(tmp_path, {"0002_add_notes.sql": "CREATE TABLE notes (id int PRIMARY KEY);"})
+    newer = migrations_folder(
+        tmp_path, {f"{NEXT:04d}_add_notes.sql": "CREATE TABLE notes (id int PRIMARY KEY);"}
+    )
     conn = await asyncpg.connect(empty_database_dsn)
     try:
         await apply_migrations(conn)  # the shipped subset only
         status = await schema_status(conn, newer)
-        assert (status.current, status.latest, status.pending) == (1, 2, [2])
-        with pytest.raises(SchemaOutdated, match="0002"):
+        assert (status.current, status.latest, status.pending) == (LATEST, NEXT, [NEXT])
+        with pytest.raises(SchemaOutdated, match=f"{NEXT:04d}"):
             await ensure_current(conn, newer)
-        assert await apply_migrations(conn, newer) == [2]
-        assert (await ensure_current(conn, newer)).current == 2
+        assert await apply_migrations(conn, newer) == [NEXT]
+        assert (await ensure_current(conn, newer)).current == NEXT
         assert await conn.fetchval("SELECT to_regclass('notes') IS NOT NULL")
     finally:
         await conn.close()
@@ -120,14 +128,14 @@ async def test_a_failing_migration_is_rolled_back_and_stays_pending(
 ) -> None:
     broken = migrations_folder(
         tmp_path,
-        {"0002_broken.sql": "CREATE TABLE half_done (id int);\nSELECT no_such_column FROM half_done;"},
+        {f"{NEXT:04d}_broken.sql": "CREATE TABLE half_done (id int);\nSELECT no_such_column FROM half_done;"},
     )
     conn = await asyncpg.connect(empty_database_dsn)
     try:
         with pytest.raises(asyncpg.UndefinedColumnError):
             await apply_migrations(conn, broken)
-        # 0001 ran in its own transaction and stays; nothing of 0002 does.
-        assert (await schema_status(conn, broken)).pending == [2]
+        # The shipped ones ran each in its own transaction and stay; nothing of the broken one does.
+        assert (await schema_status(conn, broken)).pending == [NEXT]
         assert await conn.fetchval("SELECT to_regclass('half_done') IS NULL")
     finally:
         await conn.close()
@@ -141,17 +149,17 @@ async def test_concurrent_migrators_apply_each_migration_exactly_once(
     folder = migrations_folder(
         tmp_path,
         {
-            "0002_slow.sql": "SELECT pg_sleep(0.2); CREATE TABLE slow (id int);",
-            "0003_counter.sql": "CREATE TABLE counter (n int); INSERT INTO counter VALUES (1);",
+            f"{NEXT:04d}_slow.sql": "SELECT pg_sleep(0.2); CREATE TABLE slow (id int);",
+            f"{NEXT + 1:04d}_counter.sql": "CREATE TABLE counter (n int); INSERT INTO counter VALUES (1);",
         },
     )
     conns = [await asyncpg.connect(empty_database_dsn) for _ in range(4)]
     try:
         results = await asyncio.gather(*(apply_migrations(c, folder) for c in conns))
         applied = sorted(v for result in results for v in result)
-        assert applied == [1, 2, 3]
+        assert applied == [*SHIPPED, NEXT, NEXT + 1]
         assert await conns[0].fetchval("SELECT count(*) FROM counter") == 1
-        assert await conns[0].fetchval("SELECT count(*) FROM schema_migrations") == 3
+        assert await conns[0].fetchval("SELECT count(*) FROM schema_migrations") == len(SHIPPED) + 2
     finally:
         for c in conns:
             await c.close()

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
 import orjson
 import structlog
 from aiohttp import web
@@ -243,6 +244,16 @@ def request_id_of(request: web.Request) -> str:
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+DATABASE_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    OSError,  # connection refused/reset (ConnectionError is a subclass)
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.InterfaceError,  # e.g. the connection was closed under the query
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+)
+
 
 @web.middleware
 async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -256,6 +267,13 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
             if exc.status < 400:  # redirects and the like are answers, not problems
                 raise
             response = problem_response(from_http_exception(exc))
+        except DATABASE_UNAVAILABLE as exc:
+            # PostgreSQL restarting or unreachable: nothing was written, the client may
+            # retry; the pipeline pauses and resumes by itself.
+            structlog.get_logger(__name__).warning(
+                "request.database_unavailable", request_id=request_id, error=type(exc).__name__
+            )
+            response = problem_response(Unavailable("database unavailable, retry later", retry_after=2))
         except Exception:
             # The exception text may carry anything (SQL, values, keys): log it, never answer it.
             # A fresh logger proxy: it follows the logging configuration in force now.

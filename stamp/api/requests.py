@@ -617,7 +617,18 @@ def parse_uuid(value: object, field: str) -> str:
     return canonical
 
 
-_DIGITS = re.compile(r"[0-9]{1,18}")
+def parse_text_param(value: str, field: str, *, max_length: int = MAX_ID_LENGTH) -> str:
+    """A text path or query parameter that reaches a query (a registry name, a metering
+    point id): what a body's text must be, since PostgreSQL text cannot hold NUL and
+    would answer a 500 instead of a 400."""
+    problem = _text_problem(value, max_length)
+    if problem:
+        raise ValidationProblem.single(field, problem)
+    return value
+
+
+_DIGITS = re.compile(r"[0-9]{1,19}")
+"""Enough for any bigint id (2**63 - 1 has 19 digits); the range is checked after."""
 
 
 def parse_int_param(value: str | None, field: str, *, default: int, minimum: int = 0, maximum: int) -> int:

@@ -19,12 +19,13 @@ from stamp.api.requests import (
     parse_new_certificate,
     parse_new_recipient,
     parse_state_filter,
+    parse_text_param,
     parse_uuid,
     read_json_body,
 )
 from stamp.api.runtime import RUNTIME, Runtime
 from stamp.api.views import certificate_detail, certificate_summary, decode_cursor, encode_cursor
-from stamp.db import queries
+from stamp.db import queries, withdrawals
 from stamp.domain import CertificateKey, CertificateRecord, Recipient, State
 
 routes = web.RouteTableDef()
@@ -102,7 +103,7 @@ async def create_certificate(request: web.Request) -> web.Response:
     )
     row = _new_row(new)
     if runtime.backlog.full:
-        existing = await queries.find_conflicting(runtime.pool, row)
+        existing = await withdrawals.find_conflicting(runtime.pool, row)
         if existing is None:
             raise problems.Unavailable(
                 f"backlog of {runtime.backlog.count} certificates in progress exceeds the limit "
@@ -114,13 +115,18 @@ async def create_certificate(request: web.Request) -> web.Response:
         raise problems.NotFound(f"recipient {new.recipient_id} not found", field="recipientId")
     created_at = await queries.insert_certificate(runtime.pool, row)
     if created_at is None:
-        existing = await queries.find_conflicting(runtime.pool, row)
+        existing = await withdrawals.find_conflicting(runtime.pool, row)
         if existing is None:  # deleted in between cannot happen; treat as a conflict to be safe
             raise problems.Conflict("the certificate conflicts with another one")
         return _answer_existing(request, new, existing)
     runtime.backlog.added()
-    metrics.certificate_received()
-    runtime.supervisor.tell(AdmitCertificate(_stored_record(new)))
+    metrics.certificate_received(CertificateKey(new.registry_name, new.certificate_id))
+    if runtime.live.certificate_actors < settings.max_in_flight:
+        # Only when there is room: the supervisor's mailbox stays bounded, and a full
+        # house leaves the row for the supervisor to claim from the backlog.
+        runtime.supervisor.tell(AdmitCertificate(_stored_record(new)))
+    else:
+        runtime.live.backlog_waiting = True
     status_url = _status_url(request, new.registry_name, new.certificate_id)
     return json_response(
         {
@@ -188,8 +194,14 @@ def _stored_as_new(existing: asyncpg.Record) -> NewCertificate:
 
 
 def _answer_existing(request: web.Request, new: NewCertificate, existing: asyncpg.Record) -> web.Response:
-    """An identical re-post is answered like the first post; anything else is a 409."""
+    """An identical re-post is answered like the first post; anything else is a 409.
+    A withdrawn certificate is never issued again, not even for an identical re-post."""
     same_key = existing["registry_name"] == new.registry_name and existing["id"] == new.certificate_id
+    if same_key and existing["withdrawn"]:
+        raise problems.Conflict(
+            f"certificate {new.registry_name}/{new.certificate_id} was withdrawn; "
+            "certify the period again with a new certificate id"
+        )
     if same_key and bytes(existing["request_digest"]) == new.canonical_digest():
         status_url = _status_url(request, new.registry_name, new.certificate_id)
         return json_response(
@@ -219,7 +231,7 @@ def _answer_existing(request: web.Request, new: NewCertificate, existing: asyncp
 async def get_certificate(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
     certificate_id = parse_uuid(request.match_info["id"], "id")
-    key = CertificateKey(request.match_info["registry"], certificate_id)
+    key = CertificateKey(parse_text_param(request.match_info["registry"], "registryName"), certificate_id)
     found = await queries.get_view(runtime.pool, key)
     if found is None:
         raise problems.NotFound(f"certificate {key} not found")
@@ -244,7 +256,9 @@ async def list_certificates(request: web.Request) -> web.Response:
         runtime.pool,
         state=state,
         recipient_id=recipient_id,
-        metering_point_id=query.get("meteringpointid") or None,
+        metering_point_id=parse_text_param(query["meteringpointid"], "meteringPointId")
+        if query.get("meteringpointid")
+        else None,
         after=after,
         limit=limit + 1,
     )
@@ -265,7 +279,10 @@ async def list_certificates(request: web.Request) -> web.Response:
 async def retry_certificate(request: web.Request) -> web.Response:
     """Operator retry of a failed certificate, from the step that failed."""
     runtime = request.app[RUNTIME]
-    key = CertificateKey(request.match_info["registry"], parse_uuid(request.match_info["id"], "id"))
+    key = CertificateKey(
+        parse_text_param(request.match_info["registry"], "registryName"),
+        parse_uuid(request.match_info["id"], "id"),
+    )
     async with runtime.pool.acquire() as conn:
         outcome = await queries.retry_failed(conn, key)
     if not outcome.found:

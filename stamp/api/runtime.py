@@ -10,7 +10,7 @@ import asyncpg
 import pykka
 from aiohttp import web
 
-from actors.deps import RecipientCache
+from actors.deps import LiveCounts, RecipientCache
 from stamp.config import Settings
 from stamp.db import queries
 from stamp.db.migrate import schema_status
@@ -42,6 +42,7 @@ class Runtime:
     supervisor: pykka.ActorRef[Any]
     recipients: RecipientCache
     backlog: Backlog
+    live: LiveCounts
     draining: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 

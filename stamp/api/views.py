@@ -4,7 +4,8 @@ for periods, RFC 3339 for timestamps. Never R, salts or keys."""
 from __future__ import annotations
 
 import base64
-from datetime import datetime
+import re
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -36,6 +37,7 @@ def certificate_summary(row: asyncpg.Record) -> dict[str, Any]:
         "rejectionReason": row["rejection_reason"],
         "failure": failure,
         "transactionId": row["transaction_id"],
+        "withdrawn": row["withdrawn"],
         "createdAt": rfc3339(row["created_at"]),
         "updatedAt": rfc3339(row["updated_at"]),
     }
@@ -57,11 +59,20 @@ def encode_cursor(row: asyncpg.Record) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
 def decode_cursor(cursor: str) -> tuple[datetime, str, str]:
-    """Raises ValueError for anything that is not a cursor this API issued."""
+    """Raises ValueError for anything that is not a cursor this API issued (a
+    tampered one must be a 400, never reach the database as garbage)."""
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         at, registry, certificate_id = orjson.loads(raw)
-        return datetime.fromisoformat(at), str(registry), str(certificate_id)
-    except (ValueError, TypeError, orjson.JSONDecodeError) as exc:
+        when = datetime.fromisoformat(at).astimezone(UTC)
+    except (ValueError, TypeError, OverflowError, orjson.JSONDecodeError) as exc:
         raise ValueError("not a valid cursor") from exc
+    if not isinstance(registry, str) or "\x00" in registry or not isinstance(certificate_id, str):
+        raise ValueError("not a valid cursor")
+    if not _UUID.fullmatch(certificate_id):
+        raise ValueError("not a valid cursor")
+    return when, registry, certificate_id

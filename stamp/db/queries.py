@@ -100,17 +100,6 @@ event AS (
 SELECT state, created_at FROM inserted
 """
 
-SELECT_CONFLICTING = """
-SELECT registry_name, id::text, recipient_id::text, metering_point_id, certificate_type,
-       quantity, period_start, period_end, grid_area, clear_attributes, hashed_attributes,
-       request_digest, state
-FROM certificates
-WHERE (registry_name = $1 AND id = $2)
-   OR (metering_point_id = $3 AND period_start = $4 AND period_end = $5)
-ORDER BY (registry_name = $1 AND id = $2) DESC
-LIMIT 1
-"""
-
 COUNT_ACTIVE = """
 SELECT count(*) FROM certificates
 WHERE state IN ('stored', 'sent_to_registry', 'issued_in_registry', 'marked_as_issued')
@@ -136,7 +125,7 @@ SELECT_VIEW = """
 SELECT registry_name, id::text AS id, recipient_id::text AS recipient_id, metering_point_id,
        certificate_type, quantity, period_start, period_end, grid_area, clear_attributes,
        hashed_attributes, state, position, transaction_id, rejection_reason, failed_step,
-       failure_reason, attempts, created_at, updated_at
+       failure_reason, attempts, withdrawn, created_at, updated_at
 FROM certificates WHERE registry_name = $1 AND id = $2
 """
 
@@ -149,7 +138,7 @@ WHERE registry_name = $1 AND certificate_id = $2 ORDER BY seq
 LIST_CERTIFICATES = """
 SELECT registry_name, id::text AS id, recipient_id::text AS recipient_id, metering_point_id,
        certificate_type, quantity, period_start, period_end, grid_area, state, position,
-       transaction_id, rejection_reason, failed_step, failure_reason, attempts,
+       transaction_id, rejection_reason, failed_step, failure_reason, attempts, withdrawn,
        created_at, updated_at
 FROM certificates
 WHERE ($1::text IS NULL OR state = $1)
@@ -330,12 +319,6 @@ async def insert_certificate(conn: Conn, new: NewCertificateRow) -> datetime | N
     return None if row is None else row["created_at"]
 
 
-async def find_conflicting(conn: Conn, new: NewCertificateRow) -> asyncpg.Record | None:
-    return await conn.fetchrow(
-        SELECT_CONFLICTING, new.registry_name, new.certificate_id, new.metering_point_id, new.start, new.end
-    )
-
-
 async def count_active(conn: Conn) -> int:
     return int(await conn.fetchval(COUNT_ACTIVE))
 
@@ -473,8 +456,34 @@ async def claim_delivery(conn: Conn, key: CertificateKey, expected_version: int,
     return version
 
 
+FAIL_AFTER_CRASHES = """
+WITH changed AS (
+    UPDATE certificates
+    SET state = 'failed', version = version + 1, updated_at = now(), failed_step = $3,
+        failure_reason = $4, attempts = $5, lease_owner = NULL, lease_until = NULL
+    WHERE registry_name = $1 AND id = $2
+      AND state IN ('stored', 'sent_to_registry', 'issued_in_registry', 'marked_as_issued')
+    RETURNING registry_name, id, state
+),
+event AS (
+    INSERT INTO certificate_events (registry_name, certificate_id, event_type, state, detail)
+    SELECT registry_name, id, 'CertificateFailed', state,
+           jsonb_build_object('step', $3::text, 'reason', $4::text, 'attempts', $5::int)
+    FROM changed
+)
+SELECT count(*) FROM changed
+"""
+
+
+async def fail_after_crashes(conn: Conn, key: CertificateKey, step: str, reason: str, attempts: int) -> bool:
+    """Unconditional (not versioned): the actor that would own the version is dead."""
+    return bool(
+        await conn.fetchval(FAIL_AFTER_CRASHES, key.registry, key.certificate_id, step, reason, attempts)
+    )
+
+
 SELECT_FAILED_FOR_RETRY = """
-SELECT state, failed_step, failure_reason, attempts, transaction IS NOT NULL AS has_transaction
+SELECT state, failed_step, failure_reason, attempts, transaction IS NOT NULL AS has_transaction, withdrawn
 FROM certificates WHERE registry_name = $1 AND id = $2 FOR UPDATE
 """
 
@@ -493,6 +502,8 @@ async def retry_failed(conn: asyncpg.Connection | PoolConnectionProxy, key: Cert
         row = await conn.fetchrow(SELECT_FAILED_FOR_RETRY, key.registry, key.certificate_id)
         if row is None:
             return RetryOutcome(False, None)
+        if row["withdrawn"]:
+            return RetryOutcome(True, None, "withdrawn")
         if row["state"] != State.FAILED:
             return RetryOutcome(True, None, row["state"])
         resume = resume_state(row["failed_step"], row["has_transaction"])

@@ -18,6 +18,7 @@ from grpc import aio
 
 from protos.project_origin.common.v1 import common_pb2
 from protos.project_origin.registry.v1 import registry_pb2
+from stamp import metrics
 
 _SERVICE = "/project_origin.registry.v1.RegistryService/"
 _TRANSIENT_CODES = frozenset(
@@ -110,8 +111,9 @@ class RegistryClient:
         for channel in channels:
             await channel.close(grace=None)
 
-    def _error(self, registry: str, exc: aio.AioRpcError) -> RegistryCallError:
+    def _error(self, registry: str, method: str, exc: aio.AioRpcError) -> RegistryCallError:
         code = exc.code()
+        metrics.registry_call(method, code.name)
         return RegistryCallError(registry, code.name, exc.details() or "", transient=code in _TRANSIENT_CODES)
 
     async def send(self, registry: str, transactions: list[bytes]) -> None:
@@ -124,7 +126,8 @@ class RegistryClient:
             try:
                 await call(frame_send_request(transactions), timeout=self._timeout)
             except aio.AioRpcError as exc:
-                raise self._error(registry, exc) from exc
+                raise self._error(registry, "SendTransactions", exc) from exc
+        metrics.registry_call("SendTransactions", "OK")
 
     async def status(self, registry: str, transaction_id: str) -> StatusReply:
         call = self._channel(registry).unary_unary(
@@ -138,7 +141,8 @@ class RegistryClient:
                     registry_pb2.GetTransactionStatusRequest(id=transaction_id), timeout=self._timeout
                 )
             except aio.AioRpcError as exc:
-                raise self._error(registry, exc) from exc
+                raise self._error(registry, "GetTransactionStatus", exc) from exc
+        metrics.registry_call("GetTransactionStatus", "OK")
         return StatusReply(TxStatus(reply.status), reply.message)
 
     async def statuses(
@@ -168,5 +172,6 @@ class RegistryClient:
             try:
                 reply = await call(request, timeout=self._timeout)
             except aio.AioRpcError as exc:
-                raise self._error(registry, exc) from exc
+                raise self._error(registry, "GetStreamTransactions", exc) from exc
+        metrics.registry_call("GetStreamTransactions", "OK")
         return [tx.SerializeToString() for tx in reply.transactions]

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 import aiohttp
 import orjson
 
+from stamp import metrics
+
 
 class DeliveryOutcome(enum.Enum):
     DELIVERED = "delivered"
@@ -83,11 +85,14 @@ class WalletClient:
                 text = (await response.text(errors="replace"))[:300]
                 status = response.status
         except TimeoutError:
+            metrics.wallet_answer("timeout")
             return DeliveryResult(DeliveryOutcome.TRANSIENT, None, "wallet did not answer in time")
         except aiohttp.ClientError as exc:
+            metrics.wallet_answer("error")
             return DeliveryResult(
                 DeliveryOutcome.TRANSIENT, None, f"wallet unreachable: {type(exc).__name__}"
             )
+        metrics.wallet_answer(str(status))
         if 200 <= status < 300:
             return DeliveryResult(DeliveryOutcome.DELIVERED, status, "")
         if status in (400, 404, 410, 422):

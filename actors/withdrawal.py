@@ -1,0 +1,329 @@
+"""WithdrawalActor: gets every pending withdrawal committed in the registry.
+
+The HTTP edge persists a withdrawal (record, signed ``WithdrawnEvent`` transaction and
+the certificate's flag, in one DB transaction) and then tells this actor to drive it.
+The actor hands the persisted bytes to the RegistryGateway, which sends, re-sends only
+on UNKNOWN and polls, exactly as for issuance; the outcome is written back as a
+compare-and-set from ``pending`` with its history event. At start-up, and then every
+third of a lease, it claims the pending withdrawals nobody drives (its own from before
+a crash or restart, and those whose lease expired) and drives them again, asking the
+registry for their status first: they may have been sent already.
+
+"Already withdrawn" from the registry is settled by reading the stream, like "already
+exists" for issuance (registry.md): the identical bytes re-sent after the registry's
+status cache expired are verified again and fail so, although the stream holds them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from actors.backoff import backoff_delay
+from actors.base import StampActor
+from actors.bridge import tell_quietly
+from actors.deps import ActorDeps
+from actors.messages import RegistryGaveUp, RegistryIssued, RegistryRejected, SubmitTransaction
+from protos.project_origin.registry.v1 import registry_pb2
+from stamp.crypto.transactions import WITHDRAWN_EVENT_TYPE
+from stamp.db import withdrawals
+from stamp.domain import CertificateKey
+from stamp.gateways.registry_client import RegistryCallError, RegistryClient
+from stamp.withdrawal import Withdrawal, WithdrawalEvent, WithdrawalState
+
+log = structlog.get_logger(__name__)
+CLAIM_LIMIT = 1000
+
+# --- protocol ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DriveWithdrawal:
+    """A withdrawal was persisted (or re-driven) and leased to this instance.
+    check_first: ask the registry for its status before sending."""
+
+    withdrawal: Withdrawal
+    check_first: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _Sweep:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class _Claimed:
+    withdrawals: tuple[Withdrawal, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _SweepFailed:
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    """What to record for a withdrawal: its final state and the history event."""
+
+    state: WithdrawalState
+    event: WithdrawalEvent
+    detail: dict[str, Any]
+    reason: str | None = None
+    attempts: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Settled:
+    key: CertificateKey
+    generation: int
+    outcome: _Outcome
+    changed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _SettleFailed:
+    key: CertificateKey
+    generation: int
+    outcome: _Outcome
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class _StreamRead:
+    key: CertificateKey
+    generation: int
+    transactions: tuple[bytes, ...]
+    error: RegistryCallError | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Retry:
+    key: CertificateKey
+    generation: int
+    outcome: _Outcome | None  # None: read the stream again
+
+
+@dataclass(slots=True)
+class _Entry:
+    withdrawal: Withdrawal
+    generation: int
+    errors: int = 0
+    settling: bool = False
+
+
+def withdrawn_in_stream(transactions: Sequence[bytes], ours: bytes) -> tuple[bool, bool]:
+    """(whether the stream holds a withdrawal, whether that is our transaction).
+    Compared as messages, not bytes: the registry may re-serialise what it stores."""
+    mine = registry_pb2.Transaction.FromString(ours)
+    found = by_us = False
+    for data in transactions:
+        tx = registry_pb2.Transaction.FromString(data)
+        if tx.header.payload_type == WITHDRAWN_EVENT_TYPE:
+            found = True
+            by_us = by_us or tx == mine
+    return found, by_us
+
+
+async def _sweep(deps: ActorDeps, active: list[int]) -> tuple[Withdrawal, ...]:
+    await withdrawals.renew_leases(deps.pool, lease=deps.lease, ids=active)
+    claimed = await withdrawals.claim_pending(deps.pool, lease=deps.lease, exclude=active, limit=CLAIM_LIMIT)
+    return tuple(claimed)
+
+
+class WithdrawalActor(StampActor):
+    def __init__(self, deps: ActorDeps, client: RegistryClient) -> None:
+        super().__init__()
+        self.deps = deps
+        self.client = client
+        self.active: dict[CertificateKey, _Entry] = {}
+        self.generations = 0
+        self.sweep_seconds = max(1.0, deps.settings.lease_seconds / 3)
+
+    # --- protocol ---------------------------------------------------------------------------
+
+    def on_start(self) -> None:
+        self._sweep()
+
+    def on_receive(self, message: object) -> None:
+        match message:
+            case DriveWithdrawal(withdrawal=withdrawal, check_first=check_first):
+                self._drive(withdrawal, check_first)
+            case _Sweep():
+                self._sweep()
+            case _Claimed(withdrawals=claimed):
+                if claimed:
+                    log.info("withdrawal.claimed", withdrawals=len(claimed))
+                for withdrawal in claimed:
+                    if withdrawal.key not in self.active:
+                        self._drive(withdrawal, check_first=True)
+                self.deps.bridge.later(self.sweep_seconds, self.actor_ref, _Sweep())
+            case _SweepFailed(reason=reason):
+                log.warning("withdrawal.sweep_failed", reason=reason)
+                self.deps.bridge.later(self.sweep_seconds, self.actor_ref, _Sweep())
+            case RegistryIssued(key=key):
+                self._on_committed(key, by_us=True)
+            case RegistryRejected(key=key, message=reason):
+                if "already withdrawn" in reason.lower():
+                    self._read_stream(key)
+                else:
+                    self._on_failed(key, f"rejected by the registry: {reason}", 1)
+            case RegistryGaveUp(key=key, reason=reason, attempts=attempts):
+                self._on_failed(key, reason, attempts)
+            case _StreamRead():
+                self._on_stream(message)
+            case _Settled():
+                self._on_settled(message)
+            case _SettleFailed():
+                self._on_settle_failed(message)
+            case _Retry(key=key, generation=generation, outcome=outcome):
+                entry = self.active.get(key)
+                if entry is not None and entry.generation == generation:
+                    if outcome is None:
+                        self._read_stream(key)
+                    else:
+                        self._settle(key, outcome)
+
+    # --- driving ----------------------------------------------------------------------------
+
+    def _drive(self, withdrawal: Withdrawal, check_first: bool) -> None:
+        entry = self.active.get(withdrawal.key)
+        if entry is not None and not entry.settling:
+            return  # driven already: the gateway answers once
+        self.generations += 1
+        self.active[withdrawal.key] = _Entry(withdrawal, self.generations)
+        self._log(withdrawal).info("withdrawal.driving", check_first=check_first)
+        tell_quietly(
+            self.deps.registry_gateway,
+            SubmitTransaction(
+                withdrawal.key, withdrawal.transaction, withdrawal.transaction_id, self.actor_ref, check_first
+            ),
+        )
+
+    def _sweep(self) -> None:
+        active = [entry.withdrawal.id for entry in self.active.values()]
+        self.deps.bridge.run(
+            _sweep(self.deps, active),
+            self.actor_ref,
+            _Claimed,
+            lambda exc: _SweepFailed(f"{type(exc).__name__}: {exc}"),
+        )
+
+    # --- outcomes ---------------------------------------------------------------------------
+
+    def _on_committed(self, key: CertificateKey, *, by_us: bool) -> None:
+        entry = self.active.get(key)
+        if entry is None:
+            return
+        detail: dict[str, Any] = {
+            "withdrawalId": entry.withdrawal.id,
+            "transactionId": entry.withdrawal.transaction_id,
+        }
+        if not by_us:
+            detail["note"] = "the registry holds the certificate as withdrawn by another transaction"
+        self._settle(key, _Outcome(WithdrawalState.COMMITTED, WithdrawalEvent.COMMITTED, detail))
+
+    def _on_failed(self, key: CertificateKey, reason: str, attempts: int) -> None:
+        entry = self.active.get(key)
+        if entry is None:
+            return
+        self._log(entry.withdrawal).warning("withdrawal.failed", reason=reason, attempts=attempts)
+        detail = {"withdrawalId": entry.withdrawal.id, "reason": reason, "attempts": attempts}
+        outcome = _Outcome(WithdrawalState.FAILED, WithdrawalEvent.FAILED, detail, reason, attempts)
+        self._settle(key, outcome)
+
+    def _read_stream(self, key: CertificateKey) -> None:
+        entry = self.active.get(key)
+        if entry is None:
+            return
+        generation = entry.generation
+
+        async def call() -> _StreamRead:
+            try:
+                transactions = await self.client.stream_transactions(key.registry, key.certificate_id)
+            except RegistryCallError as exc:
+                return _StreamRead(key, generation, (), exc)
+            return _StreamRead(key, generation, tuple(transactions), None)
+
+        self.deps.bridge.run(
+            call(),
+            self.actor_ref,
+            lambda result: result,
+            lambda exc: _StreamRead(
+                key, generation, (), RegistryCallError(key.registry, "client", repr(exc), transient=True)
+            ),
+        )
+
+    def _on_stream(self, message: _StreamRead) -> None:
+        entry = self.active.get(message.key)
+        if entry is None or entry.generation != message.generation:
+            return
+        if message.error is not None:
+            entry.errors += 1
+            policy = self.deps.settings.registry_retry
+            if not message.error.transient or entry.errors >= policy.max_attempts:
+                self._on_failed(message.key, f"registry call failed: {message.error}", entry.errors)
+                return
+            delay = backoff_delay(policy, entry.errors)
+            self.deps.bridge.later(delay, self.actor_ref, _Retry(message.key, entry.generation, None))
+            return
+        found, by_us = withdrawn_in_stream(message.transactions, entry.withdrawal.transaction)
+        if found:
+            self._on_committed(message.key, by_us=by_us)
+        else:
+            reason = "the registry answered 'already withdrawn' but the stream holds no withdrawal"
+            self._on_failed(message.key, reason, 1)
+
+    # --- recording --------------------------------------------------------------------------
+
+    def _settle(self, key: CertificateKey, outcome: _Outcome) -> None:
+        entry = self.active[key]
+        entry.settling = True
+        generation = entry.generation
+        self.deps.bridge.run(
+            withdrawals.record_outcome(
+                self.deps.pool,
+                entry.withdrawal.id,
+                outcome.state,
+                outcome.event,
+                outcome.detail,
+                reason=outcome.reason,
+                attempts=outcome.attempts,
+            ),
+            self.actor_ref,
+            lambda changed: _Settled(key, generation, outcome, changed),
+            lambda exc: _SettleFailed(key, generation, outcome, f"{type(exc).__name__}: {exc}"),
+        )
+
+    def _on_settled(self, message: _Settled) -> None:
+        entry = self.active.get(message.key)
+        if entry is None or entry.generation != message.generation:
+            return
+        del self.active[message.key]
+        self._log(entry.withdrawal).info(
+            "withdrawal.settled",
+            state=message.outcome.state.value,
+            recorded=message.changed,  # False: another driver settled it first
+        )
+
+    def _on_settle_failed(self, message: _SettleFailed) -> None:
+        entry = self.active.get(message.key)
+        if entry is None or entry.generation != message.generation:
+            return
+        # The outcome is known, only writing it failed: try again until the database
+        # is back (the lease keeps other instances from driving it meanwhile).
+        entry.errors += 1
+        delay = backoff_delay(self.deps.settings.registry_retry, entry.errors)
+        self._log(entry.withdrawal).warning(
+            "withdrawal.record_failed", reason=message.reason, attempt=entry.errors, delay=round(delay, 3)
+        )
+        self.deps.bridge.later(delay, self.actor_ref, _Retry(message.key, entry.generation, message.outcome))
+
+    def _log(self, withdrawal: Withdrawal) -> Any:
+        return log.bind(
+            withdrawal_id=withdrawal.id,
+            certificate_id=withdrawal.key.certificate_id,
+            registry=withdrawal.key.registry,
+        )

@@ -1,0 +1,554 @@
+"""Stamp's benchmark: the ceilings and Stamp itself, measured in one run on one machine.
+
+    .venv/bin/python scripts/bench.py            # ceilings, 10,000 certificates over 1,000 recipients,
+                                                 # a below-saturation run and two Stamp processes
+    .venv/bin/python scripts/bench.py --quick    # the same, smaller (2,000 over 200): a few minutes
+    .venv/bin/python scripts/bench.py --full     # adds 100,000 certificates over 10,000 recipients
+
+Ceilings, each measured here and now:
+
+- crypto: full issue bundles/s (owner key, commitment, range proof, self-verification,
+  hashed attributes, signed transaction) in a process pool on every core, one bundle
+  per task as Stamp submits them; also without the self-verification;
+- database: Stamp's own statements (intake insert, position allocation, the four
+  transitions) per second at Stamp's pool size, as certificate lifecycles per second;
+  with asyncpg's default connection reset on release (as Stamp's pool does today) and
+  without it;
+- HTTP intake: 202s/s of a trivial aiohttp handler (reads and parses the JSON body)
+  in its own process, driven by the same load driver and concurrency as Stamp.
+
+Then Stamp (``stamp.loadtest``: simulators in a child process, Stamp processes as
+``stamp serve``, a fresh database each), and the ratios Stamp/ceiling. PostgreSQL is
+an embedded one started here unless ``--database-url`` names a server (a database is
+created for each measurement and dropped after it). ``--json`` and ``--markdown``
+write the results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import os
+import secrets
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import aiohttp
+import asyncpg
+import orjson
+from aiohttp import web
+
+from stamp.app import warm_crypto_worker
+from stamp.crypto.bundle import IssueRequest, build_issue_bundle
+from stamp.crypto.hdkeys import ExtendedPrivateKey
+from stamp.crypto.issuer_keys import IssuerKey
+from stamp.db import queries
+from stamp.db.embedded import EmbeddedPostgres
+from stamp.db.migrate import apply_migrations
+from stamp.db.pool import create_pool, init_connection
+from stamp.domain import CertificateKey, Event, State
+from stamp.load.driver import CertificateFactory, Schedule, drive
+from stamp.load.report import machine, percentiles
+from stamp.loadtest import LoadOptions, quiet_logs, run_loadtest
+
+STAMP_POOL_SIZE = 20  # stamp.app.database_ctx: max_size
+INTAKE_CONCURRENCY = 64
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    crypto_bundles: int
+    db_certificates: int
+    http_requests: int
+    certificates: int
+    recipients: int
+    steady_seconds: float
+    full: bool
+    two_instances: bool
+
+
+# --- crypto ceiling -----------------------------------------------------------------------
+
+
+def crypto_ceiling(count: int, verify_proof: bool) -> dict[str, Any]:
+    cores = os.cpu_count() or 1
+    recipient = ExtendedPrivateKey.generate().public().to_bytes()
+    issuer = IssuerKey.generate().private_pem()
+    requests = [
+        IssueRequest(
+            registry="Narnia",
+            certificate_id=str(uuid.uuid4()),
+            certificate_type=2,
+            quantity=1000 + i,
+            start=1_700_000_000 + 3600 * i,
+            end=1_700_003_600 + 3600 * i,
+            grid_area="DK1",
+            clear_attributes=(("fuelCode", "F01040100"), ("techCode", "T010000")),
+            hashed_attributes=(("assetId", "571234567890123456"),),
+            recipient_public_key=recipient,
+            position=i + 1,
+            issuer_private_pem=issuer,
+            verify_proof=verify_proof,
+        )
+        for i in range(count)
+    ]
+    with ProcessPoolExecutor(cores, mp_context=multiprocessing.get_context("spawn")) as pool:
+        for warming in [pool.submit(warm_crypto_worker) for _ in range(cores)]:
+            warming.result()
+        started = time.perf_counter()
+        for future in [pool.submit(build_issue_bundle, r) for r in requests]:
+            future.result()
+        seconds = time.perf_counter() - started
+    return {"bundles": count, "seconds": seconds, "per_second": count / seconds, "workers": cores}
+
+
+# --- database ceiling ---------------------------------------------------------------------
+
+
+def database_dsn(server_dsn: str, database: str) -> str:
+    return urlunsplit(urlsplit(server_dsn)._replace(path=f"/{database}"))
+
+
+@asynccontextmanager
+async def fresh_database(server_dsn: str, prefix: str) -> AsyncIterator[str]:
+    name = f"{prefix}_{os.getpid()}_{secrets.token_hex(3)}"
+    conn = await asyncpg.connect(server_dsn)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    try:
+        yield database_dsn(server_dsn, name)
+    finally:
+        conn = await asyncpg.connect(server_dsn)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """No reset on release: Stamp keeps no session state (no LISTEN, no session
+    advisory locks, no SET); asyncpg still rolls back an open transaction."""
+
+
+async def database_ceiling(server_dsn: str, certificates: int, *, reset: bool) -> dict[str, Any]:
+    async with fresh_database(server_dsn, "stamp_bench_db") as dsn:
+        conn = await asyncpg.connect(dsn)
+        try:
+            await apply_migrations(conn)
+        finally:
+            await conn.close()
+        if reset:
+            pool = await create_pool(dsn, min_size=STAMP_POOL_SIZE, max_size=STAMP_POOL_SIZE)
+        else:
+            pool = await asyncpg.create_pool(
+                dsn,
+                min_size=STAMP_POOL_SIZE,
+                max_size=STAMP_POOL_SIZE,
+                init=init_connection,
+                reset=_keep_session,
+            )
+        try:
+            return await _lifecycles(pool, certificates)
+        finally:
+            await pool.close()
+
+
+async def _lifecycles(pool: asyncpg.Pool, certificates: int) -> dict[str, Any]:
+    """Each certificate as Stamp writes it: insert, allocate, record the transaction,
+    issued, marked, delivered: six statements, each its own transaction."""
+    recipients = [str(uuid.uuid4()) for _ in range(max(1, certificates // 10))]
+    for recipient_id in recipients:
+        await pool.execute(
+            queries.INSERT_RECIPIENT, recipient_id, 1, "http://127.0.0.1:1/v1/slices", secrets.token_bytes(74)
+        )
+    lease = queries.Lease("bench", 60.0)
+    run = f"{uuid.uuid4().int % 10**8:08d}"
+
+    async def lifecycle(i: int) -> None:
+        recipient = recipients[i % len(recipients)]
+        key = CertificateKey("Narnia", str(uuid.uuid4()))
+        await queries.insert_certificate(
+            pool,
+            queries.NewCertificateRow(
+                registry_name=key.registry,
+                certificate_id=key.certificate_id,
+                recipient_id=recipient,
+                metering_point_id=f"57{run}{i:08d}",
+                certificate_type=2,
+                quantity=1000,
+                start=1_700_000_000,
+                end=1_700_003_600,
+                grid_area="DK1",
+                clear_attributes=(("fuelCode", "F01040100"),),
+                hashed_attributes=(("assetId", "571234567890123456"),),
+                request_digest=secrets.token_bytes(32),
+            ),
+        )
+        allocated = await queries.allocate_positions(
+            pool, recipient, [(key, 0)], lease_owner=lease.owner, lease_seconds=lease.seconds
+        )
+        version: int | None = allocated[0].version
+        assert version is not None
+        version = await queries.transition(
+            pool,
+            queries.RECORD_TRANSACTION,
+            key,
+            version,
+            State.SENT_TO_REGISTRY,
+            Event.SENT_TO_REGISTRY,
+            {"transactionId": "x" * 64, "position": allocated[0].position},
+            lease,
+            secrets.token_bytes(1000),
+            secrets.token_hex(32),
+            secrets.token_bytes(32),
+            [secrets.token_bytes(16)],
+        )
+        for state, event in (
+            (State.ISSUED_IN_REGISTRY, Event.ISSUED_IN_REGISTRY),
+            (State.MARKED_AS_ISSUED, Event.MARKED_AS_ISSUED),
+            (State.DELIVERED, Event.SENT_TO_WALLET),
+        ):
+            assert version is not None
+            version = await queries.transition(pool, queries.ADVANCE, key, version, state, event, {}, lease)
+        assert version is not None
+
+    next_index = 0
+
+    async def worker() -> None:
+        nonlocal next_index
+        while next_index < certificates:
+            index = next_index
+            next_index += 1
+            await lifecycle(index)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(STAMP_POOL_SIZE)))
+    seconds = time.perf_counter() - started
+    statements = certificates * 6
+    return {
+        "certificates": certificates,
+        "concurrency": STAMP_POOL_SIZE,
+        "seconds": seconds,
+        "statements_per_second": statements / seconds,
+        "certificates_per_second": certificates / seconds,
+    }
+
+
+# --- HTTP intake ceiling ------------------------------------------------------------------
+
+
+async def _trivial_intake(request: web.Request) -> web.Response:
+    body = orjson.loads(await request.read())
+    answer = {"id": body["certificate"]["id"], "registryName": body["registryName"], "state": "stored"}
+    return web.Response(status=202, body=orjson.dumps(answer), content_type="application/json")
+
+
+async def serve_trivial() -> None:
+    """The trivial intake server (child process): prints its port, serves until stdin closes."""
+    app = web.Application()
+    app.router.add_post("/v1/certificates", _trivial_intake)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    print(runner.addresses[0][1], flush=True)
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, sys.stdin.read)
+    await runner.cleanup()
+
+
+async def http_ceiling(requests: int) -> dict[str, Any]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        __file__,
+        "--serve-trivial",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert process.stdout is not None and process.stdin is not None
+    try:
+        port = int(await asyncio.wait_for(process.stdout.readline(), 60))
+        factory = CertificateFactory([str(uuid.uuid4()) for _ in range(100)])
+        connector = aiohttp.TCPConnector(limit=256)
+        async with aiohttp.ClientSession(connector=connector) as http:
+            started = time.perf_counter()
+            outcomes = await drive(
+                http,
+                [f"http://127.0.0.1:{port}"],
+                Schedule.closed(requests, INTAKE_CONCURRENCY),
+                factory.body,
+            )
+            seconds = time.perf_counter() - started
+    finally:
+        process.stdin.close()
+        await process.wait()
+    accepted = [o.latency for o in outcomes if o.status == 202]
+    return {
+        "requests": requests,
+        "accepted": len(accepted),
+        "concurrency": INTAKE_CONCURRENCY,
+        "seconds": seconds,
+        "per_second": len(accepted) / seconds,
+        "latency_seconds": percentiles(accepted),
+    }
+
+
+# --- Stamp ------------------------------------------------------------------------------------
+
+
+async def stamp_run(
+    server_dsn: str, name: str, options: LoadOptions, note: Callable[[str], None]
+) -> dict[str, Any]:
+    note(f"stamp: {name}: {options.schedule.describe()}, {options.recipients} recipients")
+    async with fresh_database(server_dsn, "stamp_bench") as dsn:
+        options = LoadOptions(**{**_fields(options), "database_url": dsn})
+        report = await run_loadtest(options)
+    report["name"] = name
+    return report
+
+
+def _fields(options: LoadOptions) -> dict[str, Any]:
+    return {name: getattr(options, name) for name in options.__dataclass_fields__}
+
+
+# --- the run ------------------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def postgres(database_url: str | None) -> AsyncIterator[str]:
+    if database_url is not None:
+        yield database_url
+        return
+    with tempfile.TemporaryDirectory(prefix="stamp-bench-") as tmp:
+        embedded = EmbeddedPostgres(Path(tmp) / "pg")
+        dsn = await asyncio.to_thread(embedded.start)
+        try:
+            yield dsn
+        finally:
+            await asyncio.to_thread(embedded.stop)
+
+
+async def bench(args: argparse.Namespace, plan: Plan) -> dict[str, Any]:
+    def note(text: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+    results: dict[str, Any] = {
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "command": " ".join(["scripts/bench.py", *sys.argv[1:]]),
+        "commit_delay_seconds": args.commit_delay,
+        "proof_sample": args.proof_sample,
+        "ceilings": {},
+        "stamp": [],
+    }
+    ceilings = results["ceilings"]
+    note(f"crypto ceiling: {plan.crypto_bundles} bundles on {os.cpu_count()} cores")
+    ceilings["crypto"] = await asyncio.to_thread(crypto_ceiling, plan.crypto_bundles, True)
+    ceilings["crypto_without_self_verification"] = await asyncio.to_thread(
+        crypto_ceiling, plan.crypto_bundles, False
+    )
+    async with postgres(args.database_url) as server_dsn:
+        note(f"database ceiling: {plan.db_certificates} lifecycles at concurrency {STAMP_POOL_SIZE}")
+        ceilings["database"] = await database_ceiling(server_dsn, plan.db_certificates, reset=True)
+        ceilings["database_without_reset"] = await database_ceiling(
+            server_dsn, plan.db_certificates, reset=False
+        )
+        note(f"HTTP intake ceiling: {plan.http_requests} requests at concurrency {INTAKE_CONCURRENCY}")
+        ceilings["http"] = await http_ceiling(plan.http_requests)
+
+        common: dict[str, Any] = {
+            "commit_delay": args.commit_delay,
+            "proof_sample": args.proof_sample,
+            "progress": not args.no_progress,
+        }
+        runs: list[tuple[str, Callable[[], Awaitable[dict[str, Any]]]]] = []
+
+        def closed(name: str, certificates: int, recipients: int, instances: int = 1) -> None:
+            options = LoadOptions(
+                certificates=certificates,
+                recipients=recipients,
+                schedule=Schedule.closed(certificates, INTAKE_CONCURRENCY),
+                instances=instances,
+                **common,
+            )
+            runs.append((name, lambda: stamp_run(server_dsn, name, options, note)))
+
+        closed(f"{plan.certificates} over {plan.recipients}", plan.certificates, plan.recipients)
+        # Below saturation: half the crypto ceiling, for the accepted→delivered latency.
+        rate = round(ceilings["crypto"]["per_second"] * 0.5, 1)
+        steady = LoadOptions(
+            certificates=int(rate * plan.steady_seconds),
+            recipients=plan.recipients,
+            schedule=Schedule.constant(rate, int(rate * plan.steady_seconds)),
+            **common,
+        )
+        steady_name = f"{rate:g}/s for {plan.steady_seconds:g} s over {plan.recipients} (below saturation)"
+        runs.append((steady_name, lambda: stamp_run(server_dsn, steady_name, steady, note)))
+        if plan.two_instances:
+            closed(
+                f"{plan.certificates} over {plan.recipients}, two Stamp processes",
+                plan.certificates,
+                plan.recipients,
+                2,
+            )
+        if plan.full:
+            closed("100000 over 10000", 100_000, 10_000)
+        for _, run in runs:
+            results["stamp"].append(await run())
+    results["ratios"] = ratios(results)
+    results["machine"]["load_average_end"] = list(os.getloadavg())
+    return results
+
+
+def ratios(results: dict[str, Any]) -> list[dict[str, Any]]:
+    ceilings = results["ceilings"]
+    out = []
+    for run in results["stamp"]:
+        delivered = run["pipeline"]["delivered_per_second"]
+        accepted = run["intake"]["accepted_per_second"]
+        out.append(
+            {
+                "run": run["name"],
+                "delivered_per_crypto_ceiling": delivered / ceilings["crypto"]["per_second"],
+                "delivered_per_database_ceiling": delivered / ceilings["database"]["certificates_per_second"],
+                "accepted_per_http_ceiling": accepted / ceilings["http"]["per_second"],
+            }
+        )
+    return out
+
+
+# --- markdown -----------------------------------------------------------------------------
+
+
+def _ms(value: float | None) -> str:
+    return "–" if value is None else f"{value * 1000:.0f}"
+
+
+def _s(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}"
+
+
+def markdown(results: dict[str, Any]) -> str:
+    m, c = results["machine"], results["ceilings"]
+    loads = [", ".join(f"{x:.2f}" for x in m[k]) for k in ("load_average_start", "load_average_end")]
+    sample = results["proof_sample"]
+    proofs = "every range proof" if sample == 1 else f"1 range proof in {sample}"
+    db, db_fast, http = c["database"], c["database_without_reset"], c["http"]
+    lines = [
+        f"### Results of `{results['command']}` ({results['started_at']})",
+        "",
+        f"Machine: {m['cpus']} cores ({m['cpu_model']}), {m['memory_bytes'] / 2**30:.0f} GiB, "
+        f"Python {m['python']}, {m['system']}; load average at start {loads[0]}, at end {loads[1]}.",
+        f"Registry simulator commit delay {results['commit_delay_seconds']:g} s; it verifies {proofs}.",
+        "",
+        "| Ceiling | Figure |",
+        "| --- | --- |",
+        f"| Crypto: full bundles/s on {c['crypto']['workers']} cores, self-verification on (the default) "
+        f"| {c['crypto']['per_second']:.1f} |",
+        "| Crypto: the same without the self-verification "
+        f"| {c['crypto_without_self_verification']['per_second']:.1f} |",
+        f"| Database: Stamp's statements/s at concurrency {db['concurrency']}, pool reset on release "
+        f"(as now) | {db['statements_per_second']:.0f} "
+        f"(= {db['certificates_per_second']:.0f} certificate lifecycles/s) |",
+        f"| Database: the same without the reset | {db_fast['statements_per_second']:.0f} "
+        f"(= {db_fast['certificates_per_second']:.0f} lifecycles/s) |",
+        f"| HTTP intake: trivial aiohttp handler, 202/s at concurrency {http['concurrency']} "
+        f"| {http['per_second']:.0f} (p99 {_ms(http['latency_seconds']['p99'])} ms) |",
+        "",
+        "| Stamp run | accepted/s | 202 p50 / p95 / p99 ms | delivered/s "
+        "| accepted→delivered p50 / p95 / p99 s | peak RSS MB (crypto workers) | peak threads "
+        "| peak actors | loop lag p99 ms | DB commits/cert | invariants |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for run in results["stamp"]:
+        i, p, r = run["intake"], run["pipeline"], run["resources"]
+        lat, e2e = i["latency_seconds"], p["end_to_end_seconds"]
+        rss = (r["peak_rss_bytes"] or 0) / 2**20
+        workers = (r.get("peak_crypto_workers_rss_bytes") or 0) / 2**20
+        commits = "–" if r["db_commits_per_certificate"] is None else f"{r['db_commits_per_certificate']:.1f}"
+        verdict = "ok" if run["invariants"]["ok"] else "FAILED"
+        lines.append(
+            f"| {run['name']} | {i['accepted_per_second']:.0f} "
+            f"| {_ms(lat['p50'])} / {_ms(lat['p95'])} / {_ms(lat['p99'])} | {p['delivered_per_second']:.1f} "
+            f"| {_s(e2e['p50'])} / {_s(e2e['p95'])} / {_s(e2e['p99'])} | {rss:.0f} ({workers:.0f}) "
+            f"| {r['peak_threads']} | {r['peak_live_actors']} | {_ms(r['event_loop_lag_p99_seconds'])} "
+            f"| {commits} | {verdict} |"
+        )
+    lines += [
+        "",
+        "| Stamp run | delivered / crypto ceiling | delivered / DB ceiling | accepted / HTTP ceiling |",
+        "| --- | --- | --- | --- |",
+    ]
+    for ratio in results["ratios"]:
+        lines.append(
+            f"| {ratio['run']} | {ratio['delivered_per_crypto_ceiling']:.0%} | "
+            f"{ratio['delivered_per_database_ceiling']:.0%} | {ratio['accepted_per_http_ceiling']:.0%} |"
+        )
+    lines += ["", "CPU seconds per certificate (each process with its children):", ""]
+    for run in results["stamp"]:
+        per = run["resources"]["cpu_seconds_per_certificate"]
+        lines.append(f"- {run['name']}: " + ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in per.items()))
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="smaller runs (2,000 certificates over 200)")
+    parser.add_argument("--full", action="store_true", help="add 100,000 certificates over 10,000 recipients")
+    parser.add_argument(
+        "--no-two-instances", action="store_true", help="skip the run with two Stamp processes"
+    )
+    parser.add_argument("--certificates", type=int, help="certificates of the main run (default 10,000)")
+    parser.add_argument("--recipients", type=int, help="recipients of the main runs (default 1,000)")
+    parser.add_argument("--commit-delay", type=float, default=0.2, help="registry commit delay, s (0.2)")
+    parser.add_argument(
+        "--proof-sample", type=int, default=10, help="the registry simulator verifies 1 range proof in N (10)"
+    )
+    parser.add_argument("--database-url", help="a PostgreSQL server (maintenance DSN); default: embedded")
+    parser.add_argument("--json", type=Path, help="write the results as JSON here")
+    parser.add_argument("--markdown", type=Path, help="write the results as a Markdown section here")
+    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--serve-trivial", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve_trivial:
+        asyncio.run(serve_trivial())
+        return 0
+    quick = args.quick
+    plan = Plan(
+        crypto_bundles=150 if quick else 400,
+        db_certificates=1000 if quick else 3000,
+        http_requests=3000 if quick else 10_000,
+        certificates=args.certificates or (2000 if quick else 10_000),
+        recipients=args.recipients or (200 if quick else 1000),
+        steady_seconds=30 if quick else 60,
+        full=args.full,
+        two_instances=not args.no_two_instances,
+    )
+    quiet_logs()
+    results = asyncio.run(bench(args, plan))
+    text = markdown(results)
+    print(text)
+    if args.json:
+        args.json.write_text(orjson.dumps(results, option=orjson.OPT_INDENT_2).decode() + "\n")
+    if args.markdown:
+        args.markdown.write_text(text)
+    return 0 if all(run["invariants"]["ok"] for run in results["stamp"]) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,286 @@
+"""The SQL of certificate withdrawal (STYLE.md "SQL as SQL").
+
+A withdrawal record, its signed transaction, the certificate's ``withdrawn`` flag and
+the history event are written by one statement; every later change of a withdrawal
+is a compare-and-set from ``pending`` that appends its event in the same statement,
+so a second driver of the same withdrawal changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+from stamp.db.queries import Conn, Lease, NewCertificateRow
+from stamp.domain import CertificateKey, State
+from stamp.withdrawal import Withdrawal, WithdrawalEvent, WithdrawalState
+
+Connection = asyncpg.Connection | PoolConnectionProxy
+
+# Any fixed 64-bit key: "Stamp's withdrawal feed". Held until commit by whoever hands
+# out withdrawal ids, so ids become visible in the order they were handed out.
+FEED_LOCK_KEY = 0x5354414D50_0002  # "STAMP", 2
+
+LOCK_FEED = "SELECT pg_advisory_xact_lock($1)"
+
+SELECT_TARGET = """
+SELECT c.grid_area, c.state, c.failed_step, c.withdrawn,
+       w.id AS withdrawal_id, w.state AS withdrawal_state, w.reason AS withdrawal_reason,
+       w.withdrawn_at
+FROM certificates c
+LEFT JOIN withdrawn_certificates w ON w.registry_name = c.registry_name AND w.certificate_id = c.id
+WHERE c.registry_name = $1 AND c.id = $2
+FOR UPDATE OF c
+"""
+
+INSERT_WITHDRAWAL = """
+WITH withdrawal AS (
+    INSERT INTO withdrawn_certificates (
+        registry_name, certificate_id, transaction, transaction_id, lease_owner, lease_until)
+    VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6))
+    RETURNING id, registry_name, certificate_id, transaction_id, withdrawn_at
+),
+flagged AS (
+    UPDATE certificates c SET withdrawn = true, version = c.version + 1, updated_at = now()
+    FROM withdrawal w
+    WHERE c.registry_name = w.registry_name AND c.id = w.certificate_id
+    RETURNING c.registry_name, c.id, c.state
+),
+event AS (
+    INSERT INTO certificate_events (registry_name, certificate_id, event_type, state, detail)
+    SELECT f.registry_name, f.id, $7, f.state,
+           jsonb_build_object('withdrawalId', w.id, 'transactionId', w.transaction_id)
+    FROM flagged f, withdrawal w
+)
+SELECT id, withdrawn_at FROM withdrawal
+"""
+
+# The history event of a withdrawal's change, in the same statement as the change.
+_WITH_EVENT = """
+WITH changed AS (
+    {update}
+    RETURNING id, registry_name, certificate_id, transaction, transaction_id, withdrawn_at
+),
+event AS (
+    INSERT INTO certificate_events (registry_name, certificate_id, event_type, state, detail)
+    SELECT c.registry_name, c.id, $2, c.state, $3
+    FROM changed ch JOIN certificates c ON c.registry_name = ch.registry_name AND c.id = ch.certificate_id
+)
+SELECT id, registry_name, certificate_id::text AS certificate_id, transaction, transaction_id, withdrawn_at
+FROM changed
+"""
+
+RECORD_OUTCOME = _WITH_EVENT.format(
+    update="""
+    UPDATE withdrawn_certificates
+    SET state = $4, reason = $5, attempts = $6, lease_owner = NULL, lease_until = NULL, updated_at = now()
+    WHERE id = $1 AND state = 'pending'"""
+)
+
+# An operator re-drives a failed withdrawal: the same persisted transaction again.
+REDRIVE_FAILED = _WITH_EVENT.format(
+    update="""
+    UPDATE withdrawn_certificates
+    SET state = 'pending', reason = NULL, attempts = 0, updated_at = now(),
+        lease_owner = $4, lease_until = now() + make_interval(secs => $5)
+    WHERE id = $1 AND state = 'failed'"""
+)
+
+# Pending withdrawals that nobody drives: never leased, leased by this instance (a
+# previous run of it, or a tell that got lost) or with an expired lease.
+CLAIM_PENDING = """
+UPDATE withdrawn_certificates w
+SET lease_owner = $1, lease_until = now() + make_interval(secs => $2)
+FROM (
+    SELECT id FROM withdrawn_certificates
+    WHERE state = 'pending'
+      AND (lease_owner IS NULL OR lease_owner = $1 OR lease_until < now())
+      AND NOT (id = ANY($3::bigint[]))
+    ORDER BY id
+    LIMIT $4
+    FOR UPDATE SKIP LOCKED
+) picked
+WHERE w.id = picked.id
+RETURNING w.id, w.registry_name, w.certificate_id::text AS certificate_id, w.transaction,
+          w.transaction_id, w.withdrawn_at
+"""
+
+RENEW_LEASES = """
+UPDATE withdrawn_certificates SET lease_until = now() + make_interval(secs => $2)
+WHERE lease_owner = $1 AND state = 'pending' AND id = ANY($3::bigint[])
+"""
+
+FEED_PAGE = """
+SELECT id, registry_name, certificate_id::text AS certificate_id, withdrawn_at
+FROM withdrawn_certificates
+WHERE id > $1
+ORDER BY id
+LIMIT $2 OFFSET $3
+"""
+
+FEED_TOTAL = "SELECT count(*) FROM withdrawn_certificates WHERE id > $1"
+
+SELECT_WITHDRAWAL = """
+SELECT id, state, reason, attempts, transaction, transaction_id, withdrawn_at
+FROM withdrawn_certificates WHERE registry_name = $1 AND certificate_id = $2
+"""
+
+# Like queries.SELECT_CONFLICTING, but a withdrawn certificate no longer holds its
+# metering point and period, and the answer says whether the row is withdrawn.
+SELECT_CONFLICTING = """
+SELECT registry_name, id::text, recipient_id::text, metering_point_id, certificate_type,
+       quantity, period_start, period_end, grid_area, clear_attributes, hashed_attributes,
+       request_digest, state, withdrawn
+FROM certificates
+WHERE (registry_name = $1 AND id = $2)
+   OR (metering_point_id = $3 AND period_start = $4 AND period_end = $5 AND NOT withdrawn)
+ORDER BY (registry_name = $1 AND id = $2) DESC
+LIMIT 1
+"""
+
+
+# --- values ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class WithdrawalTarget:
+    """A certificate about to be withdrawn, and its withdrawal if it has one."""
+
+    grid_area: str
+    state: State
+    failed_step: str | None
+    withdrawn: bool
+    withdrawal_id: int | None
+    withdrawal_state: WithdrawalState | None
+    withdrawal_reason: str | None
+    withdrawn_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class FeedPage:
+    rows: list[asyncpg.Record]
+    total: int
+
+
+def _withdrawal(row: asyncpg.Record) -> Withdrawal:
+    return Withdrawal(
+        id=row["id"],
+        key=CertificateKey(row["registry_name"], row["certificate_id"]),
+        transaction_id=row["transaction_id"],
+        withdrawn_at=row["withdrawn_at"],
+        transaction=bytes(row["transaction"]),
+    )
+
+
+# --- the HTTP edge ----------------------------------------------------------------------------
+
+
+async def lock_target(conn: Connection, key: CertificateKey) -> WithdrawalTarget | None:
+    """Inside a transaction: serialise with every other withdrawal (the feed lock), lock
+    the certificate row and read what deciding about its withdrawal needs."""
+    await conn.execute(LOCK_FEED, FEED_LOCK_KEY)
+    row = await conn.fetchrow(SELECT_TARGET, key.registry, key.certificate_id)
+    if row is None:
+        return None
+    return WithdrawalTarget(
+        grid_area=row["grid_area"],
+        state=State(row["state"]),
+        failed_step=row["failed_step"],
+        withdrawn=row["withdrawn"],
+        withdrawal_id=row["withdrawal_id"],
+        withdrawal_state=WithdrawalState(row["withdrawal_state"]) if row["withdrawal_state"] else None,
+        withdrawal_reason=row["withdrawal_reason"],
+        withdrawn_at=row["withdrawn_at"],
+    )
+
+
+async def insert_withdrawal(
+    conn: Connection, key: CertificateKey, transaction: bytes, transaction_id: str, lease: Lease
+) -> Withdrawal:
+    """Store the withdrawal with its transaction, flag the certificate withdrawn and
+    append ``CertificateWithdrawn``: one statement, after ``lock_target``."""
+    row = await conn.fetchrow(
+        INSERT_WITHDRAWAL,
+        key.registry,
+        key.certificate_id,
+        transaction,
+        transaction_id,
+        lease.owner,
+        lease.seconds,
+        WithdrawalEvent.WITHDRAWN.value,
+    )
+    assert row is not None  # the insert either returns its row or raises
+    return Withdrawal(row["id"], key, transaction_id, row["withdrawn_at"], transaction)
+
+
+async def redrive_failed(
+    conn: Connection, withdrawal_id: int, lease: Lease, previous_reason: str | None
+) -> Withdrawal | None:
+    """A failed withdrawal is pending again, with the same transaction; None when it
+    was not failed (any more)."""
+    detail = {"withdrawalId": withdrawal_id, "previousReason": previous_reason}
+    row = await conn.fetchrow(
+        REDRIVE_FAILED,
+        withdrawal_id,
+        WithdrawalEvent.RETRIED.value,
+        detail,
+        lease.owner,
+        lease.seconds,
+    )
+    return None if row is None else _withdrawal(row)
+
+
+async def find_conflicting(conn: Conn, new: NewCertificateRow) -> asyncpg.Record | None:
+    """The stored certificate a new one collides with: the same (registry, id), even
+    withdrawn, or the same metering point and period among those not withdrawn."""
+    return await conn.fetchrow(
+        SELECT_CONFLICTING, new.registry_name, new.certificate_id, new.metering_point_id, new.start, new.end
+    )
+
+
+async def feed(conn: Connection, *, after_id: int, skip: int, limit: int) -> FeedPage:
+    """Withdrawals with an id above ``after_id`` in id order; ``total`` counts them all."""
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        rows = await conn.fetch(FEED_PAGE, after_id, limit, skip)
+        total = await conn.fetchval(FEED_TOTAL, after_id)
+    return FeedPage(list(rows), int(total))
+
+
+async def get_withdrawal(conn: Conn, key: CertificateKey) -> asyncpg.Record | None:
+    return await conn.fetchrow(SELECT_WITHDRAWAL, key.registry, key.certificate_id)
+
+
+# --- the withdrawal actor ---------------------------------------------------------------------
+
+
+async def record_outcome(
+    conn: Conn,
+    withdrawal_id: int,
+    state: WithdrawalState,
+    event: WithdrawalEvent,
+    detail: dict[str, Any],
+    *,
+    reason: str | None = None,
+    attempts: int = 0,
+) -> bool:
+    """Settle a pending withdrawal (committed or failed) with its history event; False
+    when it was not pending (another driver settled it)."""
+    row = await conn.fetchrow(
+        RECORD_OUTCOME, withdrawal_id, event.value, detail, state.value, reason, attempts
+    )
+    return row is not None
+
+
+async def claim_pending(conn: Conn, *, lease: Lease, exclude: Sequence[int], limit: int) -> list[Withdrawal]:
+    rows = await conn.fetch(CLAIM_PENDING, lease.owner, lease.seconds, list(exclude), limit)
+    return [_withdrawal(r) for r in rows]
+
+
+async def renew_leases(conn: Conn, *, lease: Lease, ids: Sequence[int]) -> None:
+    if ids:
+        await conn.execute(RENEW_LEASES, lease.owner, lease.seconds, list(ids))

@@ -1,0 +1,183 @@
+"""Fault-injection suite (issue 5): Stamp as a real process on loopback, a few hundred
+certificates per scenario, and the same invariants after every scenario — every
+accepted certificate terminal, delivered ones verified by the wallet, no position
+twice, one registry transaction per certificate, no secret in the log."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from stamp.db.embedded import EmbeddedPostgres
+from stamp.devstack.wallet_faults import Fault
+from tests.faults import Scenario, start_scenario, stop_scenario
+
+pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.slow]
+
+
+def report(name: str, counts: dict[str, int]) -> None:
+    accepted = sum(counts.get(s, 0) for s in ("delivered", "rejected", "failed"))
+    print(
+        f"\nscenario {name}: accepted {accepted} delivered {counts.get('delivered', 0)} "
+        f"rejected {counts.get('rejected', 0)} failed {counts.get('failed', 0)} lost {counts.get('lost', 0)} "
+        f"(repeated wallet deliveries {counts.get('duplicate_deliveries', 0)})"
+    )
+
+
+async def test_sigkill_five_times_at_random_moments(empty_database_dsn: str, tmp_path: Path) -> None:
+    scenario = await start_scenario(empty_database_dsn, tmp_path, STAMP_AUTO_MIGRATE="true")
+    try:
+        await scenario.create_recipients(8)
+        posting = asyncio.create_task(scenario.post_certificates(300))
+        for _ in range(5):
+            await asyncio.sleep(random.uniform(0.5, 2.0))
+            scenario.stamp.kill()
+            await scenario.stamp.start()
+        await posting
+        await scenario.wait_terminal()
+        counts = await scenario.check_invariants()
+        report("sigkill x5", counts)
+        assert counts.get("delivered") == 300
+    finally:
+        await stop_scenario(scenario)
+
+
+async def test_registry_down_slow_and_failing(empty_database_dsn: str, tmp_path: Path) -> None:
+    scenario = await start_scenario(empty_database_dsn, tmp_path, STAMP_AUTO_MIGRATE="true")
+    try:
+        await scenario.create_recipients(5)
+        ids = await scenario.post_certificates(150)
+        rejected = ids[:10]
+        for certificate_id in rejected:
+            scenario.registry.force_failure(certificate_id, "metering point not approved")
+        slow = ids[10:40]
+        scenario.registry.hold(certificate_ids=slow)
+        await scenario.registry.go_down()
+        await asyncio.sleep(2)
+        await scenario.registry.go_up()
+        scenario.registry.fail_next("SendTransactions", 3)
+        scenario.registry.fail_next("GetTransactionStatus", 5)
+        await asyncio.sleep(2)  # seconds of PENDING for the held ones
+        scenario.registry.release()
+        await scenario.wait_terminal()
+        counts = await scenario.check_invariants()
+        report("registry faults", counts)
+        assert counts.get("rejected") == 10 and counts.get("delivered") == 140
+        states = await scenario.states()
+        assert all(states[c] == "rejected" for c in rejected)
+    finally:
+        await stop_scenario(scenario)
+
+
+async def test_wallet_errors_timeouts_and_a_broken_endpoint_fixed_by_operator_retry(
+    empty_database_dsn: str, tmp_path: Path
+) -> None:
+    scenario = await start_scenario(empty_database_dsn, tmp_path, STAMP_AUTO_MIGRATE="true")
+    try:
+        await scenario.create_recipients(5)
+        broken = scenario.endpoints[0]
+        scenario.wallet.inject_for(broken, Fault.respond(404))
+        scenario.wallet.fail_next(40, 503)
+        scenario.wallet.fail_next(20, 500)
+        scenario.wallet.hang_next(2.0, count=10)
+        await scenario.post_certificates(150)
+        counts = await scenario.wait_terminal()
+        assert counts.get("failed") == 30, counts  # every certificate of the broken endpoint
+        # The wallet operator fixes the endpoint; the Stamp operator retries.
+        scenario.wallet.clear_faults()
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{scenario.stamp.base}/v1/certificates?state=failed&limit=1000") as r:
+                failed = (await r.json())["result"]
+            assert {c["failure"]["step"] for c in failed} == {"wallet"}
+            for certificate in failed:
+                key = f"{certificate['registryName']}/{certificate['id']}"
+                url = f"{scenario.stamp.base}/v1/certificates/{key}/retry"
+                async with http.post(url) as r:
+                    assert r.status == 202
+                    assert (await r.json())["state"] == "marked_as_issued"
+            async with http.post(url) as r:
+                assert r.status == 409  # not failed any more
+        await scenario.wait(lambda c: c.get("delivered", 0) == 150)
+        counts = await scenario.check_invariants()
+        report("wallet faults + operator retry", counts)
+    finally:
+        await stop_scenario(scenario)
+
+
+async def test_postgresql_restarted_in_the_middle(tmp_path: Path) -> None:
+    database = EmbeddedPostgres(tmp_path / "pg")
+    dsn = await asyncio.to_thread(database.start)
+    scenario = await start_scenario(dsn, tmp_path, STAMP_AUTO_MIGRATE="true")
+    try:
+        await scenario.create_recipients(5)
+        await scenario.post_certificates(100)
+        await scenario.wait(lambda c: c.get("delivered", 0) >= 10)
+        await asyncio.to_thread(database.stop)
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{scenario.stamp.base}/health/ready") as r:
+                assert r.status == 503
+            body = {"recipientId": scenario.recipients[0]}
+            async with http.post(
+                f"{scenario.stamp.base}/v1/recipients", json={"walletEndpointReference": {}}
+            ) as r:
+                assert r.status in (400, 503)
+            async with http.post(f"{scenario.stamp.base}/v1/certificates", json=body) as r:
+                assert r.status in (400, 503)
+        await asyncio.sleep(2)
+        await asyncio.to_thread(database.start)
+        more = scenario.post_certificates(100)
+        await more
+        await scenario.wait_terminal()
+        counts = await scenario.check_invariants()
+        report("postgresql restart", counts)
+        assert counts.get("delivered") == 200
+    finally:
+        await stop_scenario(scenario)
+        await asyncio.to_thread(database.stop)
+
+
+async def test_sigterm_in_the_middle_then_restart(empty_database_dsn: str, tmp_path: Path) -> None:
+    scenario = await start_scenario(empty_database_dsn, tmp_path, STAMP_AUTO_MIGRATE="true")
+    try:
+        await scenario.create_recipients(5)
+        await scenario.post_certificates(200)
+        await scenario.wait(lambda c: c.get("delivered", 0) >= 20)
+        exit_code = await scenario.stamp.terminate()
+        assert exit_code == 0
+        log_text = scenario.log_path.read_text()
+        assert "stamp.shutting_down" in log_text and "stamp.stopped" in log_text
+        await scenario.stamp.start()
+        await scenario.wait_terminal()
+        counts = await scenario.check_invariants()
+        report("sigterm + restart", counts)
+        assert counts.get("delivered") == 200
+        # A graceful stop waits for answers that must be recorded: nothing is re-sent.
+        assert counts["duplicate_deliveries"] == 0
+    finally:
+        await stop_scenario(scenario)
+
+
+async def test_second_signal_exits_at_once_without_losing_anything(
+    empty_database_dsn: str, tmp_path: Path
+) -> None:
+    scenario: Scenario = await start_scenario(empty_database_dsn, tmp_path, STAMP_AUTO_MIGRATE="true")
+    try:
+        await scenario.create_recipients(3)
+        await scenario.post_certificates(100)
+        process = scenario.stamp.process
+        assert process is not None
+        process.terminate()
+        process.terminate()
+        code = await asyncio.to_thread(process.wait, 15)
+        assert code in (0, 143)
+        await scenario.stamp.start()
+        await scenario.wait_terminal()
+        counts = await scenario.check_invariants()
+        report("double sigterm", counts)
+        assert counts.get("delivered") == 100
+    finally:
+        await stop_scenario(scenario)

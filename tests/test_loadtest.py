@@ -1,0 +1,196 @@
+"""The load test: a small real run through the CLI, and its report's arithmetic."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import pytest_asyncio
+
+from stamp.load.driver import CertificateFactory, Outcome, Schedule
+from stamp.load.report import missing_fields, percentiles
+from stamp.load.scrape import Scrape, histogram_quantile
+from stamp.loadtest import LiveFigures, LoadOptions, build_report
+from tests.conftest import create_database, drop_database, dsn_for_database
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def loadtest_dsn(pg_server_dsn: str) -> AsyncIterator[str]:
+    """A database of its own: the load test counts the commits in it."""
+    name = await create_database(pg_server_dsn, "stamp_loadtest")
+    try:
+        yield dsn_for_database(pg_server_dsn, name)
+    finally:
+        await drop_database(pg_server_dsn, name)
+
+
+@pytest.mark.slow
+async def test_small_loadtest_passes_the_invariant_check_and_reports_every_field(
+    loadtest_dsn: str, tmp_path: Path
+) -> None:
+    report_path = tmp_path / "report.json"
+    command = [
+        sys.executable,
+        "-m",
+        "stamp.cli",
+        "loadtest",
+        "-n",
+        "100",
+        "-r",
+        "10",
+        "--concurrency",
+        "16",
+        "--commit-delay",
+        "0.05",
+        "--database-url",
+        loadtest_dsn,
+        "--no-progress",
+        "--json",
+        str(report_path),
+    ]
+    process = await asyncio.create_subprocess_exec(*command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    output, _ = await asyncio.wait_for(process.communicate(), 300)
+    text = output.decode(errors="replace")
+    assert process.returncode == 0, text
+    assert "result      OK" in text
+    report = orjson.loads(report_path.read_bytes())
+    assert missing_fields(report) == []
+    assert report["run"]["certificates"] == 100 and report["run"]["recipients"] == 10
+    assert report["intake"]["accepted"] == 100 and report["intake"]["refused"] == 0
+    assert report["pipeline"]["delivered"] == 100
+    assert report["invariants"]["ok"] is True
+    assert report["invariants"]["wallet_verified"] == 100
+    assert report["invariants"]["database_states"] == {"delivered": 100}
+    e2e = report["pipeline"]["end_to_end_seconds"]
+    assert 0.05 <= e2e["p50"] <= e2e["p95"] <= e2e["p99"] <= e2e["max"]
+    latency = report["intake"]["latency_seconds"]
+    assert 0 < latency["p50"] <= latency["max"]
+    resources = report["resources"]
+    assert resources["peak_rss_bytes"] > 10 * 2**20
+    assert resources["peak_threads"] > 1
+    assert resources["peak_live_actors"] >= 3  # supervisor and both gateways at least
+    assert resources["event_loop_lag_p99_seconds"] is not None
+    # Every certificate commits several transitions; far fewer than 100 per certificate.
+    assert 4 <= resources["db_commits_per_certificate"] < 100
+    assert resources["cpu_seconds"]["stamp"] > 0
+    assert "range proofs: all verified (100)" in report["registry"]["report"]
+
+
+def _outcome(certificate_id: str, answered_at: float) -> Outcome:
+    return Outcome(certificate_id, 0, 202, 0.01, answered_at)
+
+
+def _report(wallet: dict[str, Any], database: dict[str, Any] | None) -> dict[str, Any]:
+    accepted = {cid: _outcome(cid, 1000.0) for cid in ("a", "b")}
+    issued = Scrape({("stamp_certificates_issued_total", frozenset({("type", "production")})): 2.0})
+    return build_report(
+        options=LoadOptions(certificates=2, recipients=1, schedule=Schedule.closed(2, 1)),
+        host={"cpus": 2, "load_average_start": [0.0, 0.0, 0.0]},
+        outcomes=list(accepted.values()),
+        accepted=accepted,
+        refused=0,
+        intake_seconds=1.0,
+        started_wall=1000.0,
+        live=LiveFigures(Scrape({}), issued),
+        wallet=wallet,
+        database=database,
+        commits=12,
+        cpu={"stamp": 1.0},
+        registry=None,
+        lag_buckets={0.001: 5.0, 0.01: 10.0, math.inf: 10.0},
+    )
+
+
+def _wallet(**overrides: Any) -> dict[str, Any]:
+    wallet: dict[str, Any] = {
+        "verified": [
+            {"certificateId": "a", "receivedAt": 1001.0},
+            {"certificateId": "b", "receivedAt": 1003.0},
+        ],
+        "invalid": [],
+        "pending": [],
+        "duplicates": [],
+        "early": [],
+        "reused_positions": [],
+    }
+    wallet.update(overrides)
+    return wallet
+
+
+def test_report_of_a_clean_run_is_ok_with_its_figures() -> None:
+    report = _report(
+        _wallet(), {"states": {"delivered": 2}, "duplicate_positions": 0, "recipients_with_gaps": 0}
+    )
+    assert missing_fields(report) == []
+    assert report["invariants"]["ok"] is True
+    assert report["pipeline"]["end_to_end_seconds"] == {"p50": 1.0, "p95": 3.0, "p99": 3.0, "max": 3.0}
+    assert report["pipeline"]["delivered_per_second"] == pytest.approx(2 / 3)
+    assert report["resources"]["db_commits_per_certificate"] == 6
+
+
+def test_report_fails_on_a_reused_position_an_unverified_slice_or_a_lost_certificate() -> None:
+    reused = _wallet(reused_positions=[{"position": 1, "certificateIds": ["a", "b"]}])
+    report = _report(reused, None)
+    assert report["invariants"]["no_duplicate_positions"] is False
+    assert report["invariants"]["ok"] is False
+
+    unverified = _wallet(verified=[{"certificateId": "a", "receivedAt": 1001.0}])
+    assert _report(unverified, None)["invariants"]["all_verified_by_wallet"] is False
+
+    stuck = {
+        "states": {"delivered": 1, "sent_to_registry": 1},
+        "duplicate_positions": 0,
+        "recipients_with_gaps": 0,
+    }
+    report = _report(_wallet(), stuck)
+    assert report["invariants"]["nothing_lost"] is False
+    assert any("not finished" in p for p in report["invariants"]["problems"])
+
+    gaps = {"states": {"delivered": 2}, "duplicate_positions": 0, "recipients_with_gaps": 1}
+    assert _report(_wallet(), gaps)["invariants"]["gapless_positions"] is False
+
+
+def test_histogram_quantile_interpolates_inside_the_bucket() -> None:
+    buckets = {0.1: 50.0, 0.2: 100.0, math.inf: 100.0}
+    assert histogram_quantile(0.5, buckets) == pytest.approx(0.1)
+    assert histogram_quantile(0.75, buckets) == pytest.approx(0.15)
+    assert histogram_quantile(0.99, {0.1: 0.0, math.inf: 0.0}) is None
+    # Beyond the last finite bucket only its bound is known.
+    assert histogram_quantile(0.99, {0.1: 1.0, math.inf: 10.0}) == pytest.approx(0.1)
+
+
+def test_percentiles_are_observed_values_by_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert percentiles(values) == {"p50": 50.0, "p95": 95.0, "p99": 99.0, "max": 100.0}
+    assert percentiles([]) == {"p50": None, "p95": None, "p99": None, "max": None}
+
+
+def test_open_schedules_spread_arrivals_over_their_steps() -> None:
+    stepped = Schedule.stepped([(10, 1), (20, 0.5)])
+    assert stepped.total == 20
+    offsets = stepped.offsets()
+    assert offsets[:2] == [0.0, 0.1] and offsets[10] == 1.0 and offsets[-1] == pytest.approx(1.45)
+    constant = Schedule.constant(50, 100)
+    assert constant.open and constant.total == 100 and constant.offsets()[-1] == pytest.approx(1.98)
+    assert not Schedule.closed(10, 4).open
+
+
+def test_certificate_bodies_never_collide_on_id_or_metering_period() -> None:
+    factory = CertificateFactory(["r1", "r2", "r3"])
+    seen_ids, seen_periods = set(), set()
+    for index in range(300):
+        certificate_id, recipient, body = factory.body(index)
+        parsed = orjson.loads(body)
+        assert parsed["recipientId"] == ["r1", "r2", "r3"][recipient]
+        key = (parsed["meteringPointId"], parsed["certificate"]["start"])
+        assert certificate_id not in seen_ids and key not in seen_periods
+        seen_ids.add(certificate_id)
+        seen_periods.add(key)
+
