@@ -328,15 +328,16 @@ def _fields(options: LoadOptions) -> dict[str, Any]:
 
 
 @asynccontextmanager
-async def postgres(database_url: str | None) -> AsyncIterator[str]:
+async def postgres(database_url: str | None) -> AsyncIterator[tuple[str, int | None]]:
+    """A server DSN, and its postmaster's PID when it runs here (for its CPU time)."""
     if database_url is not None:
-        yield database_url
+        yield database_url, None
         return
     with tempfile.TemporaryDirectory(prefix="stamp-bench-") as tmp:
         embedded = EmbeddedPostgres(Path(tmp) / "pg")
         dsn = await asyncio.to_thread(embedded.start)
         try:
-            yield dsn
+            yield dsn, embedded.pid
         finally:
             await asyncio.to_thread(embedded.stop)
 
@@ -360,7 +361,7 @@ async def bench(args: argparse.Namespace, plan: Plan) -> dict[str, Any]:
     ceilings["crypto_without_self_verification"] = await asyncio.to_thread(
         crypto_ceiling, plan.crypto_bundles, False
     )
-    async with postgres(args.database_url) as server_dsn:
+    async with postgres(args.database_url) as (server_dsn, postgres_pid):
         note(f"database ceiling: {plan.db_certificates} lifecycles at concurrency {STAMP_POOL_SIZE}")
         ceilings["database"] = await database_ceiling(server_dsn, plan.db_certificates, reset=True)
         ceilings["database_without_reset"] = await database_ceiling(
@@ -373,6 +374,7 @@ async def bench(args: argparse.Namespace, plan: Plan) -> dict[str, Any]:
             "commit_delay": args.commit_delay,
             "proof_sample": args.proof_sample,
             "progress": not args.no_progress,
+            "postgres_pid": postgres_pid,
         }
         runs: list[tuple[str, Callable[[], Awaitable[dict[str, Any]]]]] = []
 

@@ -29,7 +29,7 @@ fi
 PYTHON="${PYTHON:-}"
 if [ -z "$PYTHON" ]; then
     for candidate in python3.13 python3.12 python3.11 python3; do
-        if command -v "$candidate" >/dev/null 2>&1 && "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+        if command -v "$candidate" >/dev/null 2>&1 && "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
             PYTHON="$candidate"; break
         fi
     done
@@ -44,7 +44,7 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 stamp_hash="$(cat "$ROOT/setup.cfg" "$ROOT/pyproject.toml" | sha256sum | cut -c1-16)$EXTRAS"
 if [ "$(cat "$VENV/.stamp-installed" 2>/dev/null)" != "$stamp_hash" ]; then
-    "$VENV/bin/python" -m pip install -q --upgrade pip
+    "$VENV/bin/python" -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
     "$VENV/bin/python" -m pip install -q -e "$ROOT$EXTRAS"
     echo "$stamp_hash" > "$VENV/.stamp-installed"
 fi

@@ -56,6 +56,7 @@ class LoadOptions:
     drain_timeout: float = 900.0
     work_dir: Path | None = None
     progress: bool = True
+    postgres_pid: int | None = None  # a given server's postmaster: its CPU time is reported
 
 
 # --- CLI -------------------------------------------------------------------------------
@@ -190,6 +191,7 @@ async def run_loadtest(options: LoadOptions) -> dict[str, Any]:
         proof_sample=options.proof_sample,
         stamp_env=options.stamp_env,
         work_dir=options.work_dir,
+        postgres_pid=options.postgres_pid,
     )
     _say(options, "starting PostgreSQL, the simulators and Stamp …")
     async with local_stack(stack_options) as stack:

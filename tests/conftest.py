@@ -105,17 +105,24 @@ async def db_pool(database_dsn: str) -> AsyncIterator[asyncpg.Pool]:
         await pool.close()
 
 
-@pytest_asyncio.fixture(loop_scope="session")
-async def clean_db(db_pool: asyncpg.Pool) -> asyncpg.Pool:
-    """The session pool, on tables emptied before the test. Every table but the
-    migration ledger is emptied, so tables added by later migrations are covered."""
-    tables = await db_pool.fetch(
+async def _empty_tables(pool: asyncpg.Pool) -> None:
+    tables = await pool.fetch(
         "SELECT format('%I.%I', schemaname, tablename) AS name FROM pg_tables "
         "WHERE schemaname = current_schema() AND tablename <> 'schema_migrations'"
     )
     if tables:
-        await db_pool.execute(f"TRUNCATE {', '.join(t['name'] for t in tables)} RESTART IDENTITY CASCADE")
-    return db_pool
+        await pool.execute(f"TRUNCATE {', '.join(t['name'] for t in tables)} RESTART IDENTITY CASCADE")
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def clean_db(db_pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Pool]:
+    """The session pool, on tables emptied before the test — and after it, so the
+    hand-made rows of a constraint test never reach a later test's running Stamp.
+    Every table but the migration ledger is emptied, so tables added by later
+    migrations are covered."""
+    await _empty_tables(db_pool)
+    yield db_pool
+    await _empty_tables(db_pool)
 
 
 @pytest_asyncio.fixture(loop_scope="session")

@@ -38,6 +38,7 @@ class StackOptions:
     proof_sample: int = 1
     stamp_env: Mapping[str, str] = field(default_factory=dict)
     work_dir: Path | None = None  # kept when given; a temporary one is removed
+    postgres_pid: int | None = None  # the given server's postmaster, for its CPU time
 
 
 @dataclass
@@ -49,7 +50,7 @@ class LocalStack:
     registry_address: str
     stamp_pids: list[int]
     simulators_pid: int
-    postgres_pid: int | None  # the embedded postmaster; None for a given server
+    postgres_pid: int | None  # the postmaster, when known (embedded, or given)
     _simulators: asyncio.subprocess.Process
     _stamps: list[asyncio.subprocess.Process]
 
@@ -127,7 +128,7 @@ async def local_stack(options: StackOptions) -> AsyncIterator[LocalStack]:
             registry_address=registry_address,
             stamp_pids=[p.pid for p in stamps],
             simulators_pid=simulators.pid,
-            postgres_pid=embedded.pid if embedded is not None else None,
+            postgres_pid=embedded.pid if embedded is not None else options.postgres_pid,
             _simulators=simulators,
             _stamps=stamps,
         )
