@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import multiprocessing
 import os
 import secrets
@@ -74,6 +75,7 @@ class Plan:
     certificates: int
     recipients: int
     steady_seconds: float
+    wide_recipients: int
     full: bool
     two_instances: bool
 
@@ -386,19 +388,31 @@ async def bench(args: argparse.Namespace, plan: Plan) -> dict[str, Any]:
                 instances=instances,
                 **common,
             )
-            runs.append((name, lambda: stamp_run(server_dsn, name, options, note)))
+            runs.append((name, functools.partial(stamp_run, server_dsn, name, options, note)))
 
         closed(f"{plan.certificates} over {plan.recipients}", plan.certificates, plan.recipients)
-        # Below saturation: half the crypto ceiling, for the accepted→delivered latency.
-        rate = round(ceilings["crypto"]["per_second"] * 0.5, 1)
-        steady = LoadOptions(
-            certificates=int(rate * plan.steady_seconds),
-            recipients=plan.recipients,
-            schedule=Schedule.constant(rate, int(rate * plan.steady_seconds)),
-            **common,
-        )
-        steady_name = f"{rate:g}/s for {plan.steady_seconds:g} s over {plan.recipients} (below saturation)"
-        runs.append((steady_name, lambda: stamp_run(server_dsn, steady_name, steady, note)))
+
+        async def steady() -> dict[str, Any]:
+            # Below saturation: half of what the first run delivered per second, for
+            # the accepted→delivered latency of a pipeline that keeps up.
+            rate = round(results["stamp"][0]["pipeline"]["delivered_per_second"] * 0.5, 1)
+            count = int(rate * plan.steady_seconds)
+            name = f"{rate:g}/s for {plan.steady_seconds:g} s over {plan.recipients} (below saturation)"
+            options = LoadOptions(
+                certificates=count,
+                recipients=plan.recipients,
+                schedule=Schedule.constant(rate, count),
+                **common,
+            )
+            return await stamp_run(server_dsn, name, options, note)
+
+        runs.append(("steady", steady))
+        if plan.wide_recipients:
+            closed(
+                f"{plan.certificates} over {plan.wide_recipients} (resources at many recipients)",
+                plan.certificates,
+                plan.wide_recipients,
+            )
         if plan.two_instances:
             closed(
                 f"{plan.certificates} over {plan.recipients}, two Stamp processes",
@@ -410,13 +424,23 @@ async def bench(args: argparse.Namespace, plan: Plan) -> dict[str, Any]:
             closed("100000 over 10000", 100_000, 10_000)
         for _, run in runs:
             results["stamp"].append(await run())
+    # Neighbours on a shared machine move the crypto ceiling: measured again at the
+    # end, and the better of the two is the ceiling the ratios use.
+    note("crypto ceiling again")
+    ceilings["crypto_at_end"] = await asyncio.to_thread(crypto_ceiling, plan.crypto_bundles, True)
     results["ratios"] = ratios(results)
     results["machine"]["load_average_end"] = list(os.getloadavg())
     return results
 
 
+def crypto_ceiling_per_second(ceilings: dict[str, Any]) -> float:
+    at_end = ceilings.get("crypto_at_end", {}).get("per_second", 0.0)
+    return float(max(ceilings["crypto"]["per_second"], at_end))
+
+
 def ratios(results: dict[str, Any]) -> list[dict[str, Any]]:
     ceilings = results["ceilings"]
+    crypto = crypto_ceiling_per_second(ceilings)
     out = []
     for run in results["stamp"]:
         delivered = run["pipeline"]["delivered_per_second"]
@@ -424,7 +448,7 @@ def ratios(results: dict[str, Any]) -> list[dict[str, Any]]:
         out.append(
             {
                 "run": run["name"],
-                "delivered_per_crypto_ceiling": delivered / ceilings["crypto"]["per_second"],
+                "delivered_per_crypto_ceiling": delivered / crypto,
                 "delivered_per_database_ceiling": delivered / ceilings["database"]["certificates_per_second"],
                 "accepted_per_http_ceiling": accepted / ceilings["http"]["per_second"],
             }
@@ -458,8 +482,9 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         "| Ceiling | Figure |",
         "| --- | --- |",
-        f"| Crypto: full bundles/s on {c['crypto']['workers']} cores, self-verification on (the default) "
-        f"| {c['crypto']['per_second']:.1f} |",
+        f"| Crypto: full bundles/s on {c['crypto']['workers']} cores, self-verification on (the default); "
+        f"at the start / at the end | {c['crypto']['per_second']:.1f} / "
+        f"{c.get('crypto_at_end', {}).get('per_second', 0.0):.1f} |",
         "| Crypto: the same without the self-verification "
         f"| {c['crypto_without_self_verification']['per_second']:.1f} |",
         f"| Database: Stamp's statements/s at concurrency {db['concurrency']}, pool reset on release "
@@ -490,6 +515,8 @@ def markdown(results: dict[str, Any]) -> str:
             f"| {commits} | {verdict} |"
         )
     lines += [
+        "",
+        f"Ratios against the better crypto ceiling ({crypto_ceiling_per_second(c):.1f}/s):",
         "",
         "| Stamp run | delivered / crypto ceiling | delivered / DB ceiling | accepted / HTTP ceiling |",
         "| --- | --- | --- | --- |",
@@ -538,6 +565,7 @@ def main() -> int:
         certificates=args.certificates or (2000 if quick else 10_000),
         recipients=args.recipients or (200 if quick else 1000),
         steady_seconds=30 if quick else 60,
+        wide_recipients=0 if quick else 10_000,
         full=args.full,
         two_instances=not args.no_two_instances,
     )

@@ -34,7 +34,14 @@ import structlog
 from stamp.load import scrape as metrics_scrape
 from stamp.load.driver import CertificateFactory, Outcome, Schedule, create_recipients, drive
 from stamp.load.report import machine, missing_fields, percentiles, render
-from stamp.load.stack import LocalStack, StackOptions, cpu_seconds, local_stack, sample_process
+from stamp.load.stack import (
+    LocalStack,
+    StackOptions,
+    cpu_seconds,
+    local_stack,
+    own_cpu_seconds,
+    sample_process,
+)
 from stamp.progress import ProgressBar
 
 TERMINAL = ("delivered", "rejected", "failed")
@@ -318,7 +325,10 @@ def _cpu(stack: LocalStack | None) -> dict[str, float]:
     out = {"loadtest": own.user + own.system}  # the driver alone, without its children
     if stack is None:
         return out
-    out["stamp"] = sum(cpu_seconds(pid) for pid in stack.stamp_pids)
+    # Stamp's own process (loop, actors, gRPC) apart from its crypto workers.
+    total = sum(cpu_seconds(pid) for pid in stack.stamp_pids)
+    out["stamp"] = sum(own_cpu_seconds(pid) for pid in stack.stamp_pids)
+    out["stamp_crypto_workers"] = total - out["stamp"]
     out["simulators"] = cpu_seconds(stack.simulators_pid)
     if stack.postgres_pid is not None:
         out["postgres"] = cpu_seconds(stack.postgres_pid)

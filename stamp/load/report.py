@@ -118,11 +118,17 @@ def render(report: Mapping[str, Any]) -> str:
     lat, e2e = intake["latency_seconds"], pipeline["end_to_end_seconds"]
     commits = resources["db_commits_per_certificate"]
     lag = resources["event_loop_lag_p99_seconds"]
+    if run["commit_delay_seconds"] is None:
+        registry = "registry as it runs"
+    else:
+        registry = (
+            f"registry commit delay {run['commit_delay_seconds']:g} s, "
+            f"range proofs verified 1 in {run['proof_sample']}"
+        )
     lines = [
         "",
         f"stamp load test: {run['schedule']}; {run['recipients']} recipients; "
-        f"{run['instances']} Stamp process(es); registry commit delay {run['commit_delay_seconds']:g} s, "
-        f"range proofs verified 1 in {run['proof_sample']}",
+        f"{run['instances']} Stamp process(es); {registry}",
         "",
         f"  intake      {intake['accepted']} accepted of {intake['sent']} sent "
         f"({intake['refused']} refused) in {intake['seconds']:.1f} s = {intake['accepted_per_second']:.1f}/s",

@@ -219,6 +219,15 @@ def cpu_seconds(pid: int) -> float:
         return 0.0
 
 
+def own_cpu_seconds(pid: int) -> float:
+    """CPU time of the process alone (its threads), without any child."""
+    try:
+        times = psutil.Process(pid).cpu_times()
+        return times.user + times.system
+    except psutil.Error:
+        return 0.0
+
+
 @dataclass(frozen=True, slots=True)
 class ProcessSample:
     rss_bytes: int
