@@ -175,8 +175,8 @@ class CertificateActor(StampActor):
     def _build_bundle(self) -> None:
         record, recipient = self.record, self.recipient
         assert recipient is not None and record.position is not None
-        issuer_key = self.deps.settings.issuer_keys.get(record.grid_area)
-        if issuer_key is None:
+        issuer_pem = self.deps.issuer_pems.get(record.grid_area)
+        if issuer_pem is None:
             self._fail(Step.CRYPTO, f"no issuer key configured for grid area {record.grid_area}", 1)
             return
         request = IssueRequest(
@@ -191,7 +191,7 @@ class CertificateActor(StampActor):
             hashed_attributes=record.hashed_attributes,
             recipient_public_key=recipient.wallet_public_key,
             position=record.position,
-            issuer_private_pem=issuer_key.private_pem(),
+            issuer_private_pem=issuer_pem,
             verify_proof=self.deps.settings.verify_own_proofs,
         )
         self.deps.bridge.compute(
@@ -314,6 +314,7 @@ class CertificateActor(StampActor):
 
     def _fail(self, step: Step, reason: str, attempts: int) -> None:
         self.log.warning("certificate.failed", step=step.value, reason=reason, attempts=attempts)
+        self.record = dataclasses.replace(self.record, failed_step=step.value)
         self._transition(
             State.FAILED,
             Event.FAILED,

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
@@ -61,6 +62,8 @@ class ActorDeps:
     registry_gateway: pykka.ActorRef[Any]
     wallet_gateway: pykka.ActorRef[Any]
     live: LiveCounts
+    # Grid area → PKCS#8 PEM, serialised once (the crypto workers take text).
+    issuer_pems: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     @property
     def lease(self) -> Lease:

@@ -79,12 +79,11 @@ class Supervisor(StampActor):
     def on_receive(self, message: object) -> Any:
         match message:
             case AdmitCertificate(record=record):
-                if self.draining or record.key in self.certificates:
-                    pass
-                elif len(self.certificates) < self.settings.max_in_flight:
+                # Intake (or an operator retry) decided there was room and leased the
+                # row to this instance: a slight overshoot of max_in_flight between
+                # two counts is accepted rather than leaving a leased row undriven.
+                if not self.draining and record.key not in self.certificates:
                     self._spawn(record)
-                else:
-                    self.backlog_waiting = True
             case AllocatePositionFor(recipient_id=recipient_id, request=request):
                 self._route(recipient_id, request)
             case CertificateFinished(key=key, state=state):

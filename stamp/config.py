@@ -80,7 +80,8 @@ class Settings:
     wallet_timeout_seconds: float = 10.0
     wallet_concurrency_per_host: int = 32
     wallet_retry: RetryPolicy = RetryPolicy()
-    recipient_idle_seconds: float = 30.0
+    # Short: an idle recipient actor is a thread; a busy recipient never idles this long.
+    recipient_idle_seconds: float = 5.0
     lease_seconds: float = 60.0
     shutdown_timeout_seconds: float = 20.0
     log_format: str = "json"

@@ -113,7 +113,12 @@ async def create_certificate(request: web.Request) -> web.Response:
         return _answer_existing(request, new, existing)
     if await runtime.recipients.get(new.recipient_id) is None:
         raise problems.NotFound(f"recipient {new.recipient_id} not found", field="recipientId")
-    created_at = await queries.insert_certificate(runtime.pool, row)
+    # Admit at once when there is room: the row is then leased to this instance, so
+    # another instance sharing the database does not claim it too. A full house
+    # leaves the row unleased, for whichever supervisor has room first.
+    admit = runtime.live.certificate_actors < settings.max_in_flight
+    lease = queries.Lease(settings.instance_id, settings.lease_seconds) if admit else None
+    created_at = await queries.insert_certificate(runtime.pool, row, lease)
     if created_at is None:
         existing = await withdrawals.find_conflicting(runtime.pool, row)
         if existing is None:  # deleted in between cannot happen; treat as a conflict to be safe
@@ -121,9 +126,8 @@ async def create_certificate(request: web.Request) -> web.Response:
         return _answer_existing(request, new, existing)
     runtime.backlog.added()
     metrics.certificate_received(CertificateKey(new.registry_name, new.certificate_id))
-    if runtime.live.certificate_actors < settings.max_in_flight:
-        # Only when there is room: the supervisor's mailbox stays bounded, and a full
-        # house leaves the row for the supervisor to claim from the backlog.
+    if admit:
+        # Only when there is room, so the supervisor's mailbox stays bounded.
         runtime.supervisor.tell(AdmitCertificate(_stored_record(new)))
     else:
         runtime.live.backlog_waiting = True

@@ -70,7 +70,7 @@ assigned AS (
         lease_owner = $5, lease_until = now() + make_interval(secs => $6),
         updated_at = now()
     FROM eligible, recipient
-    WHERE c.registry_name = eligible.registry_name AND c.id = eligible.id
+    WHERE c.registry_name = eligible.registry_name AND c.id = eligible.id AND c.position IS NULL
     RETURNING c.registry_name, c.id::text, c.position, c.version
 ),
 advanced AS (
@@ -88,8 +88,9 @@ WITH inserted AS (
     INSERT INTO certificates (
         registry_name, id, recipient_id, metering_point_id, certificate_type, quantity,
         period_start, period_end, grid_area, clear_attributes, hashed_attributes,
-        request_digest, state)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'stored')
+        request_digest, state, lease_owner, lease_until)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'stored',
+            $13::text, CASE WHEN $13::text IS NULL THEN NULL ELSE now() + make_interval(secs => $14) END)
     ON CONFLICT DO NOTHING
     RETURNING registry_name, id, state, created_at
 ),
@@ -284,6 +285,12 @@ async def get_recipient(conn: Conn, recipient_id: str) -> Recipient | None:
 
 
 @dataclass(frozen=True, slots=True)
+class Lease:
+    owner: str
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
 class NewCertificateRow:
     registry_name: str
     certificate_id: str
@@ -299,8 +306,11 @@ class NewCertificateRow:
     request_digest: bytes
 
 
-async def insert_certificate(conn: Conn, new: NewCertificateRow) -> datetime | None:
-    """Store a new certificate with its CertificateStored event; None on any conflict."""
+async def insert_certificate(
+    conn: Conn, new: NewCertificateRow, lease: Lease | None = None
+) -> datetime | None:
+    """Store a new certificate with its CertificateStored event; None on any conflict.
+    With a lease, this instance drives it at once and no other instance claims it."""
     row = await conn.fetchrow(
         INSERT_CERTIFICATE,
         new.registry_name,
@@ -315,6 +325,8 @@ async def insert_certificate(conn: Conn, new: NewCertificateRow) -> datetime | N
         [list(a) for a in new.clear_attributes],
         [list(a) for a in new.hashed_attributes],
         new.request_digest,
+        lease.owner if lease else None,
+        lease.seconds if lease else 0.0,
     )
     return None if row is None else row["created_at"]
 
@@ -371,8 +383,11 @@ class AllocatedPosition:
     version: int
 
 
+LOCK_RECIPIENT = "SELECT 1 FROM recipients WHERE id = $1 FOR UPDATE"
+
+
 async def allocate_positions(
-    conn: Conn,
+    pool: asyncpg.Pool,
     recipient_id: str,
     wanted: Sequence[tuple[CertificateKey, int]],
     *,
@@ -380,16 +395,23 @@ async def allocate_positions(
     lease_seconds: float,
 ) -> list[AllocatedPosition]:
     """Give each (certificate, expected version) the recipient's next position, in
-    order; certificates that are stale or already have one are left out."""
-    rows = await conn.fetch(
-        ALLOCATE_POSITIONS,
-        recipient_id,
-        [k.registry for k, _ in wanted],
-        [k.certificate_id for k, _ in wanted],
-        [v for _, v in wanted],
-        lease_owner,
-        lease_seconds,
-    )
+    order; certificates that are stale or already have one are left out.
+
+    The recipient row is locked by a statement of its own first: under READ
+    COMMITTED the allocation statement then starts with a snapshot taken after the
+    lock, so it sees every position a concurrent allocator (another process) has
+    just handed out, and neither skips nor overwrites one."""
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(LOCK_RECIPIENT, recipient_id)
+        rows = await conn.fetch(
+            ALLOCATE_POSITIONS,
+            recipient_id,
+            [k.registry for k, _ in wanted],
+            [k.certificate_id for k, _ in wanted],
+            [v for _, v in wanted],
+            lease_owner,
+            lease_seconds,
+        )
     return [
         AllocatedPosition(CertificateKey(r["registry_name"], r["id"]), r["position"], r["version"])
         for r in rows
@@ -414,12 +436,6 @@ async def release_all_leases(conn: Conn, owner: str) -> int:
 
 async def release_lease(conn: Conn, key: CertificateKey, owner: str) -> None:
     await conn.execute(RELEASE_LEASE, key.registry, key.certificate_id, owner)
-
-
-@dataclass(frozen=True, slots=True)
-class Lease:
-    owner: str
-    seconds: float
 
 
 async def transition(
