@@ -3,6 +3,7 @@ write to PostgreSQL and *tell* the supervisor."""
 
 from __future__ import annotations
 
+import base64
 import uuid
 from typing import Any
 
@@ -43,6 +44,16 @@ def _status_url(request: web.Request, registry: str, certificate_id: str) -> str
     return f"{request.app[RUNTIME].settings.path_base}/v1/certificates/{registry}/{certificate_id}"
 
 
+def _accepted(request: web.Request, key: CertificateKey, state: str) -> web.Response:
+    """202 with the certificate's current state; Location is where to follow it."""
+    status_url = _status_url(request, key.registry, key.certificate_id)
+    return json_response(
+        {"id": key.certificate_id, "registryName": key.registry, "state": state, "statusUrl": status_url},
+        status=202,
+        headers={"Location": status_url},
+    )
+
+
 # --- recipients ---------------------------------------------------------------------
 
 
@@ -79,8 +90,6 @@ async def get_recipient(request: web.Request) -> web.Response:
 
 
 def _b64(data: bytes) -> str:
-    import base64
-
     return base64.b64encode(data).decode()
 
 
@@ -131,17 +140,7 @@ async def create_certificate(request: web.Request) -> web.Response:
         runtime.supervisor.tell(AdmitCertificate(_stored_record(new)))
     else:
         runtime.live.backlog_waiting = True
-    status_url = _status_url(request, new.registry_name, new.certificate_id)
-    return json_response(
-        {
-            "id": new.certificate_id,
-            "registryName": new.registry_name,
-            "state": State.STORED.value,
-            "statusUrl": status_url,
-        },
-        status=202,
-        headers={"Location": status_url},
-    )
+    return _accepted(request, CertificateKey(new.registry_name, new.certificate_id), State.STORED.value)
 
 
 def _new_row(new: NewCertificate) -> queries.NewCertificateRow:
@@ -207,17 +206,7 @@ def _answer_existing(request: web.Request, new: NewCertificate, existing: asyncp
             "certify the period again with a new certificate id"
         )
     if same_key and bytes(existing["request_digest"]) == new.canonical_digest():
-        status_url = _status_url(request, new.registry_name, new.certificate_id)
-        return json_response(
-            {
-                "id": new.certificate_id,
-                "registryName": new.registry_name,
-                "state": existing["state"],
-                "statusUrl": status_url,
-            },
-            status=202,
-            headers={"Location": status_url},
-        )
+        return _accepted(request, CertificateKey(new.registry_name, new.certificate_id), existing["state"])
     if same_key:
         differences = new.differences(_stored_as_new(existing))
         raise problems.Conflict(
@@ -298,17 +287,7 @@ async def retry_certificate(request: web.Request) -> web.Response:
     record = await queries.get_record(runtime.pool, key)
     if record is not None:
         runtime.supervisor.tell(AdmitCertificate(record))
-    status_url = _status_url(request, key.registry, key.certificate_id)
-    return json_response(
-        {
-            "id": key.certificate_id,
-            "registryName": key.registry,
-            "state": outcome.state.value,
-            "statusUrl": status_url,
-        },
-        status=202,
-        headers={"Location": status_url},
-    )
+    return _accepted(request, key, outcome.state.value)
 
 
 # --- operations ---------------------------------------------------------------------
