@@ -48,9 +48,12 @@ class Scenario:
                     self.recipients.append((await r.json())["id"])
                     self.endpoints.append(reference)
 
-    async def post_certificates(self, count: int) -> list[str]:
+    def make_bodies(self, count: int) -> list[dict[str, Any]]:
+        return [certificate_body(self.recipients[i % len(self.recipients)]) for i in range(count)]
+
+    async def post_certificates(self, count: int, bodies: list[dict[str, Any]] | None = None) -> list[str]:
         """Post like a client that retries on 503 and connection errors (idempotent)."""
-        bodies = [certificate_body(self.recipients[i % len(self.recipients)]) for i in range(count)]
+        bodies = bodies if bodies is not None else self.make_bodies(count)
         limit = asyncio.Semaphore(32)
         async with aiohttp.ClientSession() as http:
 

@@ -534,12 +534,15 @@ async def test_wait_for_database_waits_for_a_server_that_starts_later(
     data_dir: Path, servers: list[EmbeddedPostgres]
 ) -> None:
     # The DSN of an embedded server is known before it runs: its socket directory.
-    dsn = f"postgresql://postgres@/stamp?host={data_dir}&port=5432"
+    # It waits on the maintenance database, which exists as soon as the server
+    # accepts connections ("stamp" is created a moment later, and a missing database
+    # fails at once by design: see the test above).
+    dsn = f"postgresql://postgres@/postgres?host={data_dir}&port=5432"
     waiting = asyncio.create_task(wait_for_database(dsn, timeout=30))
     await asyncio.sleep(0.3)
     assert not waiting.done()
     server = await start(servers, data_dir)
-    assert server.dsn == dsn
+    assert server.dsn == dsn.replace("/postgres?", "/stamp?")
     await asyncio.wait_for(waiting, 10)
 
 

@@ -50,12 +50,13 @@ async def test_registry_down_slow_and_failing(empty_database_dsn: str, tmp_path:
     scenario = await start_scenario(empty_database_dsn, tmp_path, STAMP_AUTO_MIGRATE="true")
     try:
         await scenario.create_recipients(5)
-        ids = await scenario.post_certificates(150)
+        bodies = scenario.make_bodies(150)
+        ids = [b["certificate"]["id"] for b in bodies]
         rejected = ids[:10]
-        for certificate_id in rejected:
+        for certificate_id in rejected:  # before they can reach the registry
             scenario.registry.force_failure(certificate_id, "metering point not approved")
-        slow = ids[10:40]
-        scenario.registry.hold(certificate_ids=slow)
+        scenario.registry.hold(certificate_ids=ids[10:40])
+        await scenario.post_certificates(len(bodies), bodies)
         await scenario.registry.go_down()
         await asyncio.sleep(2)
         await scenario.registry.go_up()
