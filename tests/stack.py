@@ -125,6 +125,24 @@ def stack_settings(database_url: str, registry_address: str, data_dir: Path, **o
 
 
 @contextlib.asynccontextmanager
+async def serving(
+    settings: Settings, registry: RegistrySimulator, wallet: WalletSimulator
+) -> AsyncIterator[Stack]:
+    """One Stamp (in-process) on running simulators; leaving it and serving again is a restart."""
+    app = build_app(settings)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        async with aiohttp.ClientSession() as http:
+            yield Stack(f"http://127.0.0.1:{port}", http, app, registry, wallet, settings)
+    finally:
+        await runner.cleanup()
+
+
+@contextlib.asynccontextmanager
 async def running_stack(
     database_url: str, data_dir: Path, *, commit_delay: float = 0.05, **overrides: Any
 ) -> AsyncIterator[Stack]:
@@ -137,16 +155,9 @@ async def running_stack(
     wallet = WalletSimulator(WalletSimConfig(registries={REGISTRY: registry.address}))
     await wallet.start()
     settings = stack_settings(database_url, registry.address, data_dir, **overrides)
-    app = build_app(settings)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     try:
-        async with aiohttp.ClientSession() as http:
-            yield Stack(f"http://127.0.0.1:{port}", http, app, registry, wallet, settings)
+        async with serving(settings, registry, wallet) as stack:
+            yield stack
     finally:
-        await runner.cleanup()
         await wallet.stop()
         await registry.stop()

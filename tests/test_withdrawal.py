@@ -11,14 +11,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 import pytest_asyncio
-from aiohttp import web
 
 from protos.project_origin.registry.v1 import registry_pb2
-from stamp.app import build_app
-from stamp.config import Settings
 from stamp.crypto.issuer_keys import IssuerKey, verify_signature
 from stamp.crypto.transactions import WITHDRAWN_EVENT_TYPE, build_withdrawn_transaction, transaction_id
 from stamp.db import withdrawals
@@ -26,7 +22,16 @@ from stamp.devstack.registry import RegistrySimConfig, RegistrySimulator
 from stamp.devstack.wallet import WalletSimConfig, WalletSimulator
 from stamp.domain import CertificateKey
 from stamp.gateways.registry_client import RegistryClient, TxStatus
-from tests.stack import GRID_AREA, ISSUER, REGISTRY, Stack, certificate_body, running_stack, stack_settings
+from tests.stack import (
+    GRID_AREA,
+    ISSUER,
+    REGISTRY,
+    Stack,
+    certificate_body,
+    running_stack,
+    serving,
+    stack_settings,
+)
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -480,24 +485,6 @@ async def test_the_registry_takes_a_withdrawal_only_from_the_grid_areas_issuer_a
 
 
 # --- crash safety --------------------------------------------------------------------------------
-
-
-@contextlib.asynccontextmanager
-async def serving(
-    settings: Settings, registry: RegistrySimulator, wallet: WalletSimulator
-) -> AsyncIterator[Stack]:
-    """One Stamp process (in-process) on existing simulators; stopping it is a restart."""
-    app = build_app(settings)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        async with aiohttp.ClientSession() as http:
-            yield Stack(f"http://127.0.0.1:{port}", http, app, registry, wallet, settings)
-    finally:
-        await runner.cleanup()
 
 
 async def test_a_pending_withdrawal_resumes_after_a_restart_and_resends_the_same_bytes(
