@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from typing import Any
 
+import asyncpg
 import structlog
 
 from actors.backoff import backoff_delay
@@ -150,8 +152,9 @@ class CertificateActor(StampActor):
             self._with_recipient()
 
     def _with_recipient(self) -> None:
-        if self.recipient is not None:
-            self._on_recipient(self.recipient)
+        recipient = self.recipient or self.deps.recipients.peek(self.record.recipient_id)
+        if recipient is not None:
+            self._on_recipient(recipient)
             return
         self.deps.bridge.run(
             self.deps.recipients.get(self.record.recipient_id),
@@ -230,8 +233,9 @@ class CertificateActor(StampActor):
         if not self.delivery_claimed:
             # Resumed or retried: move the version on first so that only one driver
             # of this certificate can be delivering it.
-            self._run_db(
-                queries.claim_delivery(self.deps.pool, record.key, record.version, self.deps.lease),
+            self._write(
+                queries.CLAIM_DELIVERY,
+                queries.claim_delivery_args(record.key, record.version, self.deps.lease),
                 lambda version: Transitioned(State.MARKED_AS_ISSUED, version),
             )
             return
@@ -266,21 +270,37 @@ class CertificateActor(StampActor):
 
     def _transition(self, state: State, event: Event, detail: dict[str, Any], sql: str, *extra: Any) -> None:
         record = self.record
-        self._run_db(
-            queries.transition(
-                self.deps.pool, sql, record.key, record.version, state, event, detail, self.deps.lease, *extra
+        self._write(
+            sql,
+            queries.transition_args(
+                record.key, record.version, state, event, detail, self.deps.lease, *extra
             ),
             lambda version: Transitioned(state, version),
             retry=lambda: self._transition(state, event, detail, sql, *extra),
         )
 
-    def _run_db(self, coro: Any, on_result: Any, retry: Any = None) -> None:
-        def on_error(exc: BaseException) -> StepFailed:
-            self.retry = retry
-            return StepFailed("database", f"{type(exc).__name__}: {exc}")
+    def _write(
+        self,
+        sql: str,
+        args: tuple[Any, ...],
+        on_version: Callable[[int | None], object],
+        retry: Callable[[], None] | None = None,
+    ) -> None:
+        """A versioned statement through the group commit; its outcome comes back as
+        a message. Runs on the loop: the actor is waiting for exactly this answer."""
+        ref = self.actor_ref
+
+        def done(row: asyncpg.Record | None, error: BaseException | None) -> None:
+            if error is None and row is not None:
+                message = on_version(row["version"])
+            else:
+                self.retry = retry
+                message = StepFailed("database", f"{type(error).__name__}: {error}")
+            tell_quietly(ref, message)
 
         self.awaiting = True
-        self.deps.bridge.run(coro, self.actor_ref, on_result, on_error)
+        key = self.record.key
+        self.deps.batcher.submit(sql, args, (key.registry, key.certificate_id), done)
 
     def _on_transitioned(self, state: State, version: int | None) -> None:
         if version is None:

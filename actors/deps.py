@@ -15,19 +15,26 @@ import pykka
 from actors.bridge import LoopBridge
 from stamp.config import Settings
 from stamp.db import queries
+from stamp.db.batcher import StatementBatcher
 from stamp.db.queries import Lease
 from stamp.domain import Recipient
 
 
 class RecipientCache:
     """Recipients never change once created, so a bounded cache of them saves a
-    query per certificate. Used from the event loop only."""
+    query per certificate. Filled and evicted on the event loop only; ``peek`` may
+    be called from any thread."""
 
     def __init__(self, pool: asyncpg.Pool, size: int = 50_000) -> None:
         self._pool = pool
         self._size = size
         self._entries: OrderedDict[str, Recipient] = OrderedDict()
         self._lock = asyncio.Lock()
+
+    def peek(self, recipient_id: str) -> Recipient | None:
+        """The cached recipient, without a hop to the loop (a single dict read, atomic
+        under the GIL); None when it is not cached."""
+        return self._entries.get(recipient_id)
 
     async def get(self, recipient_id: str) -> Recipient | None:
         found = self._entries.get(recipient_id)
@@ -58,6 +65,8 @@ class ActorDeps:
     settings: Settings
     bridge: LoopBridge
     pool: asyncpg.Pool
+    # The hot statements (transitions, allocations) go through the group commit.
+    batcher: StatementBatcher
     recipients: RecipientCache
     registry_gateway: pykka.ActorRef[Any]
     wallet_gateway: pykka.ActorRef[Any]

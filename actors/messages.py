@@ -110,7 +110,7 @@ class AllocationFailed:
 
 @dataclass(frozen=True, slots=True)
 class IdleCheck:
-    generation: int
+    """Time to see whether the recipient actor has been idle long enough to stop."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 
+import asyncpg
 import structlog
 
 from actors.backoff import backoff_delay
@@ -46,11 +47,11 @@ class RecipientActor(StampActor):
         self.in_flight: tuple[AllocatePosition, ...] = ()
         self.handled = 0
         self.failures = 0
-        self.generation = 0
         self.last_active = time.monotonic()
+        self.idle_check_armed = False
 
     def on_start(self) -> None:
-        self._arm_idle_check()
+        self._arm_idle_check(self.deps.settings.recipient_idle_seconds)
 
     def on_receive(self, message: object) -> None:
         match message:
@@ -64,11 +65,8 @@ class RecipientActor(StampActor):
                 self._on_failed(message)
             case RetryAllocation():
                 self._flush()
-            case IdleCheck(generation=generation) if generation == self.generation:
-                if not self.pending and not self.in_flight:
-                    tell_quietly(
-                        self.supervisor, RecipientIdle(self.recipient_id, self.handled, self.actor_ref)
-                    )
+            case IdleCheck():
+                self._on_idle_check()
             case PassivateApproved():
                 # Approval means the supervisor routes nothing more here; whatever was
                 # routed before has been handled (counts matched), so nothing is lost.
@@ -80,21 +78,31 @@ class RecipientActor(StampActor):
         batch, self.pending = tuple(self.pending[:MAX_BATCH]), self.pending[MAX_BATCH:]
         self.in_flight = batch
         self.last_active = time.monotonic()
-        self.deps.bridge.run(
-            queries.allocate_positions(
-                self.deps.pool,
+        ref = self.actor_ref
+
+        def done(row: asyncpg.Record | None, error: BaseException | None) -> None:
+            # On the event loop: build the answer and hand it back as a message.
+            if error is None and row is not None:
+                tell_quietly(ref, PositionsAllocated(batch, tuple(queries.allocated_positions(row))))
+            else:
+                tell_quietly(ref, AllocationFailed(batch, f"{type(error).__name__}: {error}"))
+
+        settings = self.deps.settings
+        self.deps.batcher.submit(
+            queries.ALLOCATE_POSITIONS,
+            queries.allocate_positions_args(
                 self.recipient_id,
                 [(request.key, request.version) for request in batch],
-                lease_owner=self.deps.settings.instance_id,
-                lease_seconds=self.deps.settings.lease_seconds,
+                settings.instance_id,
+                settings.lease_seconds,
             ),
-            self.actor_ref,
-            lambda allocated: PositionsAllocated(batch, tuple(allocated)),
-            lambda exc: AllocationFailed(batch, f"{type(exc).__name__}: {exc}"),
+            (self.recipient_id,),
+            done,
         )
 
     def _on_allocated(self, message: PositionsAllocated) -> None:
         self.in_flight = ()
+        self.last_active = time.monotonic()
         self.failures = 0
         by_key = {a.key: a for a in message.allocated}
         for request in message.batch:
@@ -111,7 +119,8 @@ class RecipientActor(StampActor):
                 last=max(a.position for a in message.allocated),
             )
         self._flush()
-        self._arm_idle_check()
+        if not self.idle_check_armed:
+            self._arm_idle_check(self.deps.settings.recipient_idle_seconds)
 
     def _on_failed(self, message: AllocationFailed) -> None:
         # The database is unreachable or busy: keep the requests, in order, and retry.
@@ -128,8 +137,22 @@ class RecipientActor(StampActor):
             backoff_delay(self.deps.settings.registry_retry, self.failures), self.actor_ref, RetryAllocation()
         )
 
-    def _arm_idle_check(self) -> None:
-        self.generation += 1
-        self.deps.bridge.later(
-            self.deps.settings.recipient_idle_seconds, self.actor_ref, IdleCheck(self.generation)
-        )
+    def _on_idle_check(self) -> None:
+        # One timer at a time, pushed back by activity: a busy recipient costs no
+        # timer per allocation.
+        self.idle_check_armed = False
+        idle_seconds = self.deps.settings.recipient_idle_seconds
+        if self.pending or self.in_flight:
+            self._arm_idle_check(idle_seconds)
+            return
+        remaining = self.last_active + idle_seconds - time.monotonic()
+        if remaining > 0:
+            self._arm_idle_check(remaining)
+            return
+        # Not re-armed: either the supervisor approves and this actor stops, or it
+        # routed more requests meanwhile, whose allocation arms the check again.
+        tell_quietly(self.supervisor, RecipientIdle(self.recipient_id, self.handled, self.actor_ref))
+
+    def _arm_idle_check(self, delay: float) -> None:
+        self.idle_check_armed = True
+        self.deps.bridge.later(delay, self.actor_ref, IdleCheck())

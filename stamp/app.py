@@ -38,6 +38,7 @@ from stamp.api.problems import problem_middleware
 from stamp.api.runtime import RUNTIME, Backlog, Runtime
 from stamp.config import Settings
 from stamp.db import queries
+from stamp.db.batcher import StatementBatcher
 from stamp.db.embedded import EmbeddedPostgres
 from stamp.db.migrate import apply_migrations, ensure_current
 from stamp.db.pool import create_pool, wait_for_database
@@ -152,14 +153,17 @@ async def actors_ctx(app: web.Application) -> AsyncIterator[None]:
     recipients = RecipientCache(pool)
     live = LiveCounts()
     issuer_pems = {area: key.private_pem() for area, key in settings.issuer_keys.items()}
-    deps = ActorDeps(settings, bridge, pool, recipients, registry_gateway, wallet_gateway, live, issuer_pems)
+    batcher = StatementBatcher(pool, loop)
+    deps = ActorDeps(
+        settings, bridge, pool, batcher, recipients, registry_gateway, wallet_gateway, live, issuer_pems
+    )
     released = await queries.release_all_leases(pool, settings.instance_id)
     if released:
         log.info("supervisor.resuming", certificates=released)
     backlog = Backlog(settings.max_backlog)
     await backlog.refresh(pool)
     supervisor = Supervisor.start(deps)
-    runtime = Runtime(settings, pool, supervisor, recipients, backlog, live)
+    runtime = Runtime(settings, pool, batcher, supervisor, recipients, backlog, live)
     app[RUNTIME] = runtime
     from actors.withdrawal import WithdrawalActor  # resumes pending withdrawals as it starts
 

@@ -77,8 +77,10 @@ async def test_small_loadtest_passes_the_invariant_check_and_reports_every_field
     assert resources["peak_threads"] > 1
     assert resources["peak_live_actors"] >= 3  # supervisor and both gateways at least
     assert resources["event_loop_lag_p99_seconds"] is not None
-    # Every certificate commits several transitions; far fewer than 100 per certificate.
-    assert 4 <= resources["db_commits_per_certificate"] < 100
+    # Counted from PostgreSQL: the group commit writes several certificates' statements
+    # per transaction, yet six statements per certificate at 10 in flight leave more
+    # than one commit per certificate; far fewer than 100.
+    assert 1 <= resources["db_commits_per_certificate"] < 100
     assert resources["cpu_seconds"]["stamp"] > 0 and resources["cpu_seconds"]["stamp_crypto_workers"] > 0
     assert "range proofs: all verified (100)" in report["registry"]["report"]
 

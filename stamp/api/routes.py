@@ -127,7 +127,12 @@ async def create_certificate(request: web.Request) -> web.Response:
     # leaves the row unleased, for whichever supervisor has room first.
     admit = runtime.live.certificate_actors < settings.max_in_flight
     lease = queries.Lease(settings.instance_id, settings.lease_seconds) if admit else None
-    created_at = await queries.insert_certificate(runtime.pool, row, lease)
+    stored = await runtime.batcher.fetch(
+        queries.INSERT_CERTIFICATE,
+        queries.insert_certificate_args(row, lease),
+        (row.registry_name, row.certificate_id),
+    )
+    created_at = stored["created_at"]
     if created_at is None:
         existing = await withdrawals.find_conflicting(runtime.pool, row)
         if existing is None:  # deleted in between cannot happen; treat as a conflict to be safe

@@ -13,6 +13,7 @@ from aiohttp import web
 from actors.deps import LiveCounts, RecipientCache
 from stamp.config import Settings
 from stamp.db import queries
+from stamp.db.batcher import StatementBatcher
 from stamp.db.migrate import schema_status
 
 
@@ -39,6 +40,7 @@ class Backlog:
 class Runtime:
     settings: Settings
     pool: asyncpg.Pool
+    batcher: StatementBatcher
     supervisor: pykka.ActorRef[Any]
     recipients: RecipientCache
     backlog: Backlog

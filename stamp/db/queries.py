@@ -41,44 +41,16 @@ SELECT id::text, wallet_endpoint_version, wallet_endpoint_url, wallet_public_key
 FROM recipients WHERE id = $1
 """
 
-# Positions for a batch of certificates of one recipient, in one statement: the
-# recipient row is locked (the counter is serialised across processes too), each
-# certificate still without a position and at its expected version gets the next
-# number in request order, and the counter advances by exactly the number handed
-# out, so positions have no gaps.
+# Positions for a batch of certificates of one recipient, in one statement (the
+# function of migration 0003 locks the recipient row first, then numbers the
+# certificates in request order without gaps). Aggregated to exactly one row, as the
+# batcher needs, whatever the number of certificates.
 ALLOCATE_POSITIONS = """
-WITH recipient AS (
-    SELECT id, next_position FROM recipients WHERE id = $1 FOR UPDATE
-),
-wanted AS (
-    SELECT w.registry_name, w.id, w.version, w.ord
-    FROM unnest($2::text[], $3::uuid[], $4::int[]) WITH ORDINALITY AS w(registry_name, id, version, ord)
-),
-eligible AS (
-    SELECT c.registry_name, c.id,
-           row_number() OVER (ORDER BY wanted.ord) - 1 AS offset_
-    FROM wanted
-    JOIN certificates c
-      ON c.registry_name = wanted.registry_name AND c.id = wanted.id
-     AND c.version = wanted.version AND c.position IS NULL AND c.state = 'stored'
-     AND c.recipient_id = $1
-),
-assigned AS (
-    UPDATE certificates c
-    SET position = recipient.next_position + eligible.offset_,
-        version = c.version + 1,
-        lease_owner = $5, lease_until = now() + make_interval(secs => $6),
-        updated_at = now()
-    FROM eligible, recipient
-    WHERE c.registry_name = eligible.registry_name AND c.id = eligible.id AND c.position IS NULL
-    RETURNING c.registry_name, c.id::text, c.position, c.version
-),
-advanced AS (
-    UPDATE recipients r SET next_position = r.next_position + (SELECT count(*) FROM assigned)
-    WHERE r.id = $1
-    RETURNING r.next_position
-)
-SELECT assigned.*, (SELECT next_position FROM advanced) AS next_position FROM assigned
+SELECT coalesce(array_agg(a.out_registry ORDER BY a.out_position), '{}') AS registries,
+       coalesce(array_agg(a.out_id ORDER BY a.out_position), '{}') AS ids,
+       coalesce(array_agg(a.out_position ORDER BY a.out_position), '{}') AS positions,
+       coalesce(array_agg(a.out_version ORDER BY a.out_position), '{}') AS versions
+FROM stamp_allocate_positions($1, $2::text[], $3::uuid[], $4::int[], $5, $6) a
 """
 
 # --- certificates: intake -----------------------------------------------------------
@@ -98,7 +70,7 @@ event AS (
     INSERT INTO certificate_events (registry_name, certificate_id, event_type, state, detail)
     SELECT registry_name, id, 'CertificateStored', state, '{}'::jsonb FROM inserted
 )
-SELECT state, created_at FROM inserted
+SELECT (SELECT created_at FROM inserted) AS created_at
 """
 
 COUNT_ACTIVE = """
@@ -202,7 +174,7 @@ event AS (
     INSERT INTO certificate_events (registry_name, certificate_id, event_type, state, detail)
     SELECT registry_name, id, $7, state, $8 FROM changed
 )
-SELECT version FROM changed
+SELECT (SELECT version FROM changed) AS version
 """
 
 RECORD_TRANSACTION = _TRANSITION.format(
@@ -215,11 +187,14 @@ FAIL = _TRANSITION.format(assignments="failed_step = $9, failure_reason = $10, a
 # Before every wallet delivery after the first: only the writer that moves the
 # version on may send, so two drivers of one certificate never both deliver.
 CLAIM_DELIVERY = """
-UPDATE certificates
-SET version = version + 1, attempts = attempts + 1, updated_at = now(),
-    lease_owner = $4, lease_until = now() + make_interval(secs => $5)
-WHERE registry_name = $1 AND id = $2 AND version = $3 AND state = 'marked_as_issued'
-RETURNING version
+WITH claimed AS (
+    UPDATE certificates
+    SET version = version + 1, attempts = attempts + 1, updated_at = now(),
+        lease_owner = $4, lease_until = now() + make_interval(secs => $5)
+    WHERE registry_name = $1 AND id = $2 AND version = $3 AND state = 'marked_as_issued'
+    RETURNING version
+)
+SELECT (SELECT version FROM claimed) AS version
 """
 
 RETRY_FAILED = """
@@ -311,8 +286,14 @@ async def insert_certificate(
 ) -> datetime | None:
     """Store a new certificate with its CertificateStored event; None on any conflict.
     With a lease, this instance drives it at once and no other instance claims it."""
-    row = await conn.fetchrow(
-        INSERT_CERTIFICATE,
+    created_at: datetime | None = await conn.fetchval(
+        INSERT_CERTIFICATE, *insert_certificate_args(new, lease)
+    )
+    return created_at
+
+
+def insert_certificate_args(new: NewCertificateRow, lease: Lease | None) -> tuple[Any, ...]:
+    return (
         new.registry_name,
         new.certificate_id,
         new.recipient_id,
@@ -328,7 +309,6 @@ async def insert_certificate(
         lease.owner if lease else None,
         lease.seconds if lease else 0.0,
     )
-    return None if row is None else row["created_at"]
 
 
 async def count_active(conn: Conn) -> int:
@@ -383,11 +363,8 @@ class AllocatedPosition:
     version: int
 
 
-LOCK_RECIPIENT = "SELECT 1 FROM recipients WHERE id = $1 FOR UPDATE"
-
-
 async def allocate_positions(
-    pool: asyncpg.Pool,
+    conn: Conn,
     recipient_id: str,
     wanted: Sequence[tuple[CertificateKey, int]],
     *,
@@ -395,26 +372,33 @@ async def allocate_positions(
     lease_seconds: float,
 ) -> list[AllocatedPosition]:
     """Give each (certificate, expected version) the recipient's next position, in
-    order; certificates that are stale or already have one are left out.
+    order; certificates that are stale or already have one are left out."""
+    row = await conn.fetchrow(
+        ALLOCATE_POSITIONS, *allocate_positions_args(recipient_id, wanted, lease_owner, lease_seconds)
+    )
+    assert row is not None  # an aggregate always answers one row
+    return allocated_positions(row)
 
-    The recipient row is locked by a statement of its own first: under READ
-    COMMITTED the allocation statement then starts with a snapshot taken after the
-    lock, so it sees every position a concurrent allocator (another process) has
-    just handed out, and neither skips nor overwrites one."""
-    async with pool.acquire() as conn, conn.transaction():
-        await conn.execute(LOCK_RECIPIENT, recipient_id)
-        rows = await conn.fetch(
-            ALLOCATE_POSITIONS,
-            recipient_id,
-            [k.registry for k, _ in wanted],
-            [k.certificate_id for k, _ in wanted],
-            [v for _, v in wanted],
-            lease_owner,
-            lease_seconds,
-        )
+
+def allocate_positions_args(
+    recipient_id: str, wanted: Sequence[tuple[CertificateKey, int]], lease_owner: str, lease_seconds: float
+) -> tuple[Any, ...]:
+    return (
+        recipient_id,
+        [k.registry for k, _ in wanted],
+        [k.certificate_id for k, _ in wanted],
+        [v for _, v in wanted],
+        lease_owner,
+        lease_seconds,
+    )
+
+
+def allocated_positions(row: asyncpg.Record) -> list[AllocatedPosition]:
     return [
-        AllocatedPosition(CertificateKey(r["registry_name"], r["id"]), r["position"], r["version"])
-        for r in rows
+        AllocatedPosition(CertificateKey(registry, certificate_id), position, version)
+        for registry, certificate_id, position, version in zip(
+            row["registries"], row["ids"], row["positions"], row["versions"], strict=True
+        )
     ]
 
 
@@ -451,7 +435,21 @@ async def transition(
 ) -> int | None:
     """Apply one compare-and-set transition; the new version, or None when stale."""
     version: int | None = await conn.fetchval(
-        sql,
+        sql, *transition_args(key, expected_version, new_state, event, detail, lease, *extra)
+    )
+    return version
+
+
+def transition_args(
+    key: CertificateKey,
+    expected_version: int,
+    new_state: State,
+    event: Event,
+    detail: dict[str, Any],
+    lease: Lease,
+    *extra: Any,
+) -> tuple[Any, ...]:
+    return (
         key.registry,
         key.certificate_id,
         expected_version,
@@ -462,14 +460,17 @@ async def transition(
         detail,
         *extra,
     )
-    return version
 
 
 async def claim_delivery(conn: Conn, key: CertificateKey, expected_version: int, lease: Lease) -> int | None:
     version: int | None = await conn.fetchval(
-        CLAIM_DELIVERY, key.registry, key.certificate_id, expected_version, lease.owner, lease.seconds
+        CLAIM_DELIVERY, *claim_delivery_args(key, expected_version, lease)
     )
     return version
+
+
+def claim_delivery_args(key: CertificateKey, expected_version: int, lease: Lease) -> tuple[Any, ...]:
+    return (key.registry, key.certificate_id, expected_version, lease.owner, lease.seconds)
 
 
 FAIL_AFTER_CRASHES = """

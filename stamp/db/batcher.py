@@ -1,0 +1,180 @@
+"""Group commit for Stamp's hot statements.
+
+Hundreds of certificates move at once, and each move is one small statement (a
+versioned transition, a position allocation, an intake insert). Sent one by one,
+each costs a pool checkout and a network round trip, and those round trips were the
+event loop's largest cost under load (docs/benchmarks.md). The batcher queues the
+statements submitted while a write is under way and sends the next ones together with
+asyncpg's ``fetchmany``: one statement, many argument rows, pipelined in one round
+trip and committed as one transaction. At low load a batch is a single statement and
+is sent at once: batching adds no waiting, it only collects what queued up meanwhile.
+
+Every batched statement returns exactly one row per argument row, so results line up
+with requests. Within a batch the rows are ordered by a lock key (the certificate or
+recipient they lock), so two batches, in this process or another one sharing the
+database, take row locks in the same order and cannot deadlock each other. When a
+batch fails, its statements are retried one by one, each in its own transaction, so
+a bad row gets its own error and the others still commit.
+
+``submit`` may be called from any thread (actors do); the completion callback runs on
+the event loop and must be quick. ``fetch`` is the awaitable form for code already on
+the loop (the HTTP edge).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import structlog
+
+log = structlog.get_logger(__name__)
+
+Done = Callable[[asyncpg.Record | None, BaseException | None], None]
+
+MAX_BATCH = 256
+"""Argument rows per round trip: big enough to amortise a round trip, small enough
+that one batch's locks and latency stay short."""
+
+
+@dataclass(slots=True)
+class _Pending:
+    sql: str
+    args: Sequence[Any]
+    lock_key: tuple[str, ...]
+    done: Done
+    settled: bool = False
+
+
+class StatementBatcher:
+    def __init__(
+        self, pool: asyncpg.Pool, loop: asyncio.AbstractEventLoop, *, max_batch: int = MAX_BATCH
+    ) -> None:
+        self._pool = pool
+        self._loop = loop
+        self._max_batch = max_batch
+        self._pending: deque[_Pending] = deque()
+        self._lock = threading.Lock()
+        self._writer_scheduled = False
+        self._writer: asyncio.Task[None] | None = None
+        self.round_trips = 0
+        self.statements = 0
+
+    # --- submitting -------------------------------------------------------------------
+
+    def submit(self, sql: str, args: Sequence[Any], lock_key: tuple[str, ...], done: Done) -> None:
+        """Queue one statement; ``done(row, None)`` or ``done(None, error)`` follows on
+        the event loop. Thread-safe."""
+        with self._lock:
+            self._pending.append(_Pending(sql, args, lock_key, done))
+            if self._writer_scheduled:
+                return
+            self._writer_scheduled = True
+        try:
+            self._loop.call_soon_threadsafe(self._start_writer)
+        except RuntimeError as exc:  # the loop is closed: shutting down, nothing will run it
+            with self._lock:
+                self._writer_scheduled = False
+                failed = list(self._pending)
+                self._pending.clear()
+            for item in failed:
+                item.done(None, exc)
+
+    async def fetch(self, sql: str, args: Sequence[Any], lock_key: tuple[str, ...]) -> asyncpg.Record:
+        """Run one statement as part of the next batch and return its row (on the loop)."""
+        future: asyncio.Future[asyncpg.Record] = self._loop.create_future()
+
+        def done(row: asyncpg.Record | None, error: BaseException | None) -> None:
+            if future.done():  # the awaiting request was cancelled (client went away)
+                return
+            if row is not None:
+                future.set_result(row)
+            else:
+                future.set_exception(error or RuntimeError("a batched statement answered no row"))
+
+        self.submit(sql, args, lock_key, done)
+        return await future
+
+    # --- writing ---------------------------------------------------------------------
+
+    def _start_writer(self) -> None:
+        if self._writer is None or self._writer.done():
+            self._writer = self._loop.create_task(self._write_all())
+
+    async def _write_all(self) -> None:
+        while True:
+            with self._lock:
+                if not self._pending:
+                    self._writer_scheduled = False
+                    return
+                count = min(len(self._pending), self._max_batch)
+                batch = [self._pending.popleft() for _ in range(count)]
+            try:
+                await self._write(batch)
+            except BaseException as exc:  # cancelled at shutdown: nobody is left waiting forever
+                self._settle(batch, None, exc)
+                with self._lock:
+                    self._writer_scheduled = False
+                raise
+
+    async def _write(self, batch: list[_Pending]) -> None:
+        groups: dict[str, list[_Pending]] = {}
+        for item in batch:
+            groups.setdefault(item.sql, []).append(item)
+        try:
+            conn = await self._pool.acquire()
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            self._settle(batch, None, exc)  # no connection (database down): all fail alike
+            return
+        try:
+            for sql, items in groups.items():
+                items.sort(key=lambda item: item.lock_key)
+                await self._write_group(conn, sql, items)
+        finally:
+            await self._pool.release(conn)
+
+    async def _write_group(self, conn: Any, sql: str, items: list[_Pending]) -> None:
+        self.round_trips += 1
+        self.statements += len(items)
+        try:
+            rows = await conn.fetchmany(sql, [item.args for item in items])
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+            if len(items) == 1 or conn.is_closed():
+                self._settle(items, None, exc)
+                return
+            log.info("database.batch_retried_one_by_one", statements=len(items), error=type(exc).__name__)
+            for item in items:
+                self.round_trips += 1
+                try:
+                    row = await conn.fetchrow(sql, *item.args)
+                except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as one_exc:
+                    _call(item, None, one_exc)
+                else:
+                    _call(item, row, None)
+            return
+        if len(rows) != len(items):
+            error = RuntimeError(f"a batched statement returned {len(rows)} rows for {len(items)} requests")
+            self._settle(items, None, error)
+            return
+        for item, row in zip(items, rows, strict=True):
+            _call(item, row, None)
+
+    def _settle(self, items: list[_Pending], row: asyncpg.Record | None, error: BaseException | None) -> None:
+        for item in items:
+            _call(item, row, error)
+
+
+def _call(item: _Pending, row: asyncpg.Record | None, error: BaseException | None) -> None:
+    """Answer a statement once; later answers (a failure after it was settled) are dropped."""
+    if item.settled:
+        return
+    item.settled = True
+    try:
+        item.done(row, error)
+    except Exception:  # a callback's bug must not stop the other statements' answers
+        log.exception("database.batch_callback_failed")
