@@ -204,3 +204,20 @@ async def test_intake_inserts_batch_and_a_repeat_is_told_apart(clean_db: asyncpg
     stored = [r["created_at"] is not None for r in results]
     assert stored.count(True) == 20 and stored.count(False) == 1
     assert await clean_db.fetchval("SELECT count(*) FROM certificate_events") == 20
+
+
+async def test_a_statement_kind_waiting_on_a_lock_does_not_hold_up_another(clean_db: asyncpg.Pool) -> None:
+    """Intake inserts must not queue behind transitions that wait for PostgreSQL."""
+    keys = await _with_position(clean_db, 1)
+    batcher = StatementBatcher(clean_db, asyncio.get_running_loop())
+    key = keys[0]
+    async with clean_db.acquire() as blocker, blocker.transaction():
+        await blocker.execute("SELECT 1 FROM certificates WHERE id = $1 FOR UPDATE", key.certificate_id)
+        blocked = asyncio.ensure_future(
+            batcher.fetch(queries.ADVANCE, _advance(key, 1), (key.registry, key.certificate_id))
+        )
+        await asyncio.sleep(0.2)
+        assert not blocked.done(), "the transition waits for the row lock"
+        other = await asyncio.wait_for(batcher.fetch("SELECT $1::int AS answer", (42,), ("other",)), 5)
+        assert other["answer"] == 42
+    assert (await asyncio.wait_for(blocked, 5))["version"] == 2

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import orjson
 import pytest
 import pytest_asyncio
@@ -23,7 +24,8 @@ from tests.conftest import create_database, drop_database, dsn_for_database
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def loadtest_dsn(pg_server_dsn: str) -> AsyncIterator[str]:
-    """A database of its own: the load test counts the commits in it."""
+    """A server database the load test is pointed at: it must run on a fresh database
+    of its own beside it and leave this one untouched."""
     name = await create_database(pg_server_dsn, "stamp_loadtest")
     try:
         yield dsn_for_database(pg_server_dsn, name)
@@ -83,6 +85,17 @@ async def test_small_loadtest_passes_the_invariant_check_and_reports_every_field
     assert 1 <= resources["db_commits_per_certificate"] < 100
     assert resources["cpu_seconds"]["stamp"] > 0 and resources["cpu_seconds"]["stamp_crypto_workers"] > 0
     assert "range proofs: all verified (100)" in report["registry"]["report"]
+    conn = await asyncpg.connect(loadtest_dsn)
+    try:
+        assert await conn.fetchval("SELECT to_regclass('certificates')") is None, (
+            "the given database is untouched"
+        )
+        leftovers = await conn.fetchval(
+            "SELECT count(*) FROM pg_database WHERE datname LIKE $1", f"stamp_loadtest_{process.pid}_%"
+        )
+        assert leftovers == 0, "the run's own database is dropped"
+    finally:
+        await conn.close()
 
 
 def _outcome(certificate_id: str, answered_at: float) -> Outcome:
@@ -157,6 +170,21 @@ def test_report_fails_on_a_reused_position_an_unverified_slice_or_a_lost_certifi
 
     gaps = {"states": {"delivered": 2}, "duplicate_positions": 0, "recipients_with_gaps": 1}
     assert _report(_wallet(), gaps)["invariants"]["gapless_positions"] is False
+
+
+def test_buckets_can_be_narrowed_to_one_route_and_status() -> None:
+    intake = 'method="POST",route="/v1/certificates",status="202"'
+    metrics = 'method="GET",route="/metrics",status="200"'
+    scrape = Scrape.parse(
+        "# TYPE stamp_http_request_duration_seconds histogram\n"
+        f'stamp_http_request_duration_seconds_bucket{{{intake},le="0.1"}} 3\n'
+        f'stamp_http_request_duration_seconds_bucket{{{intake},le="+Inf"}} 4\n'
+        f'stamp_http_request_duration_seconds_bucket{{{metrics},le="0.1"}} 7\n'
+        f'stamp_http_request_duration_seconds_bucket{{{metrics},le="+Inf"}} 7\n'
+    )
+    name = "stamp_http_request_duration_seconds"
+    assert scrape.buckets(name) == {0.1: 10.0, math.inf: 11.0}
+    assert scrape.buckets(name, route="/v1/certificates", status="202") == {0.1: 3.0, math.inf: 4.0}
 
 
 def test_histogram_quantile_interpolates_inside_the_bucket() -> None:

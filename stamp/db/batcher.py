@@ -9,6 +9,7 @@ asyncpg's ``fetchmany``: one statement, many argument rows, pipelined in one rou
 trip and committed as one transaction. At low load a batch is a single statement and
 is sent at once: batching adds no waiting, it only collects what queued up meanwhile.
 
+Each statement kind has its own queue and writer, so kinds never wait for each other.
 Every batched statement returns exactly one row per argument row, so results line up
 with requests. Within a batch the rows are ordered by a lock key (the certificate or
 recipient they lock), so two batches, in this process or another one sharing the
@@ -58,10 +59,13 @@ class StatementBatcher:
         self._pool = pool
         self._loop = loop
         self._max_batch = max_batch
-        self._pending: deque[_Pending] = deque()
         self._lock = threading.Lock()
-        self._writer_scheduled = False
-        self._writer: asyncio.Task[None] | None = None
+        # One queue and at most one writer per statement kind: a kind's next batch
+        # is whatever queued up while its previous one was written, and kinds never
+        # wait for each other (an intake insert does not queue behind transitions).
+        self._pending: dict[str, deque[_Pending]] = {}
+        self._writing: set[str] = set()
+        self._writers: set[asyncio.Task[None]] = set()  # referenced while they run
         self.round_trips = 0
         self.statements = 0
 
@@ -71,19 +75,17 @@ class StatementBatcher:
         """Queue one statement; ``done(row, None)`` or ``done(None, error)`` follows on
         the event loop. Thread-safe."""
         with self._lock:
-            self._pending.append(_Pending(sql, args, lock_key, done))
-            if self._writer_scheduled:
+            self._pending.setdefault(sql, deque()).append(_Pending(sql, args, lock_key, done))
+            if sql in self._writing:
                 return
-            self._writer_scheduled = True
+            self._writing.add(sql)
         try:
-            self._loop.call_soon_threadsafe(self._start_writer)
+            self._loop.call_soon_threadsafe(self._start_writer, sql)
         except RuntimeError as exc:  # the loop is closed: shutting down, nothing will run it
             with self._lock:
-                self._writer_scheduled = False
-                failed = list(self._pending)
-                self._pending.clear()
-            for item in failed:
-                item.done(None, exc)
+                self._writing.discard(sql)
+                failed = list(self._pending.pop(sql, ()))
+            self._settle(failed, None, exc)
 
     async def fetch(self, sql: str, args: Sequence[Any], lock_key: tuple[str, ...]) -> asyncpg.Record:
         """Run one statement as part of the next batch and return its row (on the loop)."""
@@ -102,39 +104,36 @@ class StatementBatcher:
 
     # --- writing ---------------------------------------------------------------------
 
-    def _start_writer(self) -> None:
-        if self._writer is None or self._writer.done():
-            self._writer = self._loop.create_task(self._write_all())
+    def _start_writer(self, sql: str) -> None:
+        task = self._loop.create_task(self._write_all(sql))
+        self._writers.add(task)
+        task.add_done_callback(self._writers.discard)
 
-    async def _write_all(self) -> None:
+    async def _write_all(self, sql: str) -> None:
         while True:
             with self._lock:
-                if not self._pending:
-                    self._writer_scheduled = False
+                pending = self._pending.get(sql)
+                if not pending:
+                    self._writing.discard(sql)
                     return
-                count = min(len(self._pending), self._max_batch)
-                batch = [self._pending.popleft() for _ in range(count)]
+                batch = [pending.popleft() for _ in range(min(len(pending), self._max_batch))]
             try:
-                await self._write(batch)
+                await self._write_kind(sql, batch)
             except BaseException as exc:  # cancelled at shutdown: nobody is left waiting forever
                 self._settle(batch, None, exc)
                 with self._lock:
-                    self._writer_scheduled = False
+                    self._writing.discard(sql)
                 raise
 
-    async def _write(self, batch: list[_Pending]) -> None:
-        groups: dict[str, list[_Pending]] = {}
-        for item in batch:
-            groups.setdefault(item.sql, []).append(item)
+    async def _write_kind(self, sql: str, items: list[_Pending]) -> None:
+        items.sort(key=lambda item: item.lock_key)
         try:
             conn = await self._pool.acquire()
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
-            self._settle(batch, None, exc)  # no connection (database down): all fail alike
+            self._settle(items, None, exc)  # no connection (database down): all fail alike
             return
         try:
-            for sql, items in groups.items():
-                items.sort(key=lambda item: item.lock_key)
-                await self._write_group(conn, sql, items)
+            await self._write_group(conn, sql, items)
         finally:
             await self._pool.release(conn)
 

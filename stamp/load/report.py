@@ -133,7 +133,8 @@ def render(report: Mapping[str, Any]) -> str:
         f"  intake      {intake['accepted']} accepted of {intake['sent']} sent "
         f"({intake['refused']} refused) in {intake['seconds']:.1f} s = {intake['accepted_per_second']:.1f}/s",
         f"  202 latency p50 {_ms(lat['p50'])} ms  p95 {_ms(lat['p95'])} ms  p99 {_ms(lat['p99'])} ms  "
-        f"max {_ms(lat['max'])} ms",
+        f"max {_ms(lat['max'])} ms  (in Stamp's handlers: p99 "
+        f"{_ms(intake.get('server_latency_p99_seconds'))} ms)",
         f"  pipeline    {pipeline['delivered']} delivered, {pipeline['rejected']} rejected, "
         f"{pipeline['failed']} failed in {pipeline['seconds']:.1f} s = "
         f"{pipeline['delivered_per_second']:.1f} delivered/s",

@@ -41,12 +41,16 @@ class Scrape:
                 out[key] = out.get(key, 0.0) + v
         return out
 
-    def buckets(self, name: str) -> dict[float, float]:
-        """Cumulative bucket counts of histogram ``name`` (summed over other labels)."""
+    def buckets(self, name: str, **labels: str) -> dict[float, float]:
+        """Cumulative bucket counts of histogram ``name`` with these label values
+        (summed over the other labels)."""
         out: dict[float, float] = {}
         for (n, ls), v in self.samples.items():
             if n == name + "_bucket":
-                bound = float(dict(ls)["le"])
+                values = dict(ls)
+                if any(values.get(k) != want for k, want in labels.items()):
+                    continue
+                bound = float(values["le"])
                 out[bound] = out.get(bound, 0.0) + v
         return out
 
@@ -60,9 +64,9 @@ def merge(scrapes: Iterable[Scrape]) -> Scrape:
     return Scrape(merged)
 
 
-def bucket_delta(before: Scrape, after: Scrape, name: str) -> dict[float, float]:
-    old = before.buckets(name)
-    return {bound: count - old.get(bound, 0.0) for bound, count in after.buckets(name).items()}
+def bucket_delta(before: Scrape, after: Scrape, name: str, **labels: str) -> dict[float, float]:
+    old = before.buckets(name, **labels)
+    return {bound: count - old.get(bound, 0.0) for bound, count in after.buckets(name, **labels).items()}
 
 
 def histogram_quantile(q: float, buckets: Mapping[float, float]) -> float | None:

@@ -1,7 +1,8 @@
-"""A local stack for the load test: PostgreSQL (embedded unless a DSN is given), the
-simulators in a child process, and N Stamp processes (``stamp serve``) on one
-database, all on loopback. Each part runs in its own process so that CPU and memory
-are measured per part, and Stamp runs exactly as in production.
+"""A local stack for the load test: PostgreSQL (embedded, or a fresh database on the
+server a DSN names), the simulators in a child process, and N Stamp processes
+(``stamp serve``) on that one database, all on loopback. Each part runs in its own
+process so that CPU and memory are measured per part, and Stamp runs exactly as in
+production.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import psutil
 
 from stamp.crypto.issuer_keys import IssuerKey
 from stamp.db.embedded import EmbeddedPostgres
+from stamp.load.database import fresh_database
 from stamp.load.driver import GRID_AREA, REGISTRY
 
 READY_TIMEOUT_SECONDS = 180.0
@@ -83,11 +85,15 @@ async def local_stack(options: StackOptions) -> AsyncIterator[LocalStack]:
     embedded: EmbeddedPostgres | None = None
     simulators: asyncio.subprocess.Process | None = None
     stamps: list[asyncio.subprocess.Process] = []
+    databases = contextlib.AsyncExitStack()
     try:
-        dsn = options.database_url
-        if dsn is None:
+        if options.database_url is None:
             embedded = EmbeddedPostgres(work_dir / "pg")
             dsn = await asyncio.to_thread(embedded.start)
+        else:
+            # Never the given database itself: the invariant check and the commit
+            # count must see this run's rows only, and a run leaves nothing behind.
+            dsn = await databases.enter_async_context(fresh_database(options.database_url, "stamp_loadtest"))
         issuer = IssuerKey.generate()
         key_path = work_dir / f"{GRID_AREA}.pem"
         fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -138,6 +144,7 @@ async def local_stack(options: StackOptions) -> AsyncIterator[LocalStack]:
             if simulators.stdin is not None:
                 simulators.stdin.close()
             await _terminate(simulators, 10)
+        await databases.aclose()
         if embedded is not None:
             await asyncio.to_thread(embedded.stop)
         if not keep:
