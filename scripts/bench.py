@@ -383,37 +383,32 @@ async def bench(args: argparse.Namespace, plan: Plan) -> dict[str, Any]:
 
         closed(f"{plan.certificates} over {plan.recipients}", plan.certificates, plan.recipients)
 
+        async def open_arrivals(rate: float, seconds: float, what: str) -> dict[str, Any]:
+            count = int(rate * seconds)
+            name = f"{rate:g}/s for {seconds:g} s over {plan.recipients} ({what})"
+            options = LoadOptions(
+                certificates=count,
+                recipients=plan.recipients,
+                schedule=Schedule.constant(rate, count),
+                **common,
+            )
+            return await stamp_run(server_dsn, name, options, note)
+
         async def steady() -> dict[str, Any]:
             # Below saturation: half of what the first run delivered per second, for
             # the accepted→delivered latency of a pipeline that keeps up.
             rate = round(results["stamp"][0]["pipeline"]["delivered_per_second"] * 0.5, 1)
-            count = int(rate * plan.steady_seconds)
-            name = f"{rate:g}/s for {plan.steady_seconds:g} s over {plan.recipients} (below saturation)"
-            options = LoadOptions(
-                certificates=count,
-                recipients=plan.recipients,
-                schedule=Schedule.constant(rate, count),
-                **common,
-            )
-            return await stamp_run(server_dsn, name, options, note)
+            return await open_arrivals(rate, plan.steady_seconds, "below saturation")
 
         runs.append(("steady", steady))
-
-        async def open_intake() -> dict[str, Any]:
-            # The intake target as stated: 1,000 arrivals/s (open, not a closed loop
-            # that slows down with the server) while the pipeline runs.
-            rate, seconds = 1000.0, plan.intake_seconds
-            count = int(rate * seconds)
-            name = f"open arrivals {rate:g}/s for {seconds:g} s over {plan.recipients} (intake under load)"
-            options = LoadOptions(
-                certificates=count,
-                recipients=plan.recipients,
-                schedule=Schedule.constant(rate, count),
-                **common,
+        # The intake target as stated: 1,000 arrivals/s (open, not a closed loop that
+        # slows down with the server) while the pipeline runs.
+        runs.append(
+            (
+                "open intake",
+                functools.partial(open_arrivals, 1000.0, plan.intake_seconds, "intake under load"),
             )
-            return await stamp_run(server_dsn, name, options, note)
-
-        runs.append(("open intake", open_intake))
+        )
         if plan.wide_recipients:
             closed(
                 f"{plan.certificates} over {plan.wide_recipients} (resources at many recipients)",

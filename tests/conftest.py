@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import secrets
 from collections.abc import AsyncIterator
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -21,33 +19,10 @@ import pytest_asyncio
 from stamp.db.embedded import EmbeddedPostgres
 from stamp.db.migrate import apply_migrations
 from stamp.db.pool import DatabaseUnavailable, create_pool, wait_for_database
+from stamp.load.database import create_database, drop_database
+from stamp.load.database import database_dsn as dsn_for_database
 
 DEFAULT_TEST_PG_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
-
-
-def dsn_for_database(server_dsn: str, database: str) -> str:
-    """The same server and credentials, another database."""
-    return urlunsplit(urlsplit(server_dsn)._replace(path=f"/{database}"))
-
-
-async def create_database(server_dsn: str, prefix: str) -> str:
-    """Creates an empty database with a unique name; returns its name."""
-    name = f"{prefix}_{os.getpid()}_{secrets.token_hex(4)}"
-    conn = await asyncpg.connect(server_dsn)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    return name
-
-
-async def drop_database(server_dsn: str, name: str) -> None:
-    conn = await asyncpg.connect(server_dsn)
-    try:
-        # FORCE: a test that failed half-way may leave sessions open.
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
