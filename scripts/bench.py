@@ -51,7 +51,7 @@ import asyncpg
 import orjson
 from aiohttp import web
 
-from stamp.app import warm_crypto_worker
+from stamp.app import die_with_parent, warm_crypto_worker
 from stamp.config import Settings
 from stamp.crypto.bundle import IssueRequest, build_issue_bundle
 from stamp.crypto.hdkeys import ExtendedPrivateKey
@@ -110,7 +110,11 @@ def crypto_ceiling(count: int, verify_proof: bool) -> dict[str, Any]:
         )
         for i in range(count)
     ]
-    with ProcessPoolExecutor(cores, mp_context=multiprocessing.get_context("spawn")) as pool:
+    # Not niced like Stamp's workers (a busy neighbour would then lower the ceiling
+    # and flatter the ratios), but gone when the benchmark is killed.
+    with ProcessPoolExecutor(
+        cores, mp_context=multiprocessing.get_context("spawn"), initializer=die_with_parent
+    ) as pool:
         for warming in [pool.submit(warm_crypto_worker) for _ in range(cores)]:
             warming.result()
         started = time.perf_counter()

@@ -85,21 +85,26 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
             await asyncio.to_thread(embedded.stop)
 
 
-def init_crypto_worker() -> None:
-    """Runs first in each crypto worker process.
-
-    - The worker dies with Stamp: a SIGKILLed Stamp must not leave its workers
-      running (Linux: PR_SET_PDEATHSIG; elsewhere they exit when the pool's pipe
-      closes).
-    - It runs at a lower priority than Stamp itself: proving saturates every core by
-      design, and intake latency and the actors' hand-offs should not queue behind
-      it. Throughput is unchanged; the workers still get every idle cycle."""
+def die_with_parent() -> None:
+    """A pool worker must not outlive the process that started it (a SIGKILLed Stamp
+    or benchmark): Linux PR_SET_PDEATHSIG; elsewhere workers exit when the pool's
+    pipe closes."""
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError, AttributeError):
             libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
             libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
             if os.getppid() == 1:  # the parent died before the call above took effect
                 os._exit(1)
+
+
+def init_crypto_worker() -> None:
+    """Runs first in each crypto worker process.
+
+    - The worker dies with Stamp (``die_with_parent``).
+    - It runs at a lower priority than Stamp itself: proving saturates every core by
+      design, and intake latency and the actors' hand-offs should not queue behind
+      it. Throughput is unchanged; the workers still get every idle cycle."""
+    die_with_parent()
     with contextlib.suppress(OSError):
         os.nice(CRYPTO_WORKER_NICENESS)
 
