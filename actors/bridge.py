@@ -12,11 +12,30 @@ import concurrent.futures
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
+import asyncpg
 import pykka
 import structlog
 
 T = TypeVar("T")
 log = structlog.get_logger(__name__)
+
+
+def reply_with(
+    reply_to: pykka.ActorRef[Any],
+    on_row: Callable[[asyncpg.Record], object],
+    on_error: Callable[[BaseException], object],
+) -> Callable[[asyncpg.Record | None, BaseException | None], None]:
+    """A group-commit completion (``StatementBatcher.submit``) that tells its outcome
+    to the actor as a message, like ``LoopBridge.run`` does for a coroutine."""
+
+    def done(row: asyncpg.Record | None, error: BaseException | None) -> None:
+        if error is None and row is not None:
+            message = on_row(row)
+        else:
+            message = on_error(error or RuntimeError("a batched statement answered no row"))
+        tell_quietly(reply_to, message)
+
+    return done
 
 
 def tell_quietly(ref: pykka.ActorRef[Any], message: object) -> bool:

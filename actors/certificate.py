@@ -14,12 +14,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import asyncpg
 import structlog
 
 from actors.backoff import backoff_delay
 from actors.base import StampActor
-from actors.bridge import tell_quietly
+from actors.bridge import reply_with, tell_quietly
 from actors.deps import ActorDeps
 from actors.messages import (
     AllocatePosition,
@@ -287,19 +286,16 @@ class CertificateActor(StampActor):
         retry: Callable[[], None] | None = None,
     ) -> None:
         """A versioned statement through the group commit; its outcome comes back as
-        a message. Runs on the loop: the actor is waiting for exactly this answer."""
-        ref = self.actor_ref
+        a message."""
 
-        def done(row: asyncpg.Record | None, error: BaseException | None) -> None:
-            if error is None and row is not None:
-                message = on_version(row["version"])
-            else:
-                self.retry = retry
-                message = StepFailed("database", f"{type(error).__name__}: {error}")
-            tell_quietly(ref, message)
+        def on_error(exc: BaseException) -> StepFailed:
+            # On the loop: the actor is waiting for exactly this answer.
+            self.retry = retry
+            return StepFailed("database", f"{type(exc).__name__}: {exc}")
 
         self.awaiting = True
         key = self.record.key
+        done = reply_with(self.actor_ref, lambda row: on_version(row["version"]), on_error)
         self.deps.batcher.submit(sql, args, (key.registry, key.certificate_id), done)
 
     def _on_transitioned(self, state: State, version: int | None) -> None:

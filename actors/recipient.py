@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import time
 
-import asyncpg
 import structlog
 
 from actors.backoff import backoff_delay
 from actors.base import StampActor
-from actors.bridge import tell_quietly
+from actors.bridge import reply_with, tell_quietly
 from actors.deps import ActorDeps
 from actors.messages import (
     AllocatePosition,
@@ -78,15 +77,11 @@ class RecipientActor(StampActor):
         batch, self.pending = tuple(self.pending[:MAX_BATCH]), self.pending[MAX_BATCH:]
         self.in_flight = batch
         self.last_active = time.monotonic()
-        ref = self.actor_ref
-
-        def done(row: asyncpg.Record | None, error: BaseException | None) -> None:
-            # On the event loop: build the answer and hand it back as a message.
-            if error is None and row is not None:
-                tell_quietly(ref, PositionsAllocated(batch, tuple(queries.allocated_positions(row))))
-            else:
-                tell_quietly(ref, AllocationFailed(batch, f"{type(error).__name__}: {error}"))
-
+        done = reply_with(
+            self.actor_ref,
+            lambda row: PositionsAllocated(batch, tuple(queries.allocated_positions(row))),
+            lambda exc: AllocationFailed(batch, f"{type(exc).__name__}: {exc}"),
+        )
         settings = self.deps.settings
         self.deps.batcher.submit(
             queries.ALLOCATE_POSITIONS,

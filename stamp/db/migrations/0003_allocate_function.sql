@@ -24,7 +24,8 @@ BEGIN
     PERFORM 1 FROM recipients WHERE id = p_recipient FOR NO KEY UPDATE;
     RETURN QUERY
     WITH recipient AS (
-        SELECT r.id, r.next_position FROM recipients r WHERE r.id = p_recipient FOR NO KEY UPDATE
+        -- Already locked above; this statement's fresh snapshot sees the latest counter.
+        SELECT r.id, r.next_position FROM recipients r WHERE r.id = p_recipient
     ),
     wanted AS (
         SELECT w.registry_name, w.id, w.version, w.ord
