@@ -48,13 +48,25 @@ class Step(enum.StrEnum):
     WALLET = "wallet"
 
 
+class Delivery(enum.Enum):
+    """How a wallet took a slice."""
+
+    DELIVERED = "delivered"
+    REJECTED = "rejected"  # permanent for this delivery
+    TRANSIENT = "transient"  # retry the same body
+
+
 CERTIFICATE_TYPES = {1: "consumption", 2: "production"}
+"""The one certificate-type table: wire number → name (the request, the view, the
+metrics and the registry's ``GranularCertificateType`` all use it)."""
+CERTIFICATE_TYPE_NUMBERS = {name: number for number, name in CERTIFICATE_TYPES.items()}
 
 
-def step_of(state: State) -> Step:
-    """The pipeline step a certificate in this state is working on."""
+def step_of(state: State, position: int | None = None) -> Step:
+    """The pipeline step a certificate in this state is working on (a failure there
+    belongs to it, and an operator retry resumes it)."""
     if state is State.STORED:
-        return Step.CRYPTO
+        return Step.POSITION if position is None else Step.CRYPTO
     if state is State.SENT_TO_REGISTRY:
         return Step.REGISTRY
     return Step.WALLET
