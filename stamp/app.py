@@ -26,16 +26,16 @@ import structlog
 from aiohttp import web
 
 from actors.bridge import LoopBridge
-from actors.deps import ActorDeps, LiveCounts, RecipientCache
+from actors.deps import ActorDeps
 from actors.messages import Drain
 from actors.registry_gateway import RegistryGateway
 from actors.supervisor import Supervisor
 from actors.wallet_gateway import WalletGateway
-from stamp import metrics
-from stamp.api import auth, openapi, withdrawals
+from stamp.admission import Backlog, LiveCounts, RecipientCache
+from stamp.api import auth, metrics_http, openapi, withdrawals
 from stamp.api import routes as certificate_routes
 from stamp.api.problems import problem_middleware
-from stamp.api.runtime import RUNTIME, Backlog, Runtime
+from stamp.api.runtime import RUNTIME, Runtime
 from stamp.config import Settings
 from stamp.db import queries
 from stamp.db.batcher import StatementBatcher
@@ -152,13 +152,13 @@ async def actors_ctx(app: web.Application) -> AsyncIterator[None]:
     settings, pool = app[SETTINGS], app[POOL]
     threading.stack_size(ACTOR_THREAD_STACK_BYTES)
     loop = asyncio.get_running_loop()
-    bridge = LoopBridge(loop, app[EXECUTOR])
+    batcher = StatementBatcher(pool, loop)
+    bridge = LoopBridge(loop, app[EXECUTOR], batcher)
     registry_gateway = RegistryGateway.start(app[REGISTRY_CLIENT], bridge, settings)
     wallet_gateway = WalletGateway.start(app[WALLET_CLIENT], bridge)
     recipients = RecipientCache(pool)
     live = LiveCounts()
     issuer_pems = {area: key.private_pem() for area, key in settings.issuer_keys.items()}
-    batcher = StatementBatcher(pool, loop)
     deps = ActorDeps(
         settings, bridge, pool, batcher, recipients, registry_gateway, wallet_gateway, live, issuer_pems
     )
@@ -172,8 +172,8 @@ async def actors_ctx(app: web.Application) -> AsyncIterator[None]:
     app[RUNTIME] = runtime
     from actors.withdrawal import WithdrawalActor  # resumes pending withdrawals as it starts
 
-    withdrawal_actor = WithdrawalActor.start(deps, app[REGISTRY_CLIENT])
-    runtime.extra[withdrawals.WITHDRAWALS_ACTOR] = withdrawal_actor
+    withdrawal_actor = WithdrawalActor.start(deps)
+    runtime.withdrawals = withdrawal_actor
     refresher = asyncio.create_task(_refresh_backlog(runtime))
     yield
     runtime.draining = True
@@ -213,15 +213,15 @@ async def _refresh_backlog(runtime: Runtime) -> None:
 
 def build_app(settings: Settings) -> web.Application:
     app = web.Application(
-        middlewares=[metrics.metrics_middleware, problem_middleware, auth.auth_middleware],
+        middlewares=[metrics_http.metrics_middleware, problem_middleware, auth.auth_middleware],
         client_max_size=settings.max_body_bytes + 1024,
     )
     app[SETTINGS] = settings
-    app.cleanup_ctx.extend([database_ctx, crypto_pool_ctx, clients_ctx, actors_ctx, metrics.sampler_ctx])
+    app.cleanup_ctx.extend([database_ctx, crypto_pool_ctx, clients_ctx, actors_ctx, metrics_http.sampler_ctx])
     # Like the existing Stamp, every route answers with and without the path base.
     bases = [""] if not settings.path_base else ["", settings.path_base]
     for base in bases:
-        for route in [*withdrawals.routes, *certificate_routes.routes, *openapi.routes, *metrics.routes]:
+        for route in [*withdrawals.routes, *certificate_routes.routes, *openapi.routes, *metrics_http.routes]:
             assert isinstance(route, web.RouteDef)
             app.router.add_route(route.method, base + route.path, route.handler)
     return app

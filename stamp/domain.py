@@ -122,3 +122,35 @@ class CertificateRecord:
     blinding: bytes | None = field(default=None, repr=False)
     salts: tuple[bytes, ...] | None = field(default=None, repr=False)
     failed_step: str | None = None
+
+
+# --- what a registry said about a transaction (issuance and withdrawal alike) ----------------
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryCommitted:
+    """The transaction is committed (or the stream shows it is ours). A withdrawal may
+    find the stream withdrawn by another transaction: withdrawn all the same."""
+
+    key: CertificateKey
+    by_another_transaction: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryRejected:
+    """The registry FAILED the transaction; ``message`` is its reason."""
+
+    key: CertificateKey
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryGaveUp:
+    """No answer within the retries or the PENDING budget."""
+
+    key: CertificateKey
+    reason: str
+    attempts: int
+
+
+RegistryOutcome = RegistryCommitted | RegistryRejected | RegistryGaveUp

@@ -50,6 +50,9 @@ from stamp.domain import (
     Delivery,
     Event,
     Recipient,
+    RegistryCommitted,
+    RegistryGaveUp,
+    RegistryRejected,
     State,
     Step,
 )
@@ -105,24 +108,6 @@ class DatabaseFailed:
     """A statement or read did not get through (the database is away or busy)."""
 
     reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class RegistryCommitted:
-    key: CertificateKey
-
-
-@dataclass(frozen=True, slots=True)
-class RegistryRejected:
-    key: CertificateKey
-    message: str
-
-
-@dataclass(frozen=True, slots=True)
-class RegistryGaveUp:
-    key: CertificateKey
-    reason: str
-    attempts: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import base64
 import uuid
-from typing import Any
 
 import asyncpg
-import orjson
 from aiohttp import web
 
 from actors.messages import AdmitCertificate
@@ -25,19 +23,17 @@ from stamp.api.requests import (
     read_json_body,
 )
 from stamp.api.runtime import RUNTIME, Runtime
-from stamp.api.views import certificate_detail, certificate_summary, decode_cursor, encode_cursor
+from stamp.api.views import (
+    certificate_detail,
+    certificate_summary,
+    decode_cursor,
+    encode_cursor,
+    json_response,
+)
 from stamp.db import queries, withdrawals
 from stamp.domain import CertificateKey, CertificateRecord, Recipient, State
 
 routes = web.RouteTableDef()
-
-
-def json_response(
-    body: dict[str, Any], status: int = 200, headers: dict[str, str] | None = None
-) -> web.Response:
-    return web.Response(
-        body=orjson.dumps(body), status=status, content_type="application/json", headers=headers
-    )
 
 
 def _status_url(request: web.Request, registry: str, certificate_id: str) -> str:

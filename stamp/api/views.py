@@ -10,8 +10,17 @@ from typing import Any
 
 import asyncpg
 import orjson
+from aiohttp import web
 
 from stamp.domain import CERTIFICATE_TYPES
+
+
+def json_response(
+    body: dict[str, Any], status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(body), status=status, content_type="application/json", headers=headers
+    )
 
 
 def rfc3339(at: datetime) -> str:

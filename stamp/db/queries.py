@@ -25,6 +25,7 @@ from stamp.domain import (
     State,
     resume_state,
 )
+from stamp.lifecycle import Write, WriteKind
 
 ACTIVE = [s.value for s in ACTIVE_STATES]
 Conn = asyncpg.Pool | asyncpg.Connection
@@ -183,6 +184,28 @@ RECORD_TRANSACTION = _TRANSITION.format(
 ADVANCE = _TRANSITION.format(assignments="attempts = 0")
 REJECT = _TRANSITION.format(assignments="rejection_reason = $9")
 FAIL = _TRANSITION.format(assignments="failed_step = $9, failure_reason = $10, attempts = $11")
+
+# The registry committed: issued_in_registry and marked_as_issued have no external
+# effect between them, so they are one statement; both events stay in the history,
+# in order (the history's sequence follows the ORDER BY of the insert).
+ISSUE_AND_MARK = """
+WITH changed AS (
+    UPDATE certificates
+    SET state = 'marked_as_issued', version = version + 1, updated_at = now(), attempts = 0,
+        lease_owner = $4, lease_until = now() + make_interval(secs => $5)
+    WHERE registry_name = $1 AND id = $2 AND version = $3
+    RETURNING registry_name, id, version
+),
+event AS (
+    INSERT INTO certificate_events (registry_name, certificate_id, event_type, state, detail)
+    SELECT c.registry_name, c.id, e.event_type, e.state, '{}'::jsonb
+    FROM changed c
+    CROSS JOIN (VALUES (1, 'CertificateIssuedInRegistry', 'issued_in_registry'),
+                       (2, 'CertificateMarkedAsIssued', 'marked_as_issued')) AS e(n, event_type, state)
+    ORDER BY e.n
+)
+SELECT (SELECT version FROM changed) AS version
+"""
 
 # Before every wallet delivery after the first: only the writer that moves the
 # version on may send, so two drivers of one certificate never both deliver.
@@ -527,3 +550,30 @@ async def retry_failed(conn: asyncpg.Connection | PoolConnectionProxy, key: Cert
         detail = {"from": row["failed_step"], "reason": row["failure_reason"], "attempts": row["attempts"]}
         await conn.fetchval(RETRY_FAILED, key.registry, key.certificate_id, resume.value, detail)
         return RetryOutcome(True, resume)
+
+
+_WRITES = {
+    WriteKind.RECORD_TRANSACTION: RECORD_TRANSACTION,
+    WriteKind.ADVANCE: ADVANCE,
+    WriteKind.REJECT: REJECT,
+    WriteKind.FAIL: FAIL,
+}
+
+
+def lifecycle_write(key: CertificateKey, write: Write, lease: Lease) -> tuple[str, tuple[Any, ...]]:
+    """The statement and arguments of one write of the lifecycle (stamp/lifecycle.py)."""
+    if write.kind is WriteKind.CLAIM_DELIVERY:
+        return CLAIM_DELIVERY, claim_delivery_args(key, write.expected, lease)
+    if write.kind is WriteKind.ISSUE_AND_MARK:
+        return ISSUE_AND_MARK, (key.registry, key.certificate_id, write.expected, lease.owner, lease.seconds)
+    assert write.event is not None
+    extra: tuple[Any, ...] = ()
+    if write.kind is WriteKind.RECORD_TRANSACTION:
+        c = write.changes
+        extra = (c["transaction"], c["transaction_id"], c["blinding"], list(c["salts"]))
+    elif write.kind is WriteKind.REJECT:
+        extra = (write.detail["reason"],)
+    elif write.kind is WriteKind.FAIL:
+        extra = (write.detail["step"], write.detail["reason"], write.detail["attempts"])
+    args = transition_args(key, write.expected, write.state, write.event, dict(write.detail), lease, *extra)
+    return _WRITES[write.kind], args
