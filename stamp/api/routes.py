@@ -9,6 +9,7 @@ import uuid
 import asyncpg
 from aiohttp import web
 
+from actors.bridge import tell_from_loop
 from actors.messages import AdmitCertificate
 from stamp import metrics
 from stamp.api import problems
@@ -31,7 +32,7 @@ from stamp.api.views import (
     json_response,
 )
 from stamp.db import queries, withdrawals
-from stamp.domain import CertificateKey, CertificateRecord, Recipient, State
+from stamp.domain import CertificateKey, Recipient, State
 
 routes = web.RouteTableDef()
 
@@ -128,8 +129,8 @@ async def create_certificate(request: web.Request) -> web.Response:
         queries.insert_certificate_args(row, lease),
         (row.registry_name, row.certificate_id),
     )
-    created_at = stored["created_at"]
-    if created_at is None:
+    record = queries.stored_record(stored)
+    if record is None:
         existing = await withdrawals.find_conflicting(runtime.pool, row)
         if existing is None:  # deleted in between cannot happen; treat as a conflict to be safe
             raise problems.Conflict("the certificate conflicts with another one")
@@ -138,7 +139,7 @@ async def create_certificate(request: web.Request) -> web.Response:
     metrics.certificate_received(CertificateKey(new.registry_name, new.certificate_id))
     if admit:
         # Only when there is room, so the supervisor's mailbox stays bounded.
-        runtime.supervisor.tell(AdmitCertificate(_stored_record(new)))
+        tell_from_loop(runtime.supervisor, AdmitCertificate(record))
     else:
         runtime.live.backlog_waiting = True
     return _accepted(request, CertificateKey(new.registry_name, new.certificate_id), State.STORED.value)
@@ -158,26 +159,6 @@ def _new_row(new: NewCertificate) -> queries.NewCertificateRow:
         clear_attributes=new.clear_attributes,
         hashed_attributes=new.hashed_attributes,
         request_digest=new.canonical_digest(),
-    )
-
-
-def _stored_record(new: NewCertificate) -> CertificateRecord:
-    return CertificateRecord(
-        key=CertificateKey(new.registry_name, new.certificate_id),
-        recipient_id=new.recipient_id,
-        metering_point_id=new.metering_point_id,
-        certificate_type=new.certificate_type,
-        quantity=new.quantity,
-        start=new.start,
-        end=new.end,
-        grid_area=new.grid_area,
-        clear_attributes=new.clear_attributes,
-        hashed_attributes=new.hashed_attributes,
-        state=State.STORED,
-        version=0,
-        position=None,
-        attempts=0,
-        transaction_id=None,
     )
 
 
@@ -287,7 +268,7 @@ async def retry_certificate(request: web.Request) -> web.Response:
         )
     record = await queries.get_record(runtime.pool, key)
     if record is not None:
-        runtime.supervisor.tell(AdmitCertificate(record))
+        tell_from_loop(runtime.supervisor, AdmitCertificate(record))
     return _accepted(request, key, outcome.state.value)
 
 

@@ -56,24 +56,6 @@ FROM stamp_allocate_positions($1, $2::text[], $3::uuid[], $4::int[], $5, $6) a
 
 # --- certificates: intake -----------------------------------------------------------
 
-INSERT_CERTIFICATE = """
-WITH inserted AS (
-    INSERT INTO certificates (
-        registry_name, id, recipient_id, metering_point_id, certificate_type, quantity,
-        period_start, period_end, grid_area, clear_attributes, hashed_attributes,
-        request_digest, state, lease_owner, lease_until)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'stored',
-            $13::text, CASE WHEN $13::text IS NULL THEN NULL ELSE now() + make_interval(secs => $14) END)
-    ON CONFLICT DO NOTHING
-    RETURNING registry_name, id, state, created_at
-),
-event AS (
-    INSERT INTO certificate_events (registry_name, certificate_id, event_type, state, detail)
-    SELECT registry_name, id, 'CertificateStored', state, '{}'::jsonb FROM inserted
-)
-SELECT (SELECT created_at FROM inserted) AS created_at
-"""
-
 COUNT_ACTIVE = """
 SELECT count(*) FROM certificates
 WHERE state IN ('stored', 'sent_to_registry', 'issued_in_registry', 'marked_as_issued')
@@ -92,6 +74,27 @@ def _record_columns(t: str) -> str:
 {t}.transaction_id, {t}.transaction, {t}.blinding, {t}.salts, {t}.failed_step
 """
 
+
+# Intake: the row and its CertificateStored event in one statement, answered with the
+# stored record (exactly one row: all NULL on any conflict, as the group commit needs
+# one row per statement).
+INSERT_CERTIFICATE = f"""
+WITH inserted AS (
+    INSERT INTO certificates (
+        registry_name, id, recipient_id, metering_point_id, certificate_type, quantity,
+        period_start, period_end, grid_area, clear_attributes, hashed_attributes,
+        request_digest, state, lease_owner, lease_until)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'stored',
+            $13::text, CASE WHEN $13::text IS NULL THEN NULL ELSE now() + make_interval(secs => $14) END)
+    ON CONFLICT DO NOTHING
+    RETURNING {_record_columns("certificates")}, certificates.created_at
+),
+event AS (
+    INSERT INTO certificate_events (registry_name, certificate_id, event_type, state, detail)
+    SELECT registry_name, id::uuid, 'CertificateStored', state, '{{}}'::jsonb FROM inserted
+)
+SELECT i.* FROM (VALUES (1)) AS one (n) LEFT JOIN inserted i ON true
+"""
 
 SELECT_RECORD = f"SELECT {_record_columns('c')} FROM certificates c WHERE registry_name = $1 AND id = $2"
 
@@ -306,13 +309,17 @@ class NewCertificateRow:
 
 async def insert_certificate(
     conn: Conn, new: NewCertificateRow, lease: Lease | None = None
-) -> datetime | None:
+) -> CertificateRecord | None:
     """Store a new certificate with its CertificateStored event; None on any conflict.
     With a lease, this instance drives it at once and no other instance claims it."""
-    created_at: datetime | None = await conn.fetchval(
-        INSERT_CERTIFICATE, *insert_certificate_args(new, lease)
-    )
-    return created_at
+    return stored_record(await conn.fetchrow(INSERT_CERTIFICATE, *insert_certificate_args(new, lease)))
+
+
+def stored_record(row: asyncpg.Record | None) -> CertificateRecord | None:
+    """The record an intake insert answered; None when it conflicted."""
+    if row is None or row["created_at"] is None:
+        return None
+    return record_from_row(row)
 
 
 def insert_certificate_args(new: NewCertificateRow, lease: Lease | None) -> tuple[Any, ...]:
