@@ -157,7 +157,9 @@ class CertificateActor(StampActor):
                     SubmitTransaction(key, transaction, transaction_id, self.actor_ref, check)
                 )
             case lc.Deliver(record=record, recipient=recipient):
-                self.deps.wallet_gateway.tell(DeliverSlice(slice_of(record, recipient), self.actor_ref))
+                self.deps.wallet_gateway.tell(
+                    DeliverSlice(slice_of(record, recipient), record.key, record.version, self.actor_ref)
+                )
             case lc.Wait(step=step, attempt=attempt, reason=reason):
                 self._wait(step, attempt, reason)
             case lc.Moved(record=record, previous=previous):

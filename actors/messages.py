@@ -120,7 +120,11 @@ class SubmitTransaction:
 
 @dataclass(frozen=True, slots=True)
 class DeliverSlice:
-    """Deliver this slice; answered with ``lifecycle.WalletAnswered``."""
+    """Deliver this slice and, on a 2xx, record the delivery at once (the lifecycle's
+    ``delivered_write`` against ``expected_version``); answered with
+    ``lifecycle.WalletAnswered``."""
 
     slice: Slice
+    key: CertificateKey
+    expected_version: int
     reply_to: Ref

@@ -1,14 +1,20 @@
-"""WalletGateway: delivers slices over HTTP; the answer goes straight to the
-certificate that asked (its lifecycle decides about retries)."""
+"""WalletGateway: delivers slices over HTTP and records a 2xx at once; the answer goes
+straight to the certificate that asked (its lifecycle decides about retries).
+
+Delivery and its record share one trip to the event loop: nothing happens between a
+wallet's 2xx and the statement that records it, and a 2xx recorded on the loop is
+recorded even while the asking actor is shutting down."""
 
 from __future__ import annotations
 
 from actors.base import StampActor
-from actors.bridge import LoopBridge, Reply
+from actors.bridge import LoopBridge, Reply, describe
 from actors.messages import DeliverSlice
+from stamp.config import Settings
+from stamp.db import queries
 from stamp.domain import CertificateRecord, Delivery, Recipient
-from stamp.gateways.wallet_client import DeliveryResult, Slice, WalletClient
-from stamp.lifecycle import WalletAnswered
+from stamp.gateways.wallet_client import DeliveryOutcome, Slice, WalletClient
+from stamp.lifecycle import DatabaseFailed, WalletAnswered, Written, delivered_write
 
 
 def slice_of(record: CertificateRecord, recipient: Recipient) -> Slice:
@@ -28,24 +34,39 @@ def slice_of(record: CertificateRecord, recipient: Recipient) -> Slice:
     )
 
 
-def _answered(result: DeliveryResult) -> WalletAnswered:
-    return WalletAnswered(Delivery(result.outcome.value), result.status, result.reason)
-
-
 def _failed(reason: str) -> WalletAnswered:
     # The exception's type only: its message could echo what the wallet sent.
     return WalletAnswered(Delivery.TRANSIENT, None, f"delivery failed: {reason.split(':', 1)[0]}")
 
 
+def _identity(answer: WalletAnswered) -> WalletAnswered:
+    return answer
+
+
 class WalletGateway(StampActor):
-    def __init__(self, client: WalletClient, bridge: LoopBridge) -> None:
+    def __init__(self, client: WalletClient, bridge: LoopBridge, settings: Settings) -> None:
         super().__init__()
         self.client = client
         self.bridge = bridge
+        self.lease = queries.Lease(settings.instance_id, settings.lease_seconds)
 
     def on_receive(self, message: object) -> None:
         if isinstance(message, DeliverSlice):
-            self.bridge.run(
-                self.client.deliver(message.slice),
-                Reply(message.reply_to, _answered, _failed),
-            )
+            self.bridge.run(self._deliver(message), Reply(message.reply_to, _identity, _failed))
+
+    async def _deliver(self, message: DeliverSlice) -> WalletAnswered:
+        result = await self.client.deliver(message.slice)
+        outcome = Delivery(result.outcome.value)
+        if result.outcome is not DeliveryOutcome.DELIVERED:
+            return WalletAnswered(outcome, result.status, result.reason)
+        key, expected = message.key, message.expected_version
+        sql, args = queries.lifecycle_write(key, delivered_write(expected, result.status), self.lease)
+        assert self.bridge.batcher is not None
+        recorded: Written | DatabaseFailed
+        try:
+            row = await self.bridge.batcher.fetch(sql, args, (key.registry, key.certificate_id))
+        except Exception as exc:  # the 2xx stands; recording it is retried by the certificate
+            recorded = DatabaseFailed(describe(exc))
+        else:
+            recorded = Written(expected, row["version"])
+        return WalletAnswered(outcome, result.status, result.reason, recorded)

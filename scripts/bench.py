@@ -65,7 +65,7 @@ from stamp.domain import CertificateKey, Event, State
 from stamp.load.database import fresh_database
 from stamp.load.driver import CertificateFactory, Schedule, drive
 from stamp.load.report import machine, percentiles
-from stamp.loadtest import LoadOptions, quiet_logs, run_loadtest
+from stamp.load.run import LoadOptions, quiet_logs, run_loadtest
 
 STAMP_POOL_SIZE = 20  # stamp.app.database_ctx: max_size
 INTAKE_CONCURRENCY = 64

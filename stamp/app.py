@@ -1,6 +1,6 @@
 """Assembly of one Stamp process: every resource is set up and torn down in one
 ``cleanup_ctx`` generator, so start order and reverse stop order follow by
-construction (STYLE.md "Lifecycles in one place").
+construction (docs/architecture.md).
 
 database → crypto process pool → registry/wallet clients → actors → HTTP routes
 """
@@ -155,7 +155,7 @@ async def actors_ctx(app: web.Application) -> AsyncIterator[None]:
     batcher = StatementBatcher(pool, loop)
     bridge = LoopBridge(loop, app[EXECUTOR], batcher)
     registry_gateway = RegistryGateway.start(app[REGISTRY_CLIENT], bridge, settings)
-    wallet_gateway = WalletGateway.start(app[WALLET_CLIENT], bridge)
+    wallet_gateway = WalletGateway.start(app[WALLET_CLIENT], bridge, settings)
     recipients = RecipientCache(pool)
     live = LiveCounts()
     issuer_pems = {area: key.private_pem() for area, key in settings.issuer_keys.items()}

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 
 class State(enum.StrEnum):
-    """Lifecycle states of a certificate (DESIGN.md §1)."""
+    """Lifecycle states of a certificate (docs/architecture.md)."""
 
     STORED = "stored"
     SENT_TO_REGISTRY = "sent_to_registry"

@@ -112,9 +112,13 @@ class DatabaseFailed:
 
 @dataclass(frozen=True, slots=True)
 class WalletAnswered:
+    """The wallet's answer. ``recorded``: the answer of the ``delivered_write`` sent
+    right after a 2xx on the same trip (``Deliver.record``), None when it was not."""
+
     outcome: Delivery
     status: int | None
     reason: str
+    recorded: Written | DatabaseFailed | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,7 +210,9 @@ class Submit:
 
 @dataclass(frozen=True, slots=True)
 class Deliver:
-    """Deliver the certificate's slice (position, R, salts: all persisted) to the wallet."""
+    """Deliver the certificate's slice (position, R, salts: all persisted) to the
+    wallet and, on a 2xx, send ``delivered_write(record.version, status)`` at once
+    (nothing happens between the two, so they share one trip)."""
 
     record: CertificateRecord
     recipient: Recipient
@@ -346,10 +352,12 @@ def advance(journey: Journey, event: LifecycleEvent, rules: Rules) -> tuple[Jour
             )
         case RegistryGaveUp(reason=reason, attempts=attempts):
             return _fail(journey, Step.REGISTRY, reason, attempts)
-        case WalletAnswered(outcome=Delivery.DELIVERED, status=status):
-            return _persist(
-                journey, WriteKind.ADVANCE, State.DELIVERED, Event.SENT_TO_WALLET, {"status": status}
-            )
+        case WalletAnswered(outcome=Delivery.DELIVERED, status=status, recorded=recorded):
+            write = delivered_write(record.version, status)
+            journey = dataclasses.replace(journey, pending=write, awaiting=Awaiting.WRITE)
+            if recorded is None:
+                return journey, (Persist(write),)
+            return advance(journey, recorded, rules)  # the write went out with the delivery
         case WalletAnswered(outcome=Delivery.REJECTED, reason=reason):
             return _fail(journey, Step.WALLET, reason, journey.attempts + 1)
         case WalletAnswered(reason=reason):
@@ -362,6 +370,11 @@ def advance(journey: Journey, event: LifecycleEvent, rules: Rules) -> tuple[Jour
                 return _await(journey, Awaiting.WRITE), (Persist(journey.pending),)
             return _next(journey, rules)
     raise AssertionError(f"unhandled event {event!r}")  # pragma: no cover
+
+
+def delivered_write(expected: int, status: int | None) -> Write:
+    """The write that records a wallet's 2xx."""
+    return Write(WriteKind.ADVANCE, expected, State.DELIVERED, Event.SENT_TO_WALLET, {"status": status})
 
 
 def _awaited(journey: Journey, event: LifecycleEvent) -> bool:

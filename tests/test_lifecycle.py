@@ -266,6 +266,17 @@ def test_draining_waits_for_an_answer_that_must_be_recorded() -> None:
     assert fx[-1] == lc.Finish(State.DELIVERED)
 
 
+def test_a_2xx_recorded_on_the_same_trip_needs_no_second_write() -> None:
+    written = lc.Written(4, 5)
+    j, fx = run(_delivering(), lc.WalletAnswered(Delivery.DELIVERED, 202, "", written))
+    assert kinds(fx) == ["Moved", "Finish"] and j.record.state is State.DELIVERED
+    j, fx = run(_delivering(), lc.WalletAnswered(Delivery.DELIVERED, 202, "", lc.DatabaseFailed("down")))
+    assert kinds(fx) == ["Wait"]
+    j, fx = run(j, lc.RetryDue())
+    (persist,) = fx
+    assert isinstance(persist, lc.Persist) and persist.write == lc.delivered_write(4, 202)
+
+
 def test_draining_leaves_anything_else_for_the_restart() -> None:
     _, fx = run(_after_send(), lc.Drain())
     assert fx == [lc.Finish(None, "left for restart")]
@@ -400,20 +411,20 @@ class LifecycleMachine(RuleBasedStateMachine):
     # --- outcomes arrive ---------------------------------------------------------------
 
     @precondition(lambda self: any(d.outstanding for d in self.drivers))
-    @rule(data=st.data(), outcome=OUTCOMES, duplicate=st.booleans())
-    def answer(self, data: st.DataObject, outcome: str, duplicate: bool) -> None:
+    @rule(data=st.data(), outcome=OUTCOMES, duplicate=st.booleans(), same_trip=st.booleans())
+    def answer(self, data: st.DataObject, outcome: str, duplicate: bool, same_trip: bool) -> None:
         busy = [d for d in self.drivers if d.outstanding]
         driver = data.draw(st.sampled_from(busy))
         effect = driver.outstanding.pop(data.draw(st.integers(0, len(driver.outstanding) - 1)))
         if isinstance(effect, lc.Allocate) and outcome == "db_down":
             driver.outstanding.append(effect)  # the recipient actor retries: the answer comes later
             return
-        for event in self._answers(effect, outcome):
+        for event in self._answers(effect, outcome, same_trip):
             self._feed(driver, event)
             if duplicate:
                 self._feed(driver, event)
 
-    def _answers(self, effect: lc.Effect, outcome: str) -> list[lc.LifecycleEvent]:
+    def _answers(self, effect: lc.Effect, outcome: str, same_trip: bool) -> list[lc.LifecycleEvent]:
         match effect:
             case lc.Allocate(version=version):
                 allocated = self.row.allocate(version)
@@ -441,6 +452,10 @@ class LifecycleMachine(RuleBasedStateMachine):
                     return [lc.WalletAnswered(Delivery.REJECTED, 404, "wallet answered 404")]
                 if outcome in ("transient", "db_down"):
                     return [lc.WalletAnswered(Delivery.TRANSIENT, 503, "wallet answered 503")]
+                if same_trip:  # the gateway recorded the 2xx on the same trip
+                    expected = effect.record.version
+                    written = lc.Written(expected, self.row.apply(lc.delivered_write(expected, 202)))
+                    return [lc.WalletAnswered(Delivery.DELIVERED, 202, "", written)]
                 return [lc.WalletAnswered(Delivery.DELIVERED, 202, "")]
             case lc.Wait():
                 return [lc.RetryDue()]

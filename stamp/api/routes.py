@@ -1,4 +1,4 @@
-"""Route handlers of the REST API (api.md). Handlers never wait on an actor: they
+"""Route handlers of the REST API (docs/api.md). Handlers never wait on an actor: they
 write to PostgreSQL and *tell* the supervisor."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""JSON shapes of Stamp's answers (api.md): camelCase, enums as strings, unix seconds
+"""JSON shapes of Stamp's answers (docs/api.md): camelCase, enums as strings, unix seconds
 for periods, RFC 3339 for timestamps. Never R, salts or keys."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Withdrawal routes (api.md "Withdrawal", docs/withdrawal.md), compatible with the
+"""Withdrawal routes (docs/api.md "Withdrawal", docs/withdrawal.md), compatible with the
 existing Stamp: withdraw an issued certificate, and the feed of withdrawals that
 wallets poll.
 

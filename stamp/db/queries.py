@@ -1,4 +1,4 @@
-"""All of Stamp's SQL, as named, parameterised statements (STYLE.md "SQL as SQL").
+"""All of Stamp's SQL, as named, parameterised statements (docs/database.md).
 
 Every state change is a single statement: a compare-and-set ``UPDATE … WHERE version =
 $expected`` whose RETURNING feeds the ``INSERT`` of the history event in the same
