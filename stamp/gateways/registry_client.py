@@ -20,11 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+import structlog
 from grpc import aio
 
 from protos.project_origin.common.v1 import common_pb2
 from protos.project_origin.registry.v1 import registry_pb2
 from stamp import metrics
+
+log = structlog.get_logger(__name__)
 
 _SERVICE = "/project_origin.registry.v1.RegistryService/"
 _TRANSIENT_CODES = frozenset(
@@ -162,7 +165,18 @@ class RegistryClient:
     def _error(self, registry: str, method: str, exc: aio.AioRpcError) -> RegistryCallError:
         code = exc.code()
         metrics.registry_call(method, code.name)
-        return RegistryCallError(registry, code.name, exc.details() or "", transient=code in _TRANSIENT_CODES)
+        detail = exc.details() or ""
+        if code is grpc.StatusCode.UNAVAILABLE and "handshake failed" in detail.lower():
+            # A deployment mistake, not a passing outage: say so in words an operator acts on.
+            log.error(
+                "registry.tls_handshake_failed",
+                registry=registry,
+                address=self._addresses[registry],
+                hint="the registry's certificate is not trusted by STAMP_REGISTRY_TLS_CA_FILE "
+                "(or the system's roots), does not name the host, or the registry does not speak TLS",
+                detail=detail[-300:],
+            )
+        return RegistryCallError(registry, code.name, detail, transient=code in _TRANSIENT_CODES)
 
     async def send(self, registry: str, transactions: list[bytes]) -> None:
         call = self._channel(registry).unary_unary(
