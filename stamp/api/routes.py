@@ -28,7 +28,7 @@ from stamp.api.runtime import RUNTIME, Runtime
 from stamp.api.views import certificate_detail, certificate_summary, decode_cursor, encode_cursor
 from stamp.db import queries, withdrawals
 from stamp.domain import CertificateKey, CertificateRecord, Recipient, State
-from stamp.gateways.endpoint_allow import check_endpoint
+from stamp.gateways.endpoint_allow import REFUSED_AT_CREATION, check_endpoint
 
 routes = web.RouteTableDef()
 
@@ -66,7 +66,7 @@ async def create_recipient(request: web.Request) -> web.Response:
     if not await check_endpoint(runtime.settings.wallet_endpoint_allow, new.wallet_endpoint_url):
         raise problems.ValidationProblem.single(
             "walletEndpointReference.endpoint",
-            "names a host outside the wallet endpoints this Stamp may call (STAMP_WALLET_ENDPOINT_ALLOW)",
+            REFUSED_AT_CREATION,
         )
     recipient = Recipient(
         str(uuid.uuid4()), new.wallet_endpoint_version, new.wallet_endpoint_url, new.wallet_public_key

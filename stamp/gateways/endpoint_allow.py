@@ -29,6 +29,11 @@ NOT_ALLOWED = "the wallet endpoint's host is not allowed by this Stamp's STAMP_W
 """The one text for a refusal: never the addresses a name resolved to (an oracle of
 the internal DNS)."""
 
+REFUSED_AT_CREATION = (
+    "names a host outside the wallet endpoints this Stamp may call (STAMP_WALLET_ENDPOINT_ALLOW)"
+)
+"""The message of a refused recipient, on the field ``walletEndpointReference.endpoint``."""
+
 RESOLVE_TIMEOUT_SECONDS = 5.0
 
 
