@@ -42,7 +42,7 @@ from stamp.db.batcher import StatementBatcher
 from stamp.db.embedded import EmbeddedPostgres
 from stamp.db.migrate import apply_migrations, ensure_current
 from stamp.db.pool import create_pool, wait_for_database
-from stamp.gateways.registry_client import RegistryClient
+from stamp.gateways.registry_client import RegistryClient, RegistryTls
 from stamp.gateways.wallet_client import WalletClient
 
 log = structlog.get_logger(__name__)
@@ -138,10 +138,16 @@ async def crypto_pool_ctx(app: web.Application) -> AsyncIterator[None]:
 async def clients_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     app[REGISTRY_CLIENT] = RegistryClient(
-        settings.registries, call_timeout=settings.registry_call_timeout_seconds
+        settings.registries,
+        call_timeout=settings.registry_call_timeout_seconds,
+        tls=RegistryTls.from_files(
+            settings.registry_tls_ca_file, settings.registry_tls_cert_file, settings.registry_tls_key_file
+        ),
     )
     app[WALLET_CLIENT] = WalletClient(
-        timeout=settings.wallet_timeout_seconds, limit_per_host=settings.wallet_concurrency_per_host
+        timeout=settings.wallet_timeout_seconds,
+        limit_per_host=settings.wallet_concurrency_per_host,
+        allow=settings.wallet_endpoint_allow,
     )
     yield
     await app[WALLET_CLIENT].close()

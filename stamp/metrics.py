@@ -73,7 +73,7 @@ REGISTRY_REQUESTS = Counter(
     "stamp_registry_requests", "gRPC calls to the registries by method and status code", ["method", "code"]
 )
 WALLET_REQUESTS = Counter(
-    "stamp_wallet_requests", "Slice deliveries by HTTP status (or timeout/error)", ["code"]
+    "stamp_wallet_requests", "Slice deliveries by HTTP status (or timeout/error/not_allowed)", ["code"]
 )
 LIVE_ACTORS = Gauge("stamp_live_actors", "Live Pykka actors by kind", ["kind"])
 MAILBOX_DEPTH = Gauge(
@@ -172,7 +172,7 @@ def registry_call(method: str, code: str) -> None:
 
 
 def wallet_answer(code: str) -> None:
-    """One slice delivery ended: the HTTP status, or "timeout"/"error"."""
+    """One slice delivery ended: the HTTP status, or "timeout"/"error"/"not_allowed"."""
     WALLET_REQUESTS.labels(code).inc()
 
 

@@ -46,6 +46,7 @@ from stamp.db.embedded import DataDirectoryInUse, EmbeddedPostgres, EmbeddedPost
 from stamp.db.migrate import SchemaOutdated, ensure_current
 from stamp.db.pool import DatabaseUnavailable, init_connection, mask_dsn, wait_for_database
 from stamp.domain import CertificateKey, Recipient
+from stamp.gateways.endpoint_allow import REFUSED_AT_CREATION, check_endpoint
 
 T = TypeVar("T")
 
@@ -366,7 +367,13 @@ def cmd_recipients_create(args: argparse.Namespace) -> int:
         str(uuid.uuid4()), new.wallet_endpoint_version, new.wallet_endpoint_url, new.wallet_public_key
     )
 
+    allow = _settings().wallet_endpoint_allow
+
     async def work(conn: asyncpg.Connection) -> None:
+        # The same rule as POST /v1/recipients: an operator's typo is no exception.
+        if not await check_endpoint(allow, recipient.wallet_endpoint_url):
+            refused = ValidationProblem.single("walletEndpointReference.endpoint", REFUSED_AT_CREATION)
+            raise _invalid(refused, _RECIPIENT_OPTIONS)
         await queries.insert_recipient(conn, recipient)
 
     _on_database(args, work)

@@ -28,6 +28,7 @@ from stamp.api.runtime import RUNTIME, Runtime
 from stamp.api.views import certificate_detail, certificate_summary, decode_cursor, encode_cursor
 from stamp.db import queries, withdrawals
 from stamp.domain import CertificateKey, CertificateRecord, Recipient, State
+from stamp.gateways.endpoint_allow import REFUSED_AT_CREATION, check_endpoint
 
 routes = web.RouteTableDef()
 
@@ -62,6 +63,11 @@ async def create_recipient(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
     body = await read_json_body(request, runtime.settings.max_body_bytes)
     new = parse_new_recipient(body)
+    if not await check_endpoint(runtime.settings.wallet_endpoint_allow, new.wallet_endpoint_url):
+        raise problems.ValidationProblem.single(
+            "walletEndpointReference.endpoint",
+            REFUSED_AT_CREATION,
+        )
     recipient = Recipient(
         str(uuid.uuid4()), new.wallet_endpoint_version, new.wallet_endpoint_url, new.wallet_public_key
     )
