@@ -29,6 +29,7 @@ from stamp.credentials import (
     parse_token_spec,
 )
 from stamp.crypto.issuer_keys import IssuerKey
+from stamp.db.dsn import mask_dsn
 
 T = TypeVar("T")
 
@@ -111,7 +112,7 @@ class Settings:
             elif f.name == "auth_jwt":
                 value = value.describe() if value is not None else None
             elif f.name == "database_url" and value:
-                value = re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", value)
+                value = mask_dsn(value)
             elif isinstance(value, Path):
                 value = str(value)
             elif isinstance(value, RetryPolicy):
