@@ -377,13 +377,14 @@ async def test_check_config_masks_database_passwords_given_in_the_query(data_cli
 
 
 async def test_a_database_error_does_not_show_a_query_password(data_cli_env: dict[str, str]) -> None:
-    url = "postgresql://stamp@127.0.0.1:1/stamp?password=query-secret"
+    url = "postgresql://stamp@127.0.0.1:1/stamp?password=query-secret&sslpassword=key-passphrase"
     result = await data_run_cli(
         {**data_cli_env, "STAMP_DATABASE_URL": url}, "certificates", "list", "--connect-timeout", "0.5"
     )
     assert result.returncode == 1
-    assert "password=***" in result.stderr
-    assert "query-secret" not in result.stdout + result.stderr
+    assert "password=***&sslpassword=***" in result.stderr
+    for secret in ("query-secret", "key-passphrase"):
+        assert secret not in result.stdout + result.stderr
 
 
 # --- finding 12: control characters -------------------------------------------------------------
@@ -496,7 +497,7 @@ async def data_insert_hostile_rows(stack: Stack) -> tuple[str, str]:
             "VALUES ($1, $2, 'CertificateFailed', 'failed', $3::jsonb)",
             REGISTRY,
             certificate_id,
-            orjson.dumps({"reason": "\x1b[2J\x85"}).decode(),
+            {"reason": "\x1b[2J\x85"},
         )
     return recipient, certificate_id
 
