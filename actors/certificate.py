@@ -64,6 +64,7 @@ class CertificateActor(StampActor):
         self.step_started = time.monotonic()
         self.awaiting = False  # an answer is due that must be recorded before stopping
         self.draining = False
+        self.finished: CertificateFinished | None = None  # told to the supervisor on stop
         self.log = log.bind(
             certificate_id=record.key.certificate_id,
             registry=record.key.registry,
@@ -343,14 +344,21 @@ class CertificateActor(StampActor):
 
     def _give_up(self, reason: str) -> None:
         self.log.warning("certificate.abandoned", reason=reason)
-        tell_quietly(self.supervisor, CertificateFinished(self.record.key, None))
-        self.stop()
+        self._stop_with(None)
 
     def _leave_for_shutdown(self) -> None:
         self.log.info("certificate.left_for_restart", state=self.record.state.value)
-        tell_quietly(self.supervisor, CertificateFinished(self.record.key, None))
-        self.stop()
+        self._stop_with(None)
 
     def _finish(self) -> None:
-        tell_quietly(self.supervisor, CertificateFinished(self.record.key, self.record.state))
+        self._stop_with(self.record.state)
+
+    def _stop_with(self, state: State | None) -> None:
+        self.finished = CertificateFinished(self.record.key, state)
         self.stop()
+
+    def on_stop(self) -> None:
+        # Told once this actor is out of the registry, not before it stops: the
+        # supervisor then frees the slot, and a new actor never overlaps this one.
+        if self.finished is not None:
+            tell_quietly(self.supervisor, self.finished)

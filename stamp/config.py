@@ -31,6 +31,7 @@ from stamp.credentials import (
     parse_token_spec,
 )
 from stamp.crypto.issuer_keys import IssuerKey
+from stamp.db.dsn import mask_dsn
 from stamp.gateways.endpoint_allow import EndpointAllowList
 
 T = TypeVar("T")
@@ -121,7 +122,7 @@ class Settings:
             elif f.name == "auth_jwt":
                 value = value.describe() if value is not None else None
             elif f.name == "database_url" and value:
-                value = re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", value)
+                value = mask_dsn(value)
             elif isinstance(value, Path):
                 value = str(value)
             elif isinstance(value, EndpointAllowList):

@@ -76,6 +76,15 @@ WALLET_REQUESTS = Counter(
     "stamp_wallet_requests", "Slice deliveries by HTTP status (or timeout/error/not_allowed)", ["code"]
 )
 LIVE_ACTORS = Gauge("stamp_live_actors", "Live Pykka actors by kind", ["kind"])
+CERTIFICATE_SLOTS = Gauge(
+    "stamp_certificate_actor_slots",
+    "Certificate actor slots taken now (at most STAMP_MAX_IN_FLIGHT; sampled every second)",
+)
+CERTIFICATE_SLOTS_PEAK = Gauge(
+    "stamp_certificate_actor_slots_peak",
+    "The most certificate actor slots taken at once since start: the peak of live certificate "
+    "actors, which never exceeds STAMP_MAX_IN_FLIGHT",
+)
 MAILBOX_DEPTH = Gauge(
     "stamp_mailbox_depth", "Messages waiting in the actors' inboxes, summed by kind", ["kind"]
 )
@@ -212,6 +221,10 @@ async def _sample(app: web.Application) -> None:
             next_actors = now + ACTOR_INTERVAL_SECONDS
             # Thousands of actors: walk them off the loop.
             await asyncio.to_thread(sample_actors)
+            if RUNTIME in app:
+                live = app[RUNTIME].live
+                CERTIFICATE_SLOTS.set(live.slots_taken)
+                CERTIFICATE_SLOTS_PEAK.set(live.slots_peak)
         if now >= next_states and RUNTIME in app:
             next_states = now + STATE_INTERVAL_SECONDS
             try:

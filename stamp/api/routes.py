@@ -128,18 +128,28 @@ async def create_certificate(request: web.Request) -> web.Response:
         return _answer_existing(request, new, existing)
     if await runtime.recipients.get(new.recipient_id) is None:
         raise problems.NotFound(f"recipient {new.recipient_id} not found", field="recipientId")
-    # Admit at once when there is room: the row is then leased to this instance, so
+    # Admit at once when a slot is free: the row is then leased to this instance, so
     # another instance sharing the database does not claim it too. A full house
-    # leaves the row unleased, for whichever supervisor has room first.
-    admit = runtime.live.certificate_actors < settings.max_in_flight
+    # leaves the row unleased, for whichever supervisor has room first. The slot is
+    # taken now, before the insert is awaited, so a burst cannot overshoot the bound.
+    admit = runtime.live.take_slots(settings.max_in_flight) == 1
     lease = queries.Lease(settings.instance_id, settings.lease_seconds) if admit else None
-    stored = await runtime.batcher.fetch(
-        queries.INSERT_CERTIFICATE,
-        queries.insert_certificate_args(row, lease),
-        (row.registry_name, row.certificate_id),
-    )
-    created_at = stored["created_at"]
+    try:
+        stored = await runtime.batcher.fetch(
+            queries.INSERT_CERTIFICATE,
+            queries.insert_certificate_args(row, lease),
+            (row.registry_name, row.certificate_id),
+        )
+        created_at = stored["created_at"]
+    except (asyncpg.UniqueViolationError, asyncpg.ExclusionViolationError):
+        created_at = None  # ON CONFLICT DO NOTHING skips these; a conflict all the same
+    except BaseException:
+        if admit:
+            runtime.live.release_slots()
+        raise
     if created_at is None:
+        if admit:
+            runtime.live.release_slots()
         existing = await withdrawals.find_conflicting(runtime.pool, row)
         if existing is None:  # deleted in between cannot happen; treat as a conflict to be safe
             raise problems.Conflict("the certificate conflicts with another one")
@@ -147,7 +157,8 @@ async def create_certificate(request: web.Request) -> web.Response:
     runtime.backlog.added()
     metrics.certificate_received(CertificateKey(new.registry_name, new.certificate_id))
     if admit:
-        # Only when there is room, so the supervisor's mailbox stays bounded.
+        # Only with a slot, so the supervisor's mailbox stays bounded; the slot is
+        # the supervisor's to release from now on.
         runtime.supervisor.tell(AdmitCertificate(_stored_record(new)))
     else:
         runtime.live.backlog_waiting = True
@@ -224,10 +235,24 @@ def _answer_existing(request: web.Request, new: NewCertificate, existing: asyncp
             f"certificate {new.registry_name}/{new.certificate_id} already exists with different content",
             differences=differences,
         )
+    # Another live certificate of the metering point holds (part of) the period.
+    holder = f"{existing['registry_name']}/{existing['id']}"
+    start, end = existing["period_start"], existing["period_end"]
+    differences = ["certificate.id"]
+    if start != new.start:
+        differences.append("certificate.start")
+    if end != new.end:
+        differences.append("certificate.end")
     raise problems.Conflict(
-        f"metering point {new.metering_point_id} already has certificate {existing['registry_name']}/"
-        f"{existing['id']} for the period {new.start}..{new.end}",
-        differences=["certificate.id"],
+        f"metering point {new.metering_point_id} already has certificate {holder} for the period "
+        f"[{start}, {end}), which overlaps [{new.start}, {new.end})",
+        differences=differences,
+        conflicting_certificate={
+            "registryName": existing["registry_name"],
+            "id": existing["id"],
+            "start": start,
+            "end": end,
+        },
     )
 
 
@@ -296,8 +321,10 @@ async def retry_certificate(request: web.Request) -> web.Response:
             f"certificate {key} is {outcome.previous_state}; only a failed certificate can be retried"
         )
     record = await queries.get_record(runtime.pool, key)
-    if record is not None:
+    if record is not None and runtime.live.take_slots(runtime.settings.max_in_flight) == 1:
         runtime.supervisor.tell(AdmitCertificate(record))
+    else:
+        runtime.live.backlog_waiting = True  # the row is unleased: the sweep takes it up
     return _accepted(request, key, outcome.state.value)
 
 
