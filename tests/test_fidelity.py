@@ -75,7 +75,12 @@ CASES: list[dict[str, Any]] = [
     },
 ]
 
-EXPECTED_TYPE = {"production": "PRODUCTION", "consumption": "CONSUMPTION", "1": "CONSUMPTION", "2": "PRODUCTION"}
+EXPECTED_TYPE = {
+    "production": "PRODUCTION",
+    "consumption": "CONSUMPTION",
+    "1": "CONSUMPTION",
+    "2": "PRODUCTION",
+}
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
@@ -135,9 +140,10 @@ async def test_every_posted_field_reaches_the_registry_and_the_wallet_unchanged(
         # identity, type, period, area
         assert event.certificate_id.registry == REGISTRY
         assert event.certificate_id.stream_id.value == certificate_id
-        assert electricity_pb2.GranularCertificateType.Name(event.type) == EXPECTED_TYPE[
-            str(posted["type"]).lower()
-        ]
+        assert (
+            electricity_pb2.GranularCertificateType.Name(event.type)
+            == EXPECTED_TYPE[str(posted["type"]).lower()]
+        )
         assert (event.period.start.seconds, event.period.end.seconds) == (posted["start"], posted["end"])
         assert event.grid_area == posted["gridArea"]
         assert event.asset_id_hash == b""
