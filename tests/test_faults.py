@@ -122,6 +122,7 @@ async def test_postgresql_restarted_in_the_middle(tmp_path: Path) -> None:
         async with aiohttp.ClientSession() as http:
             async with http.get(f"{scenario.stamp.base}/health/ready") as r:
                 assert r.status == 503
+        await asyncio.sleep(2)  # away for a while: the pipeline pauses, then resumes
         await asyncio.to_thread(database.start)
         more = scenario.post_certificates(100)
         await more
