@@ -14,7 +14,7 @@ import pytest
 
 from stamp.db.embedded import EmbeddedPostgres
 from stamp.devstack.wallet_faults import Fault
-from tests.faults import Scenario, start_scenario, stop_scenario
+from tests.faults import start_scenario, stop_scenario
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.slow]
 
