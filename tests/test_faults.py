@@ -6,7 +6,6 @@ twice, one registry transaction per certificate, no secret in the log."""
 from __future__ import annotations
 
 import asyncio
-import random
 from pathlib import Path
 
 import aiohttp
@@ -15,6 +14,7 @@ import pytest
 from stamp.db.embedded import EmbeddedPostgres
 from stamp.devstack.wallet_faults import Fault
 from tests.faults import start_scenario, stop_scenario
+from tests.seed import seeded_random
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.slow]
 
@@ -33,8 +33,9 @@ async def test_sigkill_five_times_at_random_moments(empty_database_dsn: str, tmp
     try:
         await scenario.create_recipients(8)
         posting = asyncio.create_task(scenario.post_certificates(300))
+        rng = seeded_random("sigkill x5")
         for _ in range(5):
-            await asyncio.sleep(random.uniform(0.5, 2.0))
+            await asyncio.sleep(rng.uniform(0.5, 2.0))  # a random moment, not a wait for a condition
             scenario.stamp.kill()
             await scenario.stamp.start()
         await posting
