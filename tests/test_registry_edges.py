@@ -140,10 +140,10 @@ async def test_already_exists_is_settled_by_reading_the_stream(
         arrivals,
     ):
         registry = stack.registry
-        # Stamp's status questions take a second: meanwhile an identical copy of its
+        # Stamp's status questions take two seconds: meanwhile an identical copy of its
         # committed transaction arrives again (as a late duplicate would), which a
         # strict registry turns into FAILED "already exists".
-        registry.set_latency(1.0, "GetTransactionStatus")
+        registry.set_latency(2.0, "GetTransactionStatus")
         certificate_id = await _post_one(stack)
         (arrival,) = await wait_until(lambda: arrivals.of(certificate_id), what="the first send")
         tx = registry_pb2.Transaction.FromString(arrival.data)
