@@ -21,6 +21,7 @@ import pytest
 from stamp.devstack.registry import RegistrySimConfig, RegistrySimulator
 from stamp.devstack.wallet import WalletSimConfig, WalletSimulator
 from tests.faults import Scenario, stamp_env
+from tests.logs import json_lines
 from tests.process import StampProcess
 from tests.seed import seeded_random
 from tests.stack import GRID_AREA, ISSUER, REGISTRY
@@ -143,6 +144,15 @@ async def test_survivors_take_over_a_killed_instance_after_its_leases_expire(
                             "taken over before the lease expired",
                         )
         assert set(names) <= drivers_seen
+        # Two drivers at once would show as a lost compare-and-set: the one that lost
+        # abandons the certificate. A takeover after expiry never loses one.
+        for name in survivors:
+            lost = [
+                line
+                for line in json_lines((tmp_path / f"{name}.log").read_text(errors="replace"))
+                if line.get("event") == "certificate.abandoned"
+            ]
+            assert not lost, (name, lost[:3])
         taken_over = {r["id"] for r in events if r["id"] in held and r["instance_id"] in survivors}
         assert taken_over == set(held), "a certificate of the killed instance was not taken over"
     finally:

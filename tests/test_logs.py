@@ -3,33 +3,20 @@ transition lines of a running Stamp, and the secret-masking processor masks."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import uuid
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
 
 from stamp.logging import SECRET_KEYS, _mask_secrets
 from tests.faults import start_scenario, stop_scenario
+from tests.logs import json_lines
 from tests.stack import REGISTRY, certificate_body
 
 LIFECYCLE = ["stored", "sent_to_registry", "issued_in_registry", "marked_as_issued", "delivered"]
-
-
-def json_lines(text: str) -> list[dict[str, Any]]:
-    lines = []
-    for line in text.splitlines():
-        try:
-            parsed = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(parsed, dict):
-            lines.append(parsed)
-    return lines
 
 
 @pytest.mark.asyncio(loop_scope="session")
