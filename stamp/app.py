@@ -182,22 +182,35 @@ async def actors_ctx(app: web.Application) -> AsyncIterator[None]:
     runtime.extra[withdrawals.WITHDRAWALS_ACTOR] = withdrawal_actor
     refresher = asyncio.create_task(_refresh_backlog(runtime))
     yield
-    runtime.draining = True
     refresher.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await refresher
-    supervisor.tell(Drain())
-    # Let the answers still on their way (a wallet's 2xx, a transition) be recorded,
-    # so a graceful stop never causes a repeated delivery after restart.
-    deadline = loop.time() + settings.shutdown_timeout_seconds * 0.8
-    while live.certificate_actors and loop.time() < deadline:  # noqa: ASYNC110 (set by an actor thread)
-        await asyncio.sleep(0.05)
+    await drain(runtime)  # at once when `stamp serve` drained before closing the listener
     await asyncio.to_thread(_stop_actors, supervisor, [withdrawal_actor, registry_gateway, wallet_gateway])
     # Whatever is still in flight is resumable from its persisted state: hand it to
     # the next instance now rather than after the lease expires.
     with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
         released = await queries.release_all_leases(pool, settings.instance_id)
         log.info("supervisor.released", certificates=released)
+
+
+_DRAINED = "drained"
+
+
+async def drain(runtime: Runtime) -> None:
+    """Stop admitting and let the answers still on their way (a wallet's 2xx, a
+    transition) be recorded, so a graceful stop never causes a repeated delivery after
+    restart. ``stamp serve`` runs this while the listener still answers (readiness and
+    intake say 503); the actors' teardown runs it again, which then returns at once."""
+    runtime.draining = True
+    if runtime.extra.get(_DRAINED):
+        return
+    runtime.extra[_DRAINED] = True
+    runtime.supervisor.tell(Drain())
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + runtime.settings.shutdown_timeout_seconds * 0.8
+    while runtime.live.certificate_actors and loop.time() < deadline:  # noqa: ASYNC110 (an actor thread sets it)
+        await asyncio.sleep(0.05)
 
 
 def _stop_actors(supervisor: pykka.ActorRef[Any], gateways: list[pykka.ActorRef[Any]]) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 
 import asyncpg
 import orjson
+import structlog
 from aiohttp import web
 
 from actors.messages import AdmitCertificate
@@ -29,6 +30,8 @@ from stamp.api.views import certificate_detail, certificate_summary, decode_curs
 from stamp.db import queries, withdrawals
 from stamp.domain import CertificateKey, CertificateRecord, Recipient, State
 from stamp.gateways.endpoint_allow import REFUSED_AT_CREATION, check_endpoint
+
+log = structlog.get_logger(__name__)
 
 routes = web.RouteTableDef()
 
@@ -156,6 +159,15 @@ async def create_certificate(request: web.Request) -> web.Response:
         return _answer_existing(request, new, existing)
     runtime.backlog.added()
     metrics.certificate_received(CertificateKey(new.registry_name, new.certificate_id))
+    # The first transition's line names the request that caused it (request_id is
+    # bound by the problem middleware); the certificate actor logs the ones after it.
+    log.info(
+        "certificate.transitioned",
+        certificate_id=new.certificate_id,
+        registry=new.registry_name,
+        recipient_id=new.recipient_id,
+        state=State.STORED.value,
+    )
     if admit:
         # Only with a slot, so the supervisor's mailbox stays bounded; the slot is
         # the supervisor's to release from now on.

@@ -67,8 +67,8 @@ WITH inserted AS (
     RETURNING registry_name, id, state, created_at
 ),
 event AS (
-    INSERT INTO certificate_events (registry_name, certificate_id, event_type, state, detail)
-    SELECT registry_name, id, 'CertificateStored', state, '{}'::jsonb FROM inserted
+    INSERT INTO certificate_events (registry_name, certificate_id, event_type, state, detail, instance_id)
+    SELECT registry_name, id, 'CertificateStored', state, '{}'::jsonb, $13::text FROM inserted
 )
 SELECT (SELECT created_at FROM inserted) AS created_at
 """
@@ -171,8 +171,8 @@ WITH changed AS (
     RETURNING registry_name, id, version, state
 ),
 event AS (
-    INSERT INTO certificate_events (registry_name, certificate_id, event_type, state, detail)
-    SELECT registry_name, id, $7, state, $8 FROM changed
+    INSERT INTO certificate_events (registry_name, certificate_id, event_type, state, detail, instance_id)
+    SELECT registry_name, id, $7, state, $8, $5 FROM changed
 )
 SELECT (SELECT version FROM changed) AS version
 """

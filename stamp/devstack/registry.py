@@ -19,7 +19,7 @@ around it (spec/registry.md):
 All state lives on the event loop the simulator was started on; call its methods from
 that loop. Fault injection (``fail_next``, ``set_latency``, ``hold``/``release``,
 ``forget_uncommitted``, ``force_failure``, ``go_down``/``go_up``) may be changed at any
-time, mid-run.
+time, mid-run. ``on_send`` lets a test look at each SendTransactions as it arrives.
 
 Standalone: ``python -m stamp.devstack.registry --port 5001 --registry Narnia
 --issuer-key DK1=<Base64 of the public PEM>``.
@@ -35,7 +35,7 @@ import contextlib
 import signal
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_context
@@ -66,6 +66,12 @@ log = structlog.get_logger(__name__)
 
 RpcMethod = Literal["SendTransactions", "GetTransactionStatus", "GetStreamTransactions"]
 RPC_METHODS: tuple[RpcMethod, ...] = ("SendTransactions", "GetTransactionStatus", "GetStreamTransactions")
+
+SendHook = Callable[[Sequence[registry_pb2.Transaction]], Awaitable[None]]
+"""Awaited with the transactions of each SendTransactions call as it arrives; the call
+is answered only after it returns. Tests use it to see what the sender had persisted
+at that moment and that every re-send carried the same bytes."""
+
 
 UNKNOWN = registry_pb2.UNKNOWN
 PENDING = registry_pb2.PENDING
@@ -277,6 +283,10 @@ class RegistrySimulator:
         self._held_tx: set[str] = set()
         self._held_streams: set[str] = set()
         self._forced: dict[str, str] = {}
+
+        # A test's look at every SendTransactions as it arrives, before any fault or
+        # latency applies and before the registry stores anything (see ``on_send``).
+        self.on_send: SendHook | None = None
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -715,6 +725,8 @@ class _Servicer(registry_pb2_grpc.RegistryServiceServicer):
         request: registry_pb2.SendTransactionsRequest,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> registry_pb2.SubmitTransactionResponse:
+        if self._sim.on_send is not None:
+            await self._sim.on_send(request.transactions)
         fault = await self._sim._before_call("SendTransactions")
         if fault is not None and not fault.accept:
             await context.abort(fault.code, "injected fault: transactions not received")

@@ -447,6 +447,13 @@ class WalletSimulator:
     def pending_slices(self) -> list[SliceRecord]:
         return [r.record() for r in self._received if r.status is SliceStatus.PENDING]
 
+    def received_requests(self, certificate_id: str) -> list[SliceRequest]:
+        """The slices accepted for one certificate as the wallet owner holds them, R and
+        salts included: what a test needs to open the commitment and recompute the
+        hashed attributes. Never logged or served."""
+        wanted = certificate_id.lower()
+        return [r.slice for r in self._received if r.slice.certificate_id == wanted]
+
     def received_count(self) -> int:
         """Accepted deliveries (202, or accepted and then dropped by a fault)."""
         return len(self._received)
