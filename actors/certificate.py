@@ -17,7 +17,7 @@ import structlog
 
 from actors.backoff import backoff_delay
 from actors.base import StampActor
-from actors.bridge import Reply, tell_quietly
+from actors.bridge import Reply, describe, tell_quietly
 from actors.deps import ActorDeps
 from actors.messages import (
     AllocatePosition,
@@ -100,6 +100,7 @@ class CertificateActor(StampActor):
         self.holds_recipient = False  # counted as a user of the recipient's actor
         self.step_started = time.monotonic()
         self.queue: deque[lc.LifecycleEvent] = deque()
+        self.finished: CertificateFinished | None = None  # told to the supervisor on stop
         key = record.key
         self.lock_key = (key.registry, key.certificate_id)
         self.log = log.bind(
@@ -118,9 +119,9 @@ class CertificateActor(StampActor):
     def on_failure(self, exc_type: object, exc: object, traceback: object) -> None:
         self._release_recipient()
         record = self.journey.record
-        reason = f"{type(exc).__name__}: {exc}"
+        reason = describe(exc) if isinstance(exc, BaseException) else str(exc)
         self.log.error("certificate.actor_crashed", state=record.state.value, reason=reason)
-        tell_quietly(self.supervisor, CertificateCrashed(record.key, record.state, record.position, reason))
+        tell_quietly(self.supervisor, CertificateCrashed(record.key, record.state, reason, record.position))
 
     # --- the shell ----------------------------------------------------------------------
 
@@ -227,5 +228,11 @@ class CertificateActor(StampActor):
         record = self.journey.record
         if state is None:
             self.log.info("certificate.left", state=record.state.value, reason=reason)
-        tell_quietly(self.supervisor, CertificateFinished(record.key, state))
+        self.finished = CertificateFinished(record.key, state)
         self.stop()
+
+    def on_stop(self) -> None:
+        # Told once this actor is out of the registry, not before it stops: the
+        # supervisor then frees the slot, and a new actor never overlaps this one.
+        if self.finished is not None:
+            tell_quietly(self.supervisor, self.finished)

@@ -38,8 +38,8 @@ class CertificateCrashed:
 
     key: CertificateKey
     state: State
-    position: int | None
     reason: str
+    position: int | None = None  # with the state, the step the crash belongs to
 
 
 @dataclass(frozen=True, slots=True)

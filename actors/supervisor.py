@@ -2,15 +2,19 @@
 
 At most ``max_in_flight`` certificate actors live at once; the rest wait as rows in
 PostgreSQL (the database is the backlog) and are claimed, oldest first, as capacity
-frees. On start it resumes every certificate this instance was driving before a
-crash or restart, and keeps renewing the leases of those it drives, so that another
-instance takes over only what nobody drives.
+frees. The bound is kept with slots (``LiveCounts.take_slots``): whoever admits a
+certificate takes its slot first (intake, or this actor's backlog sweep), and this
+actor releases it when the certificate actor has stopped. On start it resumes every
+certificate this instance was driving before a crash or restart, and keeps renewing
+the leases of those it drives, so that another instance takes over only what nobody
+drives.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
+from collections import OrderedDict
 from functools import partial
 from typing import Any
 
@@ -44,6 +48,9 @@ TICK_SECONDS = 1.0
 MAX_CRASHES = 3
 """An actor that crashes this often on one certificate marks it failed instead of
 looping: the crash is a bug or bad data that a restart does not cure."""
+MAX_TRACKED_CRASHES = 1024
+"""Crash counts kept at once. An entry lives only while its certificate holds a slot,
+so there are at most ``max_in_flight``; the cap bounds the map whatever happens."""
 
 
 class Supervisor(StampActor):
@@ -55,8 +62,9 @@ class Supervisor(StampActor):
         # Certificate actors reach their recipient's actor directly, not through here.
         self.recipients = RecipientDirectory.of(deps)
         self.rules = rules_of(deps)
-        self.crashes: dict[CertificateKey, int] = {}
+        self.crashes: OrderedDict[CertificateKey, int] = OrderedDict()
         self.claiming = False
+        self.claim_slots = 0  # slots taken for the backlog claim under way
         self.backlog_waiting = True  # unknown at start: look
         self.draining = False
         self.last_renewal = time.monotonic()
@@ -74,13 +82,14 @@ class Supervisor(StampActor):
     def on_receive(self, message: object) -> Any:
         match message:
             case AdmitCertificate(record=record):
-                # Intake (or an operator retry) decided there was room and leased the
-                # row to this instance: a slight overshoot of max_in_flight between
-                # two counts is accepted rather than leaving a leased row undriven.
+                # Intake (or an operator retry) took a slot for it and leased the row
+                # to this instance.
                 if not self.draining and record.key not in self.certificates:
                     self._spawn(record)
+                else:
+                    self.deps.live.release_slots()
             case CertificateFinished(key=key, state=state):
-                self.certificates.pop(key, None)
+                self._forget(key)
                 if state is None:
                     # Abandoned (crash, stale, shutdown): let whoever is next pick it up.
                     self.deps.bridge.spawn(
@@ -102,15 +111,21 @@ class Supervisor(StampActor):
                 if record is not None and not record.state.terminal and not self.draining:
                     self._spawn(record)
                 else:
-                    self.certificates.pop(key, None)
+                    self._forget(key)
             case BacklogClaimed(records=records, limit=limit):
                 self.claiming = False
                 self.backlog_waiting = len(records) >= limit
+                spawned = 0
                 for record in records:
                     if record.key not in self.certificates and not self.draining:
                         self._spawn(record)
+                        spawned += 1
+                self.deps.live.release_slots(self.claim_slots - spawned)
+                self.claim_slots = 0
             case BacklogClaimFailed(reason=reason):
                 self.claiming = False
+                self.deps.live.release_slots(self.claim_slots)
+                self.claim_slots = 0
                 log.warning("supervisor.claim_failed", reason=reason)
             case SupervisorTick():
                 self._on_tick()
@@ -122,12 +137,19 @@ class Supervisor(StampActor):
         self.deps.live.recipient_actors = len(self.recipients)
         return None
 
+    def _forget(self, key: CertificateKey) -> None:
+        """The certificate's actor is gone for good: its slot and crash count go too."""
+        self.crashes.pop(key, None)
+        if self.certificates.pop(key, None) is not None:
+            self.deps.live.release_slots()
+
     def _on_crash(self, key: CertificateKey, step: Step, reason: str) -> None:
-        crashes = self.crashes.get(key, 0) + 1
-        self.crashes[key] = crashes
+        crashes = self.crashes.pop(key, 0) + 1
+        self.crashes[key] = crashes  # the most recent last, for the cap below
+        while len(self.crashes) > MAX_TRACKED_CRASHES:
+            self.crashes.popitem(last=False)
         if crashes >= MAX_CRASHES:
-            self.crashes.pop(key, None)
-            self.certificates.pop(key, None)
+            self._forget(key)
             log.error(
                 "supervisor.certificate_crash_loop",
                 certificate_id=key.certificate_id,
@@ -161,12 +183,14 @@ class Supervisor(StampActor):
         )
 
     def _pump(self) -> None:
-        room = self.settings.max_in_flight - len(self.certificates)
-        if self.claiming or self.draining or room <= 0:
+        if self.claiming or self.draining:
+            return
+        limit = self.deps.live.take_slots(self.settings.max_in_flight, 500)
+        if limit == 0:
             return
         self.claiming = True
+        self.claim_slots = limit
         self.deps.live.backlog_waiting = False
-        limit = min(room, 500)
         self.deps.bridge.run(
             queries.claim_backlog(
                 self.deps.pool,

@@ -5,8 +5,9 @@ the edge and the actors import; neither imports the other's runtime for them."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import asyncpg
 
@@ -46,12 +47,33 @@ class RecipientCache:
 @dataclass(slots=True)
 class LiveCounts:
     """Written by the supervisor, read by the HTTP edge and metrics: plain ints, so a
-    slightly stale read is harmless and nobody waits on an actor."""
+    slightly stale read is harmless and nobody waits on an actor.
+
+    Certificate actor *slots* are the exception: they bound the actors alive at once
+    (STAMP_MAX_IN_FLIGHT), so they are taken atomically, under a lock, by whoever
+    admits a certificate (intake on the loop, the supervisor's backlog sweep) before
+    the actor is started, and released by the supervisor once the actor has stopped.
+    A count that only the supervisor updated let a burst of requests all see room."""
 
     certificate_actors: int = 0
     recipient_actors: int = 0
     # Set by intake when it stored a certificate without admitting it (no room).
     backlog_waiting: bool = False
+    slots_taken: int = 0
+    slots_peak: int = 0  # the most slots taken at once since start (a high-water mark)
+    _slots_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def take_slots(self, limit: int, wanted: int = 1) -> int:
+        """Takes up to ``wanted`` slots while fewer than ``limit`` are taken; how many."""
+        with self._slots_lock:
+            taken = max(0, min(wanted, limit - self.slots_taken))
+            self.slots_taken += taken
+            self.slots_peak = max(self.slots_peak, self.slots_taken)
+            return taken
+
+    def release_slots(self, count: int = 1) -> None:
+        with self._slots_lock:
+            self.slots_taken = max(0, self.slots_taken - count)
 
 
 @dataclass(slots=True)

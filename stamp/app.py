@@ -25,7 +25,7 @@ import pykka
 import structlog
 from aiohttp import web
 
-from actors.bridge import LoopBridge
+from actors.bridge import LoopBridge, tell_from_loop
 from actors.deps import ActorDeps
 from actors.messages import Drain
 from actors.registry_gateway import RegistryGateway
@@ -42,7 +42,7 @@ from stamp.db.batcher import StatementBatcher
 from stamp.db.embedded import EmbeddedPostgres
 from stamp.db.migrate import apply_migrations, ensure_current
 from stamp.db.pool import create_pool, wait_for_database
-from stamp.gateways.registry_client import RegistryClient
+from stamp.gateways.registry_client import RegistryClient, RegistryTls
 from stamp.gateways.wallet_client import WalletClient
 
 log = structlog.get_logger(__name__)
@@ -138,10 +138,16 @@ async def crypto_pool_ctx(app: web.Application) -> AsyncIterator[None]:
 async def clients_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     app[REGISTRY_CLIENT] = RegistryClient(
-        settings.registries, call_timeout=settings.registry_call_timeout_seconds
+        settings.registries,
+        call_timeout=settings.registry_call_timeout_seconds,
+        tls=RegistryTls.from_files(
+            settings.registry_tls_ca_file, settings.registry_tls_cert_file, settings.registry_tls_key_file
+        ),
     )
     app[WALLET_CLIENT] = WalletClient(
-        timeout=settings.wallet_timeout_seconds, limit_per_host=settings.wallet_concurrency_per_host
+        timeout=settings.wallet_timeout_seconds,
+        limit_per_host=settings.wallet_concurrency_per_host,
+        allow=settings.wallet_endpoint_allow,
     )
     yield
     await app[WALLET_CLIENT].close()
@@ -176,22 +182,32 @@ async def actors_ctx(app: web.Application) -> AsyncIterator[None]:
     runtime.withdrawals = withdrawal_actor
     refresher = asyncio.create_task(_refresh_backlog(runtime))
     yield
-    runtime.draining = True
     refresher.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await refresher
-    supervisor.tell(Drain())
-    # Let the answers still on their way (a wallet's 2xx, a transition) be recorded,
-    # so a graceful stop never causes a repeated delivery after restart.
-    deadline = loop.time() + settings.shutdown_timeout_seconds * 0.8
-    while live.certificate_actors and loop.time() < deadline:  # noqa: ASYNC110 (set by an actor thread)
-        await asyncio.sleep(0.05)
+    await drain(runtime)  # at once when `stamp serve` drained before closing the listener
     await asyncio.to_thread(_stop_actors, supervisor, [withdrawal_actor, registry_gateway, wallet_gateway])
     # Whatever is still in flight is resumable from its persisted state: hand it to
     # the next instance now rather than after the lease expires.
     with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
         released = await queries.release_all_leases(pool, settings.instance_id)
         log.info("supervisor.released", certificates=released)
+
+
+async def drain(runtime: Runtime) -> None:
+    """Stop admitting and let the answers still on their way (a wallet's 2xx, a
+    transition) be recorded, so a graceful stop never causes a repeated delivery after
+    restart. ``stamp serve`` runs this while the listener still answers (readiness and
+    intake say 503); the actors' teardown runs it again, which then returns at once."""
+    runtime.draining = True
+    if runtime.drained:
+        return
+    runtime.drained = True
+    tell_from_loop(runtime.supervisor, Drain())
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + runtime.settings.shutdown_timeout_seconds * 0.8
+    while runtime.live.certificate_actors and loop.time() < deadline:  # noqa: ASYNC110 (an actor thread sets it)
+        await asyncio.sleep(0.05)
 
 
 def _stop_actors(supervisor: pykka.ActorRef[Any], gateways: list[pykka.ActorRef[Any]]) -> None:

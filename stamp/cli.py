@@ -12,16 +12,17 @@ from collections.abc import Sequence
 import orjson
 
 from stamp.config import ConfigError, Settings, load_settings
+from stamp.terminal import printable
 
 
 def _startup_errors() -> tuple[type[BaseException], ...]:
     """Expected start-up failures: a clear message, not a traceback. (Evaluated only
     when an exception is raised, so the imports cost nothing otherwise.)"""
     from stamp.db.embedded import EmbeddedPostgresError
-    from stamp.db.migrate import MigrationError, SchemaOutdated
+    from stamp.db.migrate import MigrationError, MigrationFailed, SchemaOutdated
     from stamp.db.pool import DatabaseUnavailable
 
-    return (SchemaOutdated, MigrationError, DatabaseUnavailable, EmbeddedPostgresError)
+    return (SchemaOutdated, MigrationError, MigrationFailed, DatabaseUnavailable, EmbeddedPostgresError)
 
 
 def _settings_or_exit() -> Settings:
@@ -47,7 +48,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         return asyncio.run(serve(settings))
     except _startup_errors() as exc:
-        print(f"stamp: cannot start: {exc}", file=sys.stderr)
+        print(f"stamp: cannot start: {printable(str(exc), keep_newlines=True)}", file=sys.stderr)
         return 1
 
 
@@ -84,7 +85,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         finally:
             embedded.stop()
     except _startup_errors() as exc:
-        print(f"stamp: cannot migrate: {exc}", file=sys.stderr)
+        # A migration's report may quote stored data (metering point ids).
+        print(f"stamp: cannot migrate: {printable(str(exc), keep_newlines=True)}", file=sys.stderr)
         return 1
     return 0
 

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import platformdirs
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from stamp.credentials import (
     DEFAULT_ALGORITHMS,
@@ -29,6 +31,8 @@ from stamp.credentials import (
     parse_token_spec,
 )
 from stamp.crypto.issuer_keys import IssuerKey
+from stamp.db.dsn import mask_dsn
+from stamp.gateways.endpoint_allow import EndpointAllowList
 
 T = TypeVar("T")
 
@@ -78,9 +82,16 @@ class Settings:
     registry_pending_timeout_seconds: float = 300.0
     registry_call_timeout_seconds: float = 10.0
     registry_retry: RetryPolicy = RetryPolicy()
+    # TLS of the https:// registries: the CA bundle to trust (None: the system's roots)
+    # and an optional client certificate.
+    registry_tls_ca_file: Path | None = None
+    registry_tls_cert_file: Path | None = None
+    registry_tls_key_file: Path | None = None
     wallet_timeout_seconds: float = 10.0
     wallet_concurrency_per_host: int = 32
     wallet_retry: RetryPolicy = RetryPolicy()
+    # The hosts wallet endpoints may name (docs/configuration.md); None: any host.
+    wallet_endpoint_allow: EndpointAllowList | None = None
     # Backoff of database statements that failed (retried for ever: max_attempts unused)
     # and of restarts of a crashed certificate actor (max_attempts unused: the
     # supervisor fails a certificate after its third crash). Not configurable.
@@ -115,9 +126,11 @@ class Settings:
             elif f.name == "auth_jwt":
                 value = value.describe() if value is not None else None
             elif f.name == "database_url" and value:
-                value = re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", value)
+                value = mask_dsn(value)
             elif isinstance(value, Path):
                 value = str(value)
+            elif isinstance(value, EndpointAllowList):
+                value = value.describe()
             elif isinstance(value, RetryPolicy):
                 value = {g.name: getattr(value, g.name) for g in fields(value)}
             elif isinstance(value, Mapping):
@@ -190,12 +203,62 @@ def _pairs(raw: str) -> list[tuple[str, str]]:
 
 
 def _registries(raw: str) -> dict[str, str]:
+    """``NAME=host:port`` (plaintext gRPC) or ``NAME=https://host:port`` (TLS)."""
     registries = {}
     for name, address in _pairs(raw):
-        if not re.fullmatch(r"[^:\s]+:\d{1,5}", address):
-            raise ValueError(f"registry {name!r}: address must be host:port, got {address!r}")
+        if not re.fullmatch(r"(?i:https?://)?[^:/\s]+:\d{1,5}", address):
+            raise ValueError(
+                f"registry {name!r}: address must be host:port or https://host:port, got {address!r}"
+            )
         registries[name] = address
     return registries
+
+
+def _pem_certificates(raw: str) -> Path:
+    path = Path(raw)
+    try:
+        certificates = x509.load_pem_x509_certificates(path.read_bytes())
+    except OSError as exc:
+        raise ValueError(f"cannot read it ({exc.strerror or type(exc).__name__})") from None
+    except ValueError:
+        certificates = []
+    if not certificates:
+        raise ValueError("holds no PEM certificate")
+    return path
+
+
+def _pem_private_key(raw: str) -> Path:
+    path = Path(raw)
+    try:
+        load_pem_private_key(path.read_bytes(), password=None)
+    except OSError as exc:
+        raise ValueError(f"cannot read it ({exc.strerror or type(exc).__name__})") from None
+    except (ValueError, TypeError):
+        # Never the exception's text: it could quote the key file.
+        raise ValueError("holds no unencrypted PEM private key") from None
+    return path
+
+
+def _registry_tls(
+    env: Mapping[str, str], problems: list[str], registries: Mapping[str, str]
+) -> tuple[Path | None, Path | None, Path | None]:
+    ca = _read(env, problems, "STAMP_REGISTRY_TLS_CA_FILE", _pem_certificates, None)
+    cert = _read(env, problems, "STAMP_REGISTRY_TLS_CERT_FILE", _pem_certificates, None)
+    key = _read(env, problems, "STAMP_REGISTRY_TLS_KEY_FILE", _pem_private_key, None)
+    named = [
+        n for n in ("CA_FILE", "CERT_FILE", "KEY_FILE") if env.get(f"STAMP_REGISTRY_TLS_{n}", "").strip()
+    ]
+    if ("CERT_FILE" in named) != ("KEY_FILE" in named):
+        problems.append(
+            "STAMP_REGISTRY_TLS_CERT_FILE and STAMP_REGISTRY_TLS_KEY_FILE: a client certificate needs both"
+        )
+    if named and not any(a.lower().startswith("https://") for a in registries.values()):
+        # Otherwise an operator could believe the registry traffic is protected.
+        problems.append(
+            f"STAMP_REGISTRY_TLS_{named[0]}: no registry in STAMP_REGISTRIES uses TLS "
+            "(write its address as https://host:port)"
+        )
+    return ca, cert, key
 
 
 def _issuer_key(value: str) -> IssuerKey:
@@ -340,13 +403,15 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     log_level = env.get("STAMP_LOG_LEVEL", d.log_level).lower()
     if log_level not in {"debug", "info", "warning", "error"}:
         problems.append(f"STAMP_LOG_LEVEL={log_level!r}: must be debug, info, warning or error")
+    registries: dict[str, str] = _read(env, problems, "STAMP_REGISTRIES", _registries, {})
+    tls_ca, tls_cert, tls_key = _registry_tls(env, problems, registries)
     settings = Settings(
         database_url=database_url,
         data_dir=_read(env, problems, "STAMP_DATA_DIR", Path, d.data_dir),
         host=env.get("STAMP_HOST", d.host),
         port=_read(env, problems, "STAMP_PORT", _port, d.port),
         path_base=_read(env, problems, "STAMP_PATH_BASE", _path_base, d.path_base),
-        registries=_read(env, problems, "STAMP_REGISTRIES", _registries, {}),
+        registries=registries,
         issuer_keys=_issuer_keys(env, problems),
         auto_migrate=_read(env, problems, "STAMP_AUTO_MIGRATE", _bool, database_url is None),
         instance_id=env.get("STAMP_INSTANCE_ID")
@@ -388,6 +453,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             d.registry_call_timeout_seconds,
         ),
         registry_retry=_retry(env, problems, "STAMP_REGISTRY"),
+        registry_tls_ca_file=tls_ca,
+        registry_tls_cert_file=tls_cert,
+        registry_tls_key_file=tls_key,
         wallet_timeout_seconds=_read(
             env, problems, "STAMP_WALLET_TIMEOUT_SECONDS", _non_negative_float, d.wallet_timeout_seconds
         ),
@@ -395,6 +463,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             env, problems, "STAMP_WALLET_CONCURRENCY_PER_HOST", _positive_int, d.wallet_concurrency_per_host
         ),
         wallet_retry=_retry(env, problems, "STAMP_WALLET"),
+        wallet_endpoint_allow=_read(
+            env, problems, "STAMP_WALLET_ENDPOINT_ALLOW", EndpointAllowList.parse, d.wallet_endpoint_allow
+        ),
         lease_seconds=_read(env, problems, "STAMP_LEASE_SECONDS", _non_negative_float, d.lease_seconds),
         shutdown_timeout_seconds=_read(
             env, problems, "STAMP_SHUTDOWN_TIMEOUT", _non_negative_float, d.shutdown_timeout_seconds

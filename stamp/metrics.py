@@ -57,9 +57,18 @@ REGISTRY_REQUESTS = Counter(
     "stamp_registry_requests", "gRPC calls to the registries by method and status code", ["method", "code"]
 )
 WALLET_REQUESTS = Counter(
-    "stamp_wallet_requests", "Slice deliveries by HTTP status (or timeout/error)", ["code"]
+    "stamp_wallet_requests", "Slice deliveries by HTTP status (or timeout/error/not_allowed)", ["code"]
 )
 LIVE_ACTORS = Gauge("stamp_live_actors", "Live Pykka actors by kind", ["kind"])
+CERTIFICATE_SLOTS = Gauge(
+    "stamp_certificate_actor_slots",
+    "Certificate actor slots taken now (at most STAMP_MAX_IN_FLIGHT; sampled every second)",
+)
+CERTIFICATE_SLOTS_PEAK = Gauge(
+    "stamp_certificate_actor_slots_peak",
+    "The most certificate actor slots taken at once since start: the peak of live certificate "
+    "actors, which never exceeds STAMP_MAX_IN_FLIGHT",
+)
 MAILBOX_DEPTH = Gauge(
     "stamp_mailbox_depth", "Messages waiting in the actors' inboxes, summed by kind", ["kind"]
 )
@@ -139,7 +148,7 @@ def registry_call(method: str, code: str) -> None:
 
 
 def wallet_answer(code: str) -> None:
-    """One slice delivery ended: the HTTP status, or "timeout"/"error"."""
+    """One slice delivery ended: the HTTP status, or "timeout"/"error"/"not_allowed"."""
     WALLET_REQUESTS.labels(code).inc()
 
 

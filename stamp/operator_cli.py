@@ -19,6 +19,7 @@ import asyncio
 import base64
 import contextlib
 import getpass
+import json
 import logging
 import os
 import re
@@ -29,7 +30,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TextIO, TypeVar
 
 import asyncpg
 import orjson
@@ -46,6 +47,8 @@ from stamp.db.embedded import DataDirectoryInUse, EmbeddedPostgres, EmbeddedPost
 from stamp.db.migrate import SchemaOutdated, ensure_current
 from stamp.db.pool import DatabaseUnavailable, init_connection, mask_dsn, wait_for_database
 from stamp.domain import CertificateKey, Recipient
+from stamp.gateways.endpoint_allow import REFUSED_AT_CREATION, check_endpoint
+from stamp.terminal import printable
 
 T = TypeVar("T")
 
@@ -88,16 +91,26 @@ def guarded(command: Command) -> Command:
         try:
             return command(args)
         except CommandError as exc:
-            print(f"stamp: {exc}", file=sys.stderr)
+            _say(f"stamp: {exc}", file=sys.stderr)
             for detail in exc.details:
-                print(f"  - {detail}", file=sys.stderr)
+                _say(f"  - {detail}", file=sys.stderr)
             return exc.exit_code
 
     return run
 
 
+def _say(line: str, file: TextIO | None = None) -> None:
+    """Prints a line for a human: values from the database or the command line may
+    hold control characters (terminal escapes), which are shown escaped."""
+    print(printable(line), file=file)
+
+
 def _print_json(value: Any) -> None:
-    print(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode())
+    # orjson escapes C0 controls; C1 controls and bidi overrides would pass raw.
+    text = orjson.dumps(value, option=orjson.OPT_INDENT_2).decode()
+    if not text.replace("\n", "").isprintable():
+        text = "".join(c if c.isprintable() or c == "\n" else json.dumps(c)[1:-1] for c in text)
+    print(text)
 
 
 def _invalid(problem: ValidationProblem, options: dict[str, str] | None = None) -> CommandError:
@@ -345,9 +358,9 @@ def _recipient_json(recipient: Recipient) -> dict[str, Any]:
 
 def _print_recipient(recipient: Recipient) -> None:
     view = _recipient_json(recipient)["walletEndpointReference"]
-    print(f"Recipient {recipient.id}")
-    print(f"  wallet endpoint  {view['endpoint']} (version {view['version']})")
-    print(f"  public key       {view['publicKey']}")
+    _say(f"Recipient {recipient.id}")
+    _say(f"  wallet endpoint  {view['endpoint']} (version {view['version']})")
+    _say(f"  public key       {view['publicKey']}")
 
 
 def cmd_recipients_create(args: argparse.Namespace) -> int:
@@ -366,14 +379,20 @@ def cmd_recipients_create(args: argparse.Namespace) -> int:
         str(uuid.uuid4()), new.wallet_endpoint_version, new.wallet_endpoint_url, new.wallet_public_key
     )
 
+    allow = _settings().wallet_endpoint_allow
+
     async def work(conn: asyncpg.Connection) -> None:
+        # The same rule as POST /v1/recipients: an operator's typo is no exception.
+        if not await check_endpoint(allow, recipient.wallet_endpoint_url):
+            refused = ValidationProblem.single("walletEndpointReference.endpoint", REFUSED_AT_CREATION)
+            raise _invalid(refused, _RECIPIENT_OPTIONS)
         await queries.insert_recipient(conn, recipient)
 
     _on_database(args, work)
     if args.json:
         _print_json(_recipient_json(recipient))
     else:
-        print("created")
+        _say("created")
         _print_recipient(recipient)
     return EXIT_OK
 
@@ -415,7 +434,7 @@ def _failure_text(failure: dict[str, Any] | None) -> str:
 
 
 def _print_certificate(view: dict[str, Any]) -> None:
-    print(f"Certificate {view['registryName']}/{view['id']}")
+    _say(f"Certificate {view['registryName']}/{view['id']}")
     rows = [
         ("state", view["state"]),
         ("failure", _failure_text(view["failure"])),
@@ -433,16 +452,16 @@ def _print_certificate(view: dict[str, Any]) -> None:
     ]
     for label, value in rows:
         if value:
-            print(f"  {label:<19}{value}")
+            _say(f"  {label:<19}{value}")
     if view["clearTextAttributes"]:
         attributes = ", ".join(f"{k}={v}" for k, v in view["clearTextAttributes"].items())
-        print(f"  {'attributes':<19}{attributes}")
+        _say(f"  {'attributes':<19}{attributes}")
     if view["hashedAttributes"]:
-        print(f"  {'hashed attributes':<19}{', '.join(a['key'] for a in view['hashedAttributes'])}")
-    print("History")
+        _say(f"  {'hashed attributes':<19}{', '.join(a['key'] for a in view['hashedAttributes'])}")
+    _say("History")
     for event in view["events"]:
         detail = orjson.dumps(event["detail"]).decode() if event["detail"] else ""
-        print(f"  {event['at']}  {event['type']:<28} {event['state']:<19} {detail}".rstrip())
+        _say(f"  {event['at']}  {event['type']:<28} {event['state']:<19} {detail}".rstrip())
 
 
 def cmd_certificates_show(args: argparse.Namespace) -> int:
@@ -496,15 +515,15 @@ def cmd_certificates_list(args: argparse.Namespace) -> int:
         )
         return EXIT_OK
     if not result:
-        print("no certificates")
+        _say("no certificates")
         return EXIT_OK
-    print(f"{'CREATED':<28}{'REGISTRY/ID':<50}{'STATE':<20}{'QUANTITY':>12}  FAILURE")
+    _say(f"{'CREATED':<28}{'REGISTRY/ID':<50}{'STATE':<20}{'QUANTITY':>12}  FAILURE")
     for c in result:
         name = f"{c['registryName']}/{c['id']}"
         failure = _failure_text(c["failure"]) or c["rejectionReason"] or ""
-        print(f"{c['createdAt']:<28}{name:<50}{c['state']:<20}{c['quantity']:>12}  {failure}".rstrip())
+        _say(f"{c['createdAt']:<28}{name:<50}{c['state']:<20}{c['quantity']:>12}  {failure}".rstrip())
     if next_cursor:
-        print(f"more: --cursor {next_cursor}")
+        _say(f"more: --cursor {next_cursor}")
     return EXIT_OK
 
 
@@ -525,11 +544,11 @@ def cmd_certificates_retry(args: argparse.Namespace) -> int:
     if args.json:
         _print_json({"id": key.certificate_id, "registryName": key.registry, "state": outcome.state.value})
         return EXIT_OK
-    print(f"certificate {key} resumes from state {outcome.state.value}")
+    _say(f"certificate {key} resumes from state {outcome.state.value}")
     if embedded:
-        print("Stamp takes it up when it starts on this data directory.")
+        _say("Stamp takes it up when it starts on this data directory.")
     else:
-        print("A running Stamp takes it up within about a second; follow it with `stamp certificates show`.")
+        _say("A running Stamp takes it up within about a second; follow it with `stamp certificates show`.")
     return EXIT_OK
 
 

@@ -1,8 +1,9 @@
 """``stamp serve``: run the service until SIGTERM/SIGINT, then shut down gracefully.
 
 First signal: readiness turns 503 and intake answers 503 at once (load balancers
-and clients back off), then the listener closes, the actors stop, leases are
-released for other instances and every pool closes, within STAMP_SHUTDOWN_TIMEOUT;
+and clients back off) while the answers in flight are recorded; then the listener
+closes, the actors stop, leases are released for other instances and every pool
+closes, within STAMP_SHUTDOWN_TIMEOUT;
 exit code 0. A second signal exits at once: nothing is lost either way, because every
 step is persisted before its side effects and resumes after a restart.
 """
@@ -17,7 +18,7 @@ import structlog
 from aiohttp import web
 
 from stamp.api.runtime import RUNTIME
-from stamp.app import build_app
+from stamp.app import build_app, drain
 from stamp.config import Settings
 
 log = structlog.get_logger(__name__)
@@ -53,6 +54,9 @@ async def serve(settings: Settings) -> int:
     await stopping.wait()
     try:
         async with asyncio.timeout(settings.shutdown_timeout_seconds + 5):
+            # Work in flight finishes while the listener still answers 503: load
+            # balancers see "not ready" rather than a refused connection.
+            await drain(app[RUNTIME])
             await runner.cleanup()
     except TimeoutError:
         log.error("stamp.shutdown_timed_out", timeout=settings.shutdown_timeout_seconds)

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import dataclasses
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -106,6 +106,7 @@ def certificate_body(
 
 
 def stack_settings(database_url: str, registry_address: str, data_dir: Path, **overrides: Any) -> Settings:
+    """Test settings: fast retries and polls; ``overrides`` replace any field."""
     fast_retry = RetryPolicy(base_seconds=0.05, cap_seconds=0.5, max_attempts=5)
     settings = Settings(
         database_url=database_url,
@@ -143,17 +144,30 @@ async def serving(
 
 @contextlib.asynccontextmanager
 async def running_stack(
-    database_url: str, data_dir: Path, *, commit_delay: float = 0.05, **overrides: Any
+    database_url: str,
+    data_dir: Path,
+    *,
+    commit_delay: float = 0.05,
+    issuer_keys: Mapping[str, IssuerKey] | None = None,
+    registry_options: Mapping[str, Any] | None = None,
+    **overrides: Any,
 ) -> AsyncIterator[Stack]:
+    """Simulators and one in-process Stamp. ``issuer_keys``: per grid area (default: DK1
+    only); ``registry_options``: more RegistrySimConfig fields (``strict``, …);
+    ``overrides``: Settings fields."""
+    keys = dict(issuer_keys or {GRID_AREA: ISSUER})
     registry = RegistrySimulator(
         RegistrySimConfig(
-            registries=(REGISTRY,), issuer_keys={GRID_AREA: (ISSUER.public_pem(),)}, commit_delay=commit_delay
+            registries=(REGISTRY,),
+            issuer_keys={area: (key.public_pem(),) for area, key in keys.items()},
+            commit_delay=commit_delay,
+            **(registry_options or {}),
         )
     )
     await registry.start()
     wallet = WalletSimulator(WalletSimConfig(registries={REGISTRY: registry.address}))
     await wallet.start()
-    settings = stack_settings(database_url, registry.address, data_dir, **overrides)
+    settings = stack_settings(database_url, registry.address, data_dir, issuer_keys=keys, **overrides)
     try:
         async with serving(settings, registry, wallet) as stack:
             yield stack

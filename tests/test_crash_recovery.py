@@ -4,9 +4,9 @@ persisted state and is issued once, at its one position, and delivered."""
 from __future__ import annotations
 
 import asyncio
-import random
 import re
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
@@ -16,7 +16,9 @@ import pytest
 from stamp.devstack.registry import RegistrySimConfig, RegistrySimulator
 from stamp.devstack.wallet import WalletSimConfig, WalletSimulator
 from tests.process import StampProcess, free_port
+from tests.seed import seeded_random
 from tests.stack import GRID_AREA, ISSUER, REGISTRY, certificate_body
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.slow]
 
@@ -66,7 +68,8 @@ async def test_sigkill_in_the_middle_of_a_run_loses_nothing(database_dsn: str, t
         conn = await asyncpg.connect(database_dsn)
         try:
             # Kill once some certificates are done and many are in every other state.
-            await _wait_until(conn, ids, lambda delivered: delivered >= random.randint(30, 90))
+            kill_at = seeded_random("sigkill").randint(30, 90)
+            await _wait_until(conn, ids, lambda delivered: delivered >= kill_at)
             stamp.kill()
             killed_states = await _states(conn, ids)
             await stamp.start()
@@ -79,7 +82,7 @@ async def test_sigkill_in_the_middle_of_a_run_loses_nothing(database_dsn: str, t
         finally:
             await conn.close()
         assert positions == []
-        await asyncio.sleep(0.5)
+        await wallet.wait_for(ids, within=30)
         for certificate_id in ids:
             counters = registry.stream_counters(certificate_id)
             assert counters.distinct_issue_transactions == 1, certificate_id
@@ -114,14 +117,11 @@ async def _states(conn: asyncpg.Connection, ids: list[str]) -> dict[str, int]:
 
 
 async def _wait_until(
-    conn: asyncpg.Connection, ids: list[str], condition: object, timeout: float = 120
+    conn: asyncpg.Connection, ids: list[str], condition: Callable[[int], bool], timeout: float = 120
 ) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
+    async def holds() -> bool:
         states = await _states(conn, ids)
-        if condition(states.get("delivered", 0)):  # type: ignore[operator]
-            return
         assert states.get("failed", 0) == 0 and states.get("rejected", 0) == 0, states
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out; states {states}")
-        await asyncio.sleep(0.05)
+        return condition(states.get("delivered", 0))
+
+    await wait_until(holds, timeout=timeout, interval=0.05, what="the delivered count")

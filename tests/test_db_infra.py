@@ -27,6 +27,7 @@ import pytest
 from stamp.db.embedded import DataDirectoryInUse, EmbeddedPostgres
 from stamp.db.migrate import (
     MigrationError,
+    MigrationFailed,
     SchemaOutdated,
     apply_migrations,
     default_source,
@@ -132,8 +133,9 @@ async def test_a_failing_migration_is_rolled_back_and_stays_pending(
     )
     conn = await asyncpg.connect(empty_database_dsn)
     try:
-        with pytest.raises(asyncpg.UndefinedColumnError):
+        with pytest.raises(MigrationFailed, match=rf"{NEXT:04d} \(broken\).*no_such_column") as failed:
             await apply_migrations(conn, broken)
+        assert isinstance(failed.value.error, asyncpg.UndefinedColumnError)
         # The shipped ones ran each in its own transaction and stay; nothing of the broken one does.
         assert (await schema_status(conn, broken)).pending == [NEXT]
         assert await conn.fetchval("SELECT to_regclass('half_done') IS NULL")
@@ -254,8 +256,10 @@ async def test_a_metering_point_period_is_certified_once(clean_db: asyncpg.Pool)
     recipient = await add_recipient(clean_db)
     await add_certificate(clean_db, recipient, start=0)
     await add_certificate(clean_db, recipient, start=3600)
-    with pytest.raises(asyncpg.UniqueViolationError, match="certificates_metering_period_key"):
+    with pytest.raises(asyncpg.ExclusionViolationError, match="certificates_metering_period_excl"):
         await add_certificate(clean_db, recipient, start=0, registry="another-registry")
+    with pytest.raises(asyncpg.ExclusionViolationError, match="certificates_metering_period_excl"):
+        await add_certificate(clean_db, recipient, start=1800)
 
 
 async def test_a_certificate_is_keyed_by_registry_and_id(clean_db: asyncpg.Pool) -> None:

@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from stamp import metrics
 from tests.stack import REGISTRY, Stack, certificate_body, running_stack
+from tests.waiting import wait_until
 
 Sample = tuple[str, frozenset[tuple[str, str]]]
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.I)
@@ -54,11 +55,25 @@ def total(samples: dict[Sample, float], name: str, **labels: str) -> float:
     return sum(v for (n, ls), v in samples.items() if n == name and wanted <= ls)
 
 
+TERMINAL_COUNTERS = (
+    "stamp_certificates_issued_total",
+    "stamp_certificates_rejected_total",
+    "stamp_certificates_failed_total",
+)
+
+
 async def issue(stack: Stack, bodies: list[dict[str, Any]]) -> dict[str, str]:
+    before = await scrape(stack)
     statuses = await asyncio.gather(*(stack.post_certificate(b) for b in bodies))
     assert [s for s, _ in statuses] == [202] * len(bodies)
     states = await stack.wait_terminal([(REGISTRY, b["certificate"]["id"]) for b in bodies])
-    await asyncio.sleep(0.1)  # the last hook runs after the commit the test saw
+
+    async def counted() -> bool:
+        # The metric hook runs just after the commit the test saw.
+        after = await scrape(stack)
+        return sum(total(after, n) - total(before, n) for n in TERMINAL_COUNTERS) >= len(bodies)
+
+    await wait_until(counted, what="the terminal transitions counted")
     return states
 
 
@@ -141,15 +156,16 @@ async def test_rejections_and_failures_are_counted_by_step(stack: Stack) -> None
 async def test_sampled_gauges_show_actors_threads_loop_lag_and_states(stack: Stack) -> None:
     recipient = await stack.create_recipient()
     await issue(stack, [certificate_body(recipient)])
-    deadline = asyncio.get_running_loop().time() + metrics.STATE_INTERVAL_SECONDS + 5
-    while True:
+
+    async def sampled() -> dict[Sample, float] | None:
         samples = await scrape(stack)
         delivered = value(samples, "stamp_certificates_in_state", state="delivered")
         rows = await stack.pool.fetchval("SELECT count(*) FROM certificates WHERE state = 'delivered'")
-        if delivered == rows or asyncio.get_running_loop().time() > deadline:
-            break
-        await asyncio.sleep(0.5)
-    assert delivered == rows >= 1
+        return samples if delivered == rows >= 1 else None
+
+    samples = await wait_until(
+        sampled, timeout=metrics.STATE_INTERVAL_SECONDS + 5, interval=0.2, what="the state gauge"
+    )
     for state in ("stored", "sent_to_registry", "rejected", "failed"):
         assert ("stamp_certificates_in_state", frozenset({("state", state)})) in samples
     assert value(samples, "stamp_live_actors", kind="supervisor") >= 1

@@ -237,6 +237,24 @@ def test_recipients_create_validates_as_the_api_does(cli: Any, env: pytest.Monke
     assert "--public-key: must be an extended public key of 74 bytes" in result.err
 
 
+def test_recipients_create_applies_the_wallet_endpoint_allow_list(cli: Any, env: pytest.MonkeyPatch) -> None:
+    env.setenv("STAMP_WALLET_ENDPOINT_ALLOW", "*.wallet.example")
+    refused = cli(
+        "recipients", "create", "--endpoint", "http://10.0.0.7/v1/slices", "--public-key", wallet_key()
+    )
+    assert refused.code == 2
+    assert "--endpoint: names a host outside the wallet endpoints this Stamp may call" in refused.err
+    allowed = cli(
+        "recipients",
+        "create",
+        "--endpoint",
+        "https://a.wallet.example/v1/slices",
+        "--public-key",
+        wallet_key(),
+    )
+    assert allowed.code == 0, allowed.err
+
+
 def test_recipients_show_of_an_unknown_or_malformed_id(cli: Any, env: pytest.MonkeyPatch) -> None:
     unknown = cli("recipients", "show", str(uuid.uuid4()))
     assert unknown.code == 3 and "not found" in unknown.err

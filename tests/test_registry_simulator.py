@@ -29,6 +29,7 @@ from stamp.crypto.issuer_keys import IssuerKey
 from stamp.crypto.transactions import build_withdrawn_transaction, transaction_id
 from stamp.devstack.registry import RegistrySimConfig, RegistrySimulator
 from stamp.devstack.registry_rules import ISSUED_EVENT, WITHDRAWN_EVENT, proof_deserializes
+from tests.waiting import wait_until
 
 VECTORS = Path("/work/shared/spec/vectors/project-origin.txt")
 if not VECTORS.exists():  # a checkout without the shared folder carries its own copy
@@ -155,14 +156,12 @@ class Registry:
 
     async def settle(self, id_: str, within: float = 10) -> tuple[int, str]:
         """Poll until the status is no longer PENDING."""
-        deadline = asyncio.get_running_loop().time() + within
-        while True:
-            state, message = await self.status(id_)
-            if state != PENDING:
-                return state, message
-            if asyncio.get_running_loop().time() > deadline:
-                raise AssertionError(f"{id_} still PENDING after {within}s")
-            await asyncio.sleep(0.01)
+
+        async def settled() -> tuple[int, str] | None:
+            reply = await self.status(id_)
+            return reply if reply[0] != PENDING else None
+
+        return await wait_until(settled, timeout=within, interval=0.01, what=f"{id_} no longer PENDING")
 
     async def stream(self, stream_id: str) -> list[registry_pb2.Transaction]:
         response = await self.stub.GetStreamTransactions(
@@ -172,6 +171,10 @@ class Registry:
 
 
 StartRegistry = Callable[..., Awaitable[Registry]]
+
+
+async def _reads(registry: Registry, id_: str, state: int) -> bool:
+    return (await registry.status(id_))[0] == state
 
 
 @pytest.fixture
@@ -437,10 +440,8 @@ async def test_a_proof_that_does_not_deserialize_stays_pending_as_in_the_real_re
     event.quantity_commitment.range_proof = event.quantity_commitment.range_proof[:-32]
     assert not proof_deserializes(event.quantity_commitment.range_proof)
     [id_] = await registry.send(issued(event))
-    await registry.sim.wait_idle()
-    await asyncio.sleep(0.05)
+    await wait_until(lambda: id_ in registry.sim.stuck(), what="stuck")
     assert await registry.status(id_) == (PENDING, "")
-    assert id_ in registry.sim.stuck()
 
 
 # --- statuses ---------------------------------------------------------------------------------
@@ -460,8 +461,7 @@ async def test_failed_status_expires_to_unknown(start_registry: StartRegistry) -
     registry = await start_registry(failed_retention=0.3)
     [id_] = await registry.send(_tampered_signature())
     assert (await registry.settle(id_))[0] == FAILED
-    await asyncio.sleep(0.35)
-    assert await registry.status(id_) == (UNKNOWN, "")
+    await wait_until(lambda: _reads(registry, id_, UNKNOWN), what="UNKNOWN after the retention")
 
 
 async def test_status_stays_pending_for_the_commit_delay(start_registry: StartRegistry) -> None:
@@ -471,8 +471,7 @@ async def test_status_stays_pending_for_the_commit_delay(start_registry: StartRe
     assert await registry.status(id_) == (PENDING, "")
     assert registry.sim.stream(CERT_ID) is None
     assert await registry.stream(CERT_ID) == []
-    await asyncio.sleep(0.45)
-    assert await registry.status(id_) == (COMMITTED, "")
+    await wait_until(lambda: _reads(registry, id_, COMMITTED), what="COMMITTED after the delay")
     assert registry.sim.stream(CERT_ID) is not None
 
 
@@ -507,12 +506,11 @@ async def test_resend_after_the_committed_cache_expired_fails_then_reads_committ
     registry = await start_registry(committed_cache=0.1, failed_retention=0.3)
     [id_] = await registry.send(vector_tx())
     assert await registry.settle(id_) == (COMMITTED, "")
-    await asyncio.sleep(0.15)
+    await asyncio.sleep(0.15)  # time passes: the cached COMMITTED expires (not a wait for work)
     assert await registry.status(id_) == (COMMITTED, "")  # from the log
     await registry.send(vector_tx())
     assert (await registry.settle(id_))[0] == FAILED
-    await asyncio.sleep(0.35)
-    assert await registry.status(id_) == (COMMITTED, "")
+    await wait_until(lambda: _reads(registry, id_, COMMITTED), what="COMMITTED once FAILED expired")
 
 
 async def test_resend_while_pending_is_harmless(registry: Registry) -> None:
@@ -637,9 +635,8 @@ async def test_added_latency_can_exceed_the_callers_deadline(registry: Registry)
 async def test_held_certificate_stays_pending_until_released(registry: Registry) -> None:
     registry.sim.hold(certificate_ids=[CERT_ID.upper()])  # any spelling of the id
     [id_] = await registry.send(vector_tx())
-    await asyncio.sleep(0.1)
+    await wait_until(lambda: registry.sim.stats().held == 1, what="held")
     assert await registry.status(id_) == (PENDING, "")
-    assert registry.sim.stats().held == 1
     registry.sim.release(certificate_ids=[CERT_ID])
     assert await registry.settle(id_) == (COMMITTED, "")
 

@@ -15,6 +15,7 @@ import pytest_asyncio
 from stamp.crypto.hdkeys import ExtendedPublicKey
 from stamp.db import queries
 from stamp.db.queries import Lease
+from stamp.devstack.wallet import SliceStatus
 from stamp.domain import CertificateKey, Event, State
 from tests.stack import REGISTRY, Stack, certificate_body, running_stack
 
@@ -40,9 +41,8 @@ async def test_production_and_consumption_certificates_are_delivered_and_verifie
     keys = [(REGISTRY, b["certificate"]["id"]) for b in bodies]
     states = await stack.wait_terminal(keys)
     assert set(states.values()) == {"delivered"}
-    await asyncio.sleep(0.3)
-    verified = {s.certificate_id for s in stack.wallet.verified_slices()}
-    assert {b["certificate"]["id"] for b in bodies} <= verified
+    records = await stack.wallet.wait_for(b["certificate"]["id"] for b in bodies)
+    assert {r.status for r in records} == {SliceStatus.VERIFIED}
     for body in bodies:
         stream = stack.registry.stream(body["certificate"]["id"])
         assert stream is not None
@@ -122,7 +122,7 @@ async def test_many_recipients_concurrently_get_gapless_positions(stack: Stack) 
     assert len(rows) == 50
     for row in rows:
         assert list(row["positions"]) == list(range(1, 21))
-    await asyncio.sleep(0.5)
+    await stack.wallet.wait_idle()
     flags = stack.wallet.flags()
     assert not flags.duplicates and not flags.reused_positions and not flags.early_deliveries
 

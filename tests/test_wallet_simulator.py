@@ -460,6 +460,40 @@ async def test_faults_injected_over_http_apply_to_the_next_request_or_one_endpoi
         assert r.status == 404
 
 
+async def test_redirect_and_answer_body_faults_over_http(env: Env) -> None:
+    faults = f"{env.wallet.base_url}/v1/_test/faults"
+    issued = await issue(env, env.wallet.create_endpoint(), position=1)
+    redirect = {"kind": "redirect", "status": 308, "location": "http://elsewhere.example/x"}
+    async with env.http.post(faults, json=redirect) as r:
+        assert (await r.json())["next"] == [{**redirect, "count": 1}]
+    async with env.http.post(env.wallet.slices_url, json=issued.body(), allow_redirects=False) as r:
+        assert (r.status, r.headers["Location"]) == (308, "http://elsewhere.example/x")
+    async with env.http.post(faults, json={"kind": "status", "status": 404, "body": "hello"}) as r:
+        assert r.status == 200
+    async with env.http.post(env.wallet.slices_url, json=issued.body()) as r:
+        assert (r.status, await r.text()) == (404, "hello")
+    async with env.http.post(
+        faults, json={"kind": "status", "status": 404, "body": "ab", "bodyBytes": 5}
+    ) as r:
+        assert r.status == 200
+    async with env.http.post(env.wallet.slices_url, json=issued.body()) as r:
+        assert (r.status, await r.text()) == (404, "ababa")
+    assert [a.as_json() for a in env.wallet.streamed_answers()][-1] == {
+        "status": 404,
+        "planned": 5,
+        "sent": 5,
+        "complete": True,
+    }
+    assert issued.certificate_id not in {r.certificate_id for r in env.wallet.slices()}  # none accepted
+    for bad in (
+        {"kind": "redirect", "status": 200, "location": "http://x"},
+        {"kind": "redirect", "status": 307},
+        {"kind": "status", "status": 404, "bodyBytes": -1},
+    ):
+        async with env.http.post(faults, json=bad) as r:
+            assert r.status == 400, bad
+
+
 async def test_disable_over_http_makes_the_endpoint_answer_400(env: Env) -> None:
     issued = await issue(env, env.wallet.create_endpoint(), position=1)
     faults = f"{env.wallet.base_url}/v1/_test/faults"

@@ -87,6 +87,10 @@ async def _sample(app: web.Application) -> None:
             next_actors = now + metrics.ACTOR_INTERVAL_SECONDS
             # Thousands of actors: walk them off the loop.
             await asyncio.to_thread(sample_actors)
+            if RUNTIME in app:
+                live = app[RUNTIME].live
+                metrics.CERTIFICATE_SLOTS.set(live.slots_taken)
+                metrics.CERTIFICATE_SLOTS_PEAK.set(live.slots_peak)
         if now >= next_states and RUNTIME in app:
             next_states = now + metrics.STATE_INTERVAL_SECONDS
             try:

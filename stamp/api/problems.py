@@ -136,14 +136,24 @@ class NotFound(Problem):
 
 class Conflict(Problem):
     """409: the request contradicts what Stamp already holds; ``differences`` lists the
-    JSON paths of the fields that differ from the stored request."""
+    JSON paths of the fields that differ from the stored request, and
+    ``conflicting_certificate`` (``conflictingCertificate``) names another certificate
+    that holds the metering point's period."""
 
     status = 409
     title = "Conflict"
     type = PROBLEM_BASE + "conflict"
 
-    def __init__(self, detail: str | None = None, *, differences: Sequence[str] | None = None) -> None:
+    def __init__(
+        self,
+        detail: str | None = None,
+        *,
+        differences: Sequence[str] | None = None,
+        conflicting_certificate: Mapping[str, Any] | None = None,
+    ) -> None:
         extra: dict[str, Any] = {} if differences is None else {"differences": list(differences)}
+        if conflicting_certificate is not None:
+            extra["conflictingCertificate"] = dict(conflicting_certificate)
         super().__init__(detail, **extra)
 
 

@@ -245,6 +245,8 @@ def _join(parent: str, name: str) -> str:
         quoted.encode("utf-8")
     except UnicodeEncodeError:
         quoted = json.dumps(short)
+    if not quoted.isprintable():  # C1 controls, bidi overrides: \u-escaped, as JSON allows
+        quoted = "".join(c if c.isprintable() else json.dumps(c)[1:-1] for c in quoted)
     return f"{parent}[{quoted}]"
 
 
@@ -253,13 +255,19 @@ def _fold(name: str) -> str:
     return name.lower() if name.isascii() else name
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+"""C0 and C1 control characters and DEL. None belongs in an id, a code or an
+attribute, and each can drive a terminal (ESC[2J, OSC, BEL, NEL, CSI) when an operator
+prints the value; PostgreSQL text cannot hold NUL at all."""
+
+
 def _text_problem(value: str, max_length: int, *, allow_empty: bool = False) -> str | None:
     if not allow_empty and not value.strip():
         return "must not be empty"
     if len(value) > max_length:
         return f"must be at most {max_length} characters long"
-    if "\x00" in value:
-        return "must not contain NUL characters"  # PostgreSQL text cannot hold them
+    if control := _CONTROL.search(value):
+        return f"must not contain control characters (U+{ord(control[0]):04X} at position {control.start()})"
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:

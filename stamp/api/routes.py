@@ -7,6 +7,7 @@ import base64
 import uuid
 
 import asyncpg
+import structlog
 from aiohttp import web
 
 from actors.bridge import tell_from_loop
@@ -33,6 +34,9 @@ from stamp.api.views import (
 )
 from stamp.db import queries, withdrawals
 from stamp.domain import CertificateKey, Recipient, State
+from stamp.gateways.endpoint_allow import REFUSED_AT_CREATION, check_endpoint
+
+log = structlog.get_logger(__name__)
 
 routes = web.RouteTableDef()
 
@@ -59,6 +63,11 @@ async def create_recipient(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
     body = await read_json_body(request, runtime.settings.max_body_bytes)
     new = parse_new_recipient(body)
+    if not await check_endpoint(runtime.settings.wallet_endpoint_allow, new.wallet_endpoint_url):
+        raise problems.ValidationProblem.single(
+            "walletEndpointReference.endpoint",
+            REFUSED_AT_CREATION,
+        )
     recipient = Recipient(
         str(uuid.uuid4()), new.wallet_endpoint_version, new.wallet_endpoint_url, new.wallet_public_key
     )
@@ -119,26 +128,46 @@ async def create_certificate(request: web.Request) -> web.Response:
         return _answer_existing(request, new, existing)
     if await runtime.recipients.get(new.recipient_id) is None:
         raise problems.NotFound(f"recipient {new.recipient_id} not found", field="recipientId")
-    # Admit at once when there is room: the row is then leased to this instance, so
+    # Admit at once when a slot is free: the row is then leased to this instance, so
     # another instance sharing the database does not claim it too. A full house
-    # leaves the row unleased, for whichever supervisor has room first.
-    admit = runtime.live.certificate_actors < settings.max_in_flight
+    # leaves the row unleased, for whichever supervisor has room first. The slot is
+    # taken now, before the insert is awaited, so a burst cannot overshoot the bound.
+    admit = runtime.live.take_slots(settings.max_in_flight) == 1
     lease = queries.Lease(settings.instance_id, settings.lease_seconds) if admit else None
-    stored = await runtime.batcher.fetch(
-        queries.INSERT_CERTIFICATE,
-        queries.insert_certificate_args(row, lease),
-        (row.registry_name, row.certificate_id),
-    )
-    record = queries.stored_record(stored)
+    try:
+        stored = await runtime.batcher.fetch(
+            queries.INSERT_CERTIFICATE,
+            queries.insert_certificate_args(row, lease),
+            (row.registry_name, row.certificate_id),
+        )
+        record = queries.stored_record(stored)
+    except (asyncpg.UniqueViolationError, asyncpg.ExclusionViolationError):
+        record = None  # ON CONFLICT DO NOTHING skips these; a conflict all the same
+    except BaseException:
+        if admit:
+            runtime.live.release_slots()
+        raise
     if record is None:
+        if admit:
+            runtime.live.release_slots()
         existing = await withdrawals.find_conflicting(runtime.pool, row)
         if existing is None:  # deleted in between cannot happen; treat as a conflict to be safe
             raise problems.Conflict("the certificate conflicts with another one")
         return _answer_existing(request, new, existing)
     runtime.backlog.added()
     metrics.certificate_received(CertificateKey(new.registry_name, new.certificate_id))
+    # The first transition's line names the request that caused it (request_id is
+    # bound by the problem middleware); the certificate actor logs the ones after it.
+    log.info(
+        "certificate.transitioned",
+        certificate_id=new.certificate_id,
+        registry=new.registry_name,
+        recipient_id=new.recipient_id,
+        state=State.STORED.value,
+    )
     if admit:
-        # Only when there is room, so the supervisor's mailbox stays bounded.
+        # Only with a slot, so the supervisor's mailbox stays bounded; the slot is
+        # the supervisor's to release from now on.
         tell_from_loop(runtime.supervisor, AdmitCertificate(record))
     else:
         runtime.live.backlog_waiting = True
@@ -195,10 +224,24 @@ def _answer_existing(request: web.Request, new: NewCertificate, existing: asyncp
             f"certificate {new.registry_name}/{new.certificate_id} already exists with different content",
             differences=differences,
         )
+    # Another live certificate of the metering point holds (part of) the period.
+    holder = f"{existing['registry_name']}/{existing['id']}"
+    start, end = existing["period_start"], existing["period_end"]
+    differences = ["certificate.id"]
+    if start != new.start:
+        differences.append("certificate.start")
+    if end != new.end:
+        differences.append("certificate.end")
     raise problems.Conflict(
-        f"metering point {new.metering_point_id} already has certificate {existing['registry_name']}/"
-        f"{existing['id']} for the period {new.start}..{new.end}",
-        differences=["certificate.id"],
+        f"metering point {new.metering_point_id} already has certificate {holder} for the period "
+        f"[{start}, {end}), which overlaps [{new.start}, {new.end})",
+        differences=differences,
+        conflicting_certificate={
+            "registryName": existing["registry_name"],
+            "id": existing["id"],
+            "start": start,
+            "end": end,
+        },
     )
 
 
@@ -267,8 +310,10 @@ async def retry_certificate(request: web.Request) -> web.Response:
             f"certificate {key} is {outcome.previous_state}; only a failed certificate can be retried"
         )
     record = await queries.get_record(runtime.pool, key)
-    if record is not None:
+    if record is not None and runtime.live.take_slots(runtime.settings.max_in_flight) == 1:
         tell_from_loop(runtime.supervisor, AdmitCertificate(record))
+    else:
+        runtime.live.backlog_waiting = True  # the row is unleased: the sweep takes it up
     return _accepted(request, key, outcome.state.value)
 
 

@@ -28,6 +28,7 @@ class Runtime:
     live: LiveCounts
     withdrawals: pykka.ActorRef[Any] | None = None  # the withdrawal actor
     draining: bool = False
+    drained: bool = False  # the actors were told to drain (once)
 
     async def readiness(self) -> dict[str, bool]:
         checks = {

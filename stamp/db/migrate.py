@@ -65,6 +65,23 @@ class MigrationError(RuntimeError):
     """The migration files themselves are malformed."""
 
 
+class MigrationFailed(RuntimeError):
+    """A migration's SQL failed and was rolled back: the database refused it, or the
+    migration refused the data it found (then its message says what to do)."""
+
+    def __init__(self, migration: Migration, error: asyncpg.PostgresError) -> None:
+        self.version = migration.version
+        self.error = error
+        lines = [f"migration {migration.version:04d} ({migration.name}) failed and was rolled back: {error}"]
+        detail = getattr(error, "detail", None)
+        hint = getattr(error, "hint", None)
+        if detail:
+            lines.append(detail)
+        if hint:
+            lines.append(f"Hint: {hint}")
+        super().__init__("\n".join(lines))
+
+
 def default_source() -> Traversable:
     return importlib.resources.files("stamp.db") / "migrations"
 
@@ -119,7 +136,10 @@ async def apply_migrations(conn: Connection, source: MigrationSource | None = No
             await conn.execute(_CREATE_TABLE)
             if await conn.fetchval("SELECT 1 FROM schema_migrations WHERE version = $1", migration.version):
                 continue  # another process applied it while we waited for the lock
-            await conn.execute(migration.sql)
+            try:
+                await conn.execute(migration.sql)
+            except asyncpg.PostgresError as exc:
+                raise MigrationFailed(migration, exc) from exc
             await conn.execute(
                 "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
                 migration.version,

@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import time
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 import orjson
 import structlog
 
 from stamp import metrics
+from stamp.db.dsn import mask_dsn as mask_dsn
 
 log = structlog.get_logger(__name__)
 
@@ -105,17 +105,3 @@ async def wait_for_database(dsn: str, timeout: float) -> None:  # noqa: ASYNC109
             log.info("database.waiting", dsn=mask_dsn(dsn), error=type(exc).__name__)
             await asyncio.sleep(min(delay, remaining))
             delay = min(delay * 2, 1.0)
-
-
-def mask_dsn(dsn: str) -> str:
-    """The DSN without its password (in the authority or the query), for logs and errors."""
-    parts = urlsplit(dsn)
-    if parts.password is not None:
-        host = parts.netloc.rsplit("@", 1)[1]
-        parts = parts._replace(netloc=f"{parts.username or ''}:***@{host}")
-    if parts.query:
-        query = parse_qsl(parts.query, keep_blank_values=True)
-        parts = parts._replace(
-            query=urlencode([(k, "***" if k == "password" else v) for k, v in query], safe="/*")
-        )
-    return urlunsplit(parts)

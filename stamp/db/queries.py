@@ -90,8 +90,8 @@ WITH inserted AS (
     RETURNING {_record_columns("certificates")}, certificates.created_at
 ),
 event AS (
-    INSERT INTO certificate_events (registry_name, certificate_id, event_type, state, detail)
-    SELECT registry_name, id::uuid, 'CertificateStored', state, '{{}}'::jsonb FROM inserted
+    INSERT INTO certificate_events (registry_name, certificate_id, event_type, state, detail, instance_id)
+    SELECT registry_name, id::uuid, 'CertificateStored', state, '{{}}'::jsonb, $13::text FROM inserted
 )
 SELECT i.* FROM (VALUES (1)) AS one (n) LEFT JOIN inserted i ON true
 """
@@ -175,8 +175,8 @@ WITH changed AS (
     RETURNING registry_name, id, version, state
 ),
 event AS (
-    INSERT INTO certificate_events (registry_name, certificate_id, event_type, state, detail)
-    SELECT registry_name, id, $7, state, $8 FROM changed
+    INSERT INTO certificate_events (registry_name, certificate_id, event_type, state, detail, instance_id)
+    SELECT registry_name, id, $7, state, $8, $5 FROM changed
 )
 SELECT (SELECT version FROM changed) AS version
 """
@@ -200,8 +200,8 @@ WITH changed AS (
     RETURNING registry_name, id, version
 ),
 event AS (
-    INSERT INTO certificate_events (registry_name, certificate_id, event_type, state, detail)
-    SELECT c.registry_name, c.id, e.event_type, e.state, '{}'::jsonb
+    INSERT INTO certificate_events (registry_name, certificate_id, event_type, state, detail, instance_id)
+    SELECT c.registry_name, c.id, e.event_type, e.state, '{}'::jsonb, $4::text
     FROM changed c
     CROSS JOIN (VALUES (1, 'CertificateIssuedInRegistry', 'issued_in_registry'),
                        (2, 'CertificateMarkedAsIssued', 'marked_as_issued')) AS e(n, event_type, state)

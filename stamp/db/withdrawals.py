@@ -130,16 +130,21 @@ SELECT id, state, reason, attempts, transaction, transaction_id, withdrawn_at
 FROM withdrawn_certificates WHERE registry_name = $1 AND certificate_id = $2
 """
 
-# Like queries.SELECT_CONFLICTING, but a withdrawn certificate no longer holds its
-# metering point and period, and the answer says whether the row is withdrawn.
+# The certificate a new one collides with: the same key (withdrawn or not, first), else
+# a live certificate of the metering point whose period overlaps (the exclusion
+# constraint of migration 0004; the expression and predicate match its GiST index).
+# A withdrawn certificate no longer holds its period; the answer says whether the row
+# is withdrawn.
 SELECT_CONFLICTING = """
 SELECT registry_name, id::text, recipient_id::text, metering_point_id, certificate_type,
        quantity, period_start, period_end, grid_area, clear_attributes, hashed_attributes,
        request_digest, state, withdrawn
 FROM certificates
 WHERE (registry_name = $1 AND id = $2)
-   OR (metering_point_id = $3 AND period_start = $4 AND period_end = $5 AND NOT withdrawn)
-ORDER BY (registry_name = $1 AND id = $2) DESC
+   OR (metering_point_id = $3
+       AND int8range(period_start, period_end, '[)') && int8range($4, $5, '[)')
+       AND NOT withdrawn)
+ORDER BY (registry_name = $1 AND id = $2) DESC, period_start
 LIMIT 1
 """
 
@@ -237,7 +242,7 @@ async def redrive_failed(
 
 async def find_conflicting(conn: Conn, new: NewCertificateRow) -> asyncpg.Record | None:
     """The stored certificate a new one collides with: the same (registry, id), even
-    withdrawn, or the same metering point and period among those not withdrawn."""
+    withdrawn, or one of the same metering point, not withdrawn, whose period overlaps."""
     return await conn.fetchrow(
         SELECT_CONFLICTING, new.registry_name, new.certificate_id, new.metering_point_id, new.start, new.end
     )

@@ -99,6 +99,17 @@ def build_parser(prog: str = "stamp devstack") -> argparse.ArgumentParser:
         "registry before calling it invalid (default 30)",
     )
     parser.add_argument(
+        "--registry-tls-cert",
+        type=Path,
+        metavar="PEM",
+        help="serve the registry over TLS with this certificate chain (with --registry-tls-key); "
+        "Stamp then takes the registry as https://host:port and this file as its "
+        "STAMP_REGISTRY_TLS_CA_FILE when the certificate is self-signed",
+    )
+    parser.add_argument(
+        "--registry-tls-key", type=Path, metavar="PEM", help="the private key of --registry-tls-cert"
+    )
+    parser.add_argument(
         "--out-dir",
         type=Path,
         metavar="DIR",
@@ -121,6 +132,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "stamp devstack") -> int
     problems = _check_names(args)
     if args.commit_delay < 0 or args.verify_window <= 0:
         problems.append("--commit-delay must be ≥ 0 and --verify-window > 0")
+    if (args.registry_tls_cert is None) != (args.registry_tls_key is None):
+        problems.append("--registry-tls-cert and --registry-tls-key go together")
     if problems:
         parser.error("; ".join(problems))
     _configure_logging(args.log_level)
@@ -227,11 +240,20 @@ async def _serve(args: argparse.Namespace, keys: list[IssuerKeyFile], stop: asyn
     from stamp.devstack.wallet import WalletSimConfig, WalletSimulator
 
     names = list(dict.fromkeys(args.registry_name))
+    tls_chain = tls_key = None
+    if args.registry_tls_cert is not None:
+        try:
+            tls_chain, tls_key = args.registry_tls_cert.read_bytes(), args.registry_tls_key.read_bytes()
+        except OSError as exc:
+            print(f"stamp devstack: cannot read the registry TLS files: {exc}", file=sys.stderr)
+            return 2
     registry = RegistrySimulator(
         RegistrySimConfig(
             registries=tuple(names),
             issuer_keys={k.grid_area: (k.key.public_pem(),) for k in keys},
             commit_delay=args.commit_delay,
+            tls_certificate_chain=tls_chain,
+            tls_private_key=tls_key,
         )
     )
     try:
@@ -239,9 +261,14 @@ async def _serve(args: argparse.Namespace, keys: list[IssuerKeyFile], stop: asyn
     except OSError as exc:
         print(f"stamp devstack: registry simulator cannot listen: {exc}", file=sys.stderr)
         return 1
-    address = f"{_connect_host(args.host)}:{registry.port}"
+    scheme = "https://" if tls_chain is not None else ""
+    address = f"{scheme}{_connect_host(args.host)}:{registry.port}"
     wallet = WalletSimulator(
-        WalletSimConfig(registries=dict.fromkeys(names, address), verify_window=args.verify_window)
+        WalletSimConfig(
+            registries=dict.fromkeys(names, address),
+            verify_window=args.verify_window,
+            registry_root_certificates=tls_chain,
+        )
     )
     try:
         try:
@@ -251,6 +278,8 @@ async def _serve(args: argparse.Namespace, keys: list[IssuerKeyFile], stop: asyn
             return 1
         reference = wallet.create_endpoint("devstack")
         info = _startup_info(names, address, keys, wallet.base_url, reference.as_json(), args.commit_delay)
+        if args.registry_tls_cert is not None:
+            info["env"]["STAMP_REGISTRY_TLS_CA_FILE"] = str(args.registry_tls_cert.resolve())
         print(orjson.dumps(info).decode() if args.json else _describe(info), flush=True)
         await stop.wait()
         if not args.json:
@@ -309,6 +338,11 @@ def _describe(info: dict[str, Any]) -> str:
         "For Stamp:",
         f"  export STAMP_REGISTRIES={env['STAMP_REGISTRIES']}",
         f"  export STAMP_ISSUER_KEYS={env['STAMP_ISSUER_KEYS']}",
+        *(
+            [f"  export STAMP_REGISTRY_TLS_CA_FILE={env['STAMP_REGISTRY_TLS_CA_FILE']}"]
+            if "STAMP_REGISTRY_TLS_CA_FILE" in env
+            else []
+        ),
         "",
         f"Wallet simulator  {url}",
         '  a wallet endpoint reference (POST /v1/recipients with {"walletEndpointReference": <it>}):',

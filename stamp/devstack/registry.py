@@ -19,7 +19,7 @@ around it (spec/registry.md):
 All state lives on the event loop the simulator was started on; call its methods from
 that loop. Fault injection (``fail_next``, ``set_latency``, ``hold``/``release``,
 ``forget_uncommitted``, ``force_failure``, ``go_down``/``go_up``) may be changed at any
-time, mid-run.
+time, mid-run. ``on_send`` lets a test look at each SendTransactions as it arrives.
 
 Standalone: ``python -m stamp.devstack.registry --port 5001 --registry Narnia
 --issuer-key DK1=<Base64 of the public PEM>``.
@@ -35,10 +35,11 @@ import contextlib
 import signal
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_context
+from pathlib import Path
 from typing import Any, Literal
 
 import grpc
@@ -66,6 +67,12 @@ log = structlog.get_logger(__name__)
 RpcMethod = Literal["SendTransactions", "GetTransactionStatus", "GetStreamTransactions"]
 RPC_METHODS: tuple[RpcMethod, ...] = ("SendTransactions", "GetTransactionStatus", "GetStreamTransactions")
 
+SendHook = Callable[[Sequence[registry_pb2.Transaction]], Awaitable[None]]
+"""Awaited with the transactions of each SendTransactions call as it arrives; the call
+is answered only after it returns. Tests use it to see what the sender had persisted
+at that moment and that every re-send carried the same bytes."""
+
+
 UNKNOWN = registry_pb2.UNKNOWN
 PENDING = registry_pb2.PENDING
 FAILED = registry_pb2.FAILED
@@ -83,7 +90,9 @@ class RegistrySimConfig:
     before it reads UNKNOWN. ``committed_cache``: how long COMMITTED is cached, i.e.
     protected from the re-send defect; ``strict`` makes that zero. ``proof_sample``:
     verify every range proof (1) or one in N (load tests; ``report()`` says so).
-    ``executor``/``workers``/``batch_size``: where and how much is verified at once."""
+    ``executor``/``workers``/``batch_size``: where and how much is verified at once.
+    ``tls_certificate_chain``/``tls_private_key`` (PEM): serve TLS instead of plaintext;
+    ``address`` is then ``https://host:port``, as Stamp's STAMP_REGISTRIES takes it."""
 
     registries: tuple[str, ...] = ("Narnia",)
     issuer_keys: Mapping[str, Sequence[str]] = field(default_factory=dict)
@@ -95,6 +104,8 @@ class RegistrySimConfig:
     batch_size: int = 64
     workers: int = 2
     executor: Literal["thread", "process"] = "thread"
+    tls_certificate_chain: bytes | None = None
+    tls_private_key: bytes | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         # Accept a single name / a single key per area for convenience; store tuples.
@@ -118,6 +129,8 @@ class RegistrySimConfig:
             problems.append("delays and retention times must be ≥ 0")
         if self.proof_sample < 1 or self.batch_size < 1 or self.workers < 1:
             problems.append("proof_sample, batch_size and workers must be ≥ 1")
+        if (self.tls_certificate_chain is None) != (self.tls_private_key is None):
+            problems.append("TLS needs both a certificate chain and its private key")
         if problems:
             raise ValueError("invalid registry simulator configuration: " + "; ".join(problems))
 
@@ -271,6 +284,10 @@ class RegistrySimulator:
         self._held_streams: set[str] = set()
         self._forced: dict[str, str] = {}
 
+        # A test's look at every SendTransactions as it arrives, before any fault or
+        # latency applies and before the registry stores anything (see ``on_send``).
+        self.on_send: SendHook | None = None
+
     # --- lifecycle ------------------------------------------------------------------
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
@@ -309,7 +326,9 @@ class RegistrySimulator:
 
     @property
     def address(self) -> str:
-        return f"{self._host}:{self._port}"
+        """``host:port``, or ``https://host:port`` when serving TLS."""
+        scheme = "https://" if self.config.tls_private_key is not None else ""
+        return f"{scheme}{self._host}:{self._port}"
 
     @property
     def is_up(self) -> bool:
@@ -328,7 +347,12 @@ class RegistrySimulator:
         # No SO_REUSEPORT: two simulators must never share a port by accident.
         server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         registry_pb2_grpc.add_RegistryServiceServicer_to_server(_Servicer(self), server)  # type: ignore[no-untyped-call]
-        bound = server.add_insecure_port(f"{self._host}:{self._port}")
+        where = f"{self._host}:{self._port}"
+        key, chain = self.config.tls_private_key, self.config.tls_certificate_chain
+        if key is not None and chain is not None:
+            bound = server.add_secure_port(where, grpc.ssl_server_credentials([(key, chain)]))
+        else:
+            bound = server.add_insecure_port(where)
         if bound == 0:
             raise OSError(f"registry simulator cannot bind {self._host}:{self._port}")
         self._port = bound
@@ -701,6 +725,8 @@ class _Servicer(registry_pb2_grpc.RegistryServiceServicer):
         request: registry_pb2.SendTransactionsRequest,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> registry_pb2.SubmitTransactionResponse:
+        if self._sim.on_send is not None:
+            await self._sim.on_send(request.transactions)
         fault = await self._sim._before_call("SendTransactions")
         if fault is not None and not fault.accept:
             await context.abort(fault.code, "injected fault: transactions not received")
@@ -767,7 +793,11 @@ def _parse_args(argv: Sequence[str] | None) -> tuple[RegistrySimConfig, str, int
     parser.add_argument("--proof-sample", type=int, default=1, help="verify 1 in N range proofs")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--executor", choices=("thread", "process"), default="thread")
+    parser.add_argument("--tls-cert", type=Path, metavar="PEM", help="serve TLS with this certificate chain")
+    parser.add_argument("--tls-key", type=Path, metavar="PEM", help="… and this private key")
     args = parser.parse_args(argv)
+    if (args.tls_cert is None) != (args.tls_key is None):
+        parser.error("--tls-cert and --tls-key go together")
     keys: dict[str, list[str]] = {}
     for item in args.issuer_key:
         area, sep, text = item.partition("=")
@@ -784,6 +814,8 @@ def _parse_args(argv: Sequence[str] | None) -> tuple[RegistrySimConfig, str, int
         proof_sample=args.proof_sample,
         workers=args.workers,
         executor=args.executor,
+        tls_certificate_chain=args.tls_cert.read_bytes() if args.tls_cert else None,
+        tls_private_key=args.tls_key.read_bytes() if args.tls_key else None,
     )
     return config, args.host, args.port
 

@@ -55,6 +55,7 @@ from stamp.devstack.wallet_checks import (
     verify_slice,
 )
 from stamp.devstack.wallet_faults import Fault, FaultPlan, fault_from_json
+from stamp.gateways.registry_client import split_registry_address
 
 log = structlog.get_logger(__name__)
 
@@ -68,7 +69,9 @@ class WalletSimConfig:
     slices' certificates from. Verification retries while the registry has no committed
     stream (or cannot be reached) for ``verify_window`` seconds, backing off from
     ``retry_initial`` to ``retry_max``; then the slice is invalid. ``public_url``: base
-    URL put in endpoint references (default: ``http://<bound host>:<port>``)."""
+    URL put in endpoint references (default: ``http://<bound host>:<port>``). A
+    registry at ``https://host:port`` is read over TLS, trusting
+    ``registry_root_certificates`` (PEM; None: the system's roots)."""
 
     registries: Mapping[str, str] = field(default_factory=dict)
     verify_window: float = 30.0
@@ -76,12 +79,13 @@ class WalletSimConfig:
     retry_max: float = 1.0
     rpc_timeout: float = 5.0
     public_url: str | None = None
+    registry_root_certificates: bytes | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "registries", dict(self.registries))
         problems = []
         for name, address in self.registries.items():
-            host, sep, port = address.rpartition(":")
+            host, sep, port = split_registry_address(address)[0].rpartition(":")
             if not name or not sep or not host or not port.isdigit():
                 problems.append(f"registry {name!r}: address must be host:port, got {address!r}")
         if min(self.verify_window, self.retry_initial, self.retry_max, self.rpc_timeout) <= 0:
@@ -172,6 +176,23 @@ class EarlyDelivery:
 
 
 @dataclass(frozen=True, slots=True)
+class StreamedAnswer:
+    """A fault's long answer (``bodyBytes``): how much of it the client let the
+    simulator send before it closed the connection."""
+
+    status: int
+    planned: int
+    sent: int
+
+    @property
+    def complete(self) -> bool:
+        return self.sent == self.planned
+
+    def as_json(self) -> dict[str, Any]:
+        return {"status": self.status, "planned": self.planned, "sent": self.sent, "complete": self.complete}
+
+
+@dataclass(frozen=True, slots=True)
 class WalletFlags:
     """What the real wallet would not notice but a correct sender never causes."""
 
@@ -240,6 +261,7 @@ class WalletSimulator:
         self._requests = 0
         self._answered: collections.Counter[str] = collections.Counter()
         self._receipt_check_errors = 0
+        self._streamed: list[StreamedAnswer] = []
 
         self._faults = FaultPlan()
         self._disabled: set[bytes] = set()
@@ -252,7 +274,14 @@ class WalletSimulator:
             raise RuntimeError("the wallet simulator is already started")
         self._stopping = asyncio.Event()
         for name, address in self.config.registries.items():
-            channel = grpc.aio.insecure_channel(address)
+            target, tls = split_registry_address(address)
+            channel = (
+                grpc.aio.secure_channel(
+                    target, grpc.ssl_channel_credentials(self.config.registry_root_certificates)
+                )
+                if tls
+                else grpc.aio.insecure_channel(target)
+            )
             self._channels[name] = channel
             self._stubs[name] = registry_pb2_grpc.RegistryServiceStub(channel)  # type: ignore[no-untyped-call]
         runner = web.AppRunner(self._build_app(), access_log=None, shutdown_timeout=1.0)
@@ -418,6 +447,13 @@ class WalletSimulator:
     def pending_slices(self) -> list[SliceRecord]:
         return [r.record() for r in self._received if r.status is SliceStatus.PENDING]
 
+    def received_requests(self, certificate_id: str) -> list[SliceRequest]:
+        """The slices accepted for one certificate as the wallet owner holds them, R and
+        salts included: what a test needs to open the commitment and recompute the
+        hashed attributes. Never logged or served."""
+        wanted = certificate_id.lower()
+        return [r.slice for r in self._received if r.slice.certificate_id == wanted]
+
     def received_count(self) -> int:
         """Accepted deliveries (202, or accepted and then dropped by a fault)."""
         return len(self._received)
@@ -426,6 +462,10 @@ class WalletSimulator:
     def request_count(self) -> int:
         """Every POST to the slices URL, including rejected and faulted ones."""
         return self._requests
+
+    def streamed_answers(self) -> list[StreamedAnswer]:
+        """The long answers faults sent (``bodyBytes``), finished ones only, in order."""
+        return list(self._streamed)
 
     def flags(self) -> WalletFlags:
         duplicates = tuple(
@@ -461,6 +501,7 @@ class WalletSimulator:
             "earlyDeliveryCount": len(flags.early_deliveries),
             "receiptCheckErrors": self._receipt_check_errors,
             "faultsInjected": self._faults.injected,
+            "streamedAnswers": [a.as_json() for a in self._streamed],
         }
         if not details:
             return summary
@@ -554,8 +595,17 @@ class WalletSimulator:
                 if request.transport is not None:
                     request.transport.abort()
                 return web.Response(status=500)  # never reaches the client: the connection is gone
+            if fault.kind == "status" and fault.body_bytes:
+                self._answered[str(fault.status)] += 1
+                return await self._stream_answer(request, fault)
             if fault.kind == "status":
-                response = _problem(fault.status, "injected fault")
+                response = (
+                    web.Response(status=fault.status, text=fault.body)
+                    if fault.body
+                    else _problem(fault.status, "injected fault")
+                )
+            elif fault.kind == "redirect":
+                response = web.Response(status=fault.status, headers={"Location": fault.location})
             else:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), fault.seconds)
@@ -564,6 +614,28 @@ class WalletSimulator:
                 else:
                     response = _problem(503, f"injected fault: hung for {fault.seconds:g} s")
         self._answered[str(response.status)] += 1
+        return response
+
+    async def _stream_answer(self, request: web.Request, fault: Fault) -> web.StreamResponse:
+        """``fault.body_bytes`` of answer, made as they are sent; stops when the client
+        closes the connection, and records how far it got."""
+        response = web.StreamResponse(status=fault.status)
+        response.content_type = "text/plain"
+        response.content_length = fault.body_bytes
+        unit = (fault.body or "x").encode()
+        chunk = unit * max(1, 65536 // len(unit))
+        sent = 0
+        try:
+            await response.prepare(request)
+            while sent < fault.body_bytes:
+                piece = chunk[: fault.body_bytes - sent]
+                await response.write(piece)
+                sent += len(piece)
+            await response.write_eof()
+        except ConnectionError:
+            pass  # the client hung up: what it refused to read is the point
+        finally:
+            self._streamed.append(StreamedAnswer(fault.status, fault.body_bytes, sent))
         return response
 
     def _answer(self, parsed: SliceRequest | None, problem: str) -> web.Response:
@@ -716,7 +788,8 @@ class WalletSimulator:
     def apply_fault_json(self, body: Any) -> None:
         """Apply one ``POST /v1/_test/faults`` command. ``kind``:
 
-        - ``status`` (``status``, default 500), ``hang`` (``seconds``, ``accept``, default
+        - ``status`` (``status``, default 500; ``body``, ``bodyBytes``), ``redirect``
+          (``status``, ``location``), ``hang`` (``seconds``, ``accept``, default
           false) or ``drop`` (``accept``, default true): with ``publicKey``, for that
           endpoint, the next ``count`` requests or until cleared (no ``count``); without,
           for the next ``count`` (default 1) requests to any endpoint;

@@ -4,6 +4,11 @@ Transactions go out as the exact bytes Stamp persisted: the SendTransactions req
 is framed by hand (field 1, length-delimited, per transaction) instead of being
 re-serialised from parsed messages, so what the registry hashes is what Stamp stored
 (crypto.md §6, invariant 3).
+
+A registry address is ``host:port`` (plaintext, for a registry on a trusted network
+or behind a sidecar) or ``https://host:port`` (TLS, the server verified against
+``RegistryTls.root_certificates`` or the system's roots, optionally with a client
+certificate).
 """
 
 from __future__ import annotations
@@ -11,14 +16,18 @@ from __future__ import annotations
 import asyncio
 import enum
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
+import structlog
 from grpc import aio
 
 from protos.project_origin.common.v1 import common_pb2
 from protos.project_origin.registry.v1 import registry_pb2
 from stamp import metrics
+
+log = structlog.get_logger(__name__)
 
 _SERVICE = "/project_origin.registry.v1.RegistryService/"
 _TRANSIENT_CODES = frozenset(
@@ -79,15 +88,55 @@ def frame_send_request(transactions: Iterable[bytes]) -> bytes:
     return b"".join(b"\x0a" + _varint(len(tx)) + tx for tx in transactions)
 
 
+TLS_SCHEME = "https://"
+PLAINTEXT_SCHEME = "http://"
+
+
+def split_registry_address(address: str) -> tuple[str, bool]:
+    """``https://host:port`` → (``host:port``, TLS); ``host:port`` or ``http://…`` →
+    plaintext."""
+    if address.lower().startswith(TLS_SCHEME):
+        return address[len(TLS_SCHEME) :], True
+    if address.lower().startswith(PLAINTEXT_SCHEME):
+        return address[len(PLAINTEXT_SCHEME) :], False
+    return address, False
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryTls:
+    """What a TLS registry connection trusts and presents. ``root_certificates``
+    None: the system's roots."""
+
+    root_certificates: bytes | None = None
+    private_key: bytes | None = field(default=None, repr=False)
+    certificate_chain: bytes | None = None
+
+    @classmethod
+    def from_files(cls, ca_file: Path | None, cert_file: Path | None, key_file: Path | None) -> RegistryTls:
+        def read(path: Path | None) -> bytes | None:
+            return path.read_bytes() if path is not None else None
+
+        return cls(read(ca_file), read(key_file), read(cert_file))
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(self.root_certificates, self.private_key, self.certificate_chain)
+
+
 def _identity(data: bytes) -> bytes:
     return data
 
 
 class RegistryClient:
     def __init__(
-        self, addresses: Mapping[str, str], *, call_timeout: float, max_concurrent_calls: int = 64
+        self,
+        addresses: Mapping[str, str],
+        *,
+        call_timeout: float,
+        max_concurrent_calls: int = 64,
+        tls: RegistryTls | None = None,
     ) -> None:
         self._addresses = dict(addresses)
+        self._tls = tls or RegistryTls()
         self._timeout = call_timeout
         self._channels: dict[str, aio.Channel] = {}
         self._limit = asyncio.Semaphore(max_concurrent_calls)
@@ -99,10 +148,12 @@ class RegistryClient:
     def _channel(self, registry: str) -> aio.Channel:
         channel = self._channels.get(registry)
         if channel is None:
-            channel = aio.insecure_channel(
-                self._addresses[registry],
-                options=[("grpc.keepalive_time_ms", 30_000), ("grpc.max_receive_message_length", 64 << 20)],
-            )
+            target, tls = split_registry_address(self._addresses[registry])
+            options = [("grpc.keepalive_time_ms", 30_000), ("grpc.max_receive_message_length", 64 << 20)]
+            if tls:
+                channel = aio.secure_channel(target, self._tls.credentials(), options=options)
+            else:
+                channel = aio.insecure_channel(target, options=options)
             self._channels[registry] = channel
         return channel
 
@@ -114,7 +165,18 @@ class RegistryClient:
     def _error(self, registry: str, method: str, exc: aio.AioRpcError) -> RegistryCallError:
         code = exc.code()
         metrics.registry_call(method, code.name)
-        return RegistryCallError(registry, code.name, exc.details() or "", transient=code in _TRANSIENT_CODES)
+        detail = exc.details() or ""
+        if code is grpc.StatusCode.UNAVAILABLE and "handshake failed" in detail.lower():
+            # A deployment mistake, not a passing outage: say so in words an operator acts on.
+            log.error(
+                "registry.tls_handshake_failed",
+                registry=registry,
+                address=self._addresses[registry],
+                hint="the registry's certificate is not trusted by STAMP_REGISTRY_TLS_CA_FILE "
+                "(or the system's roots), does not name the host, or the registry does not speak TLS",
+                detail=detail[-300:],
+            )
+        return RegistryCallError(registry, code.name, detail, transient=code in _TRANSIENT_CODES)
 
     async def send(self, registry: str, transactions: list[bytes]) -> None:
         call = self._channel(registry).unary_unary(
