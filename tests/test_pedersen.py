@@ -21,6 +21,9 @@ from stamp.crypto.pedersen import (
 )
 from stamp.crypto.sodium import L
 
+# Every test here runs on both group backends (libsodium and libdecaf).
+pytestmark = pytest.mark.usefixtures("each_backend")
+
 VECTORS = Path(__file__).resolve().parent / "vectors" / "project-origin.txt"
 V = dict(re.findall(r"^(\S+)(?: \(\d+ bytes\))?\s+= (\S+)$", VECTORS.read_text(), re.M))
 R = blinding_from_bytes(bytes.fromhex(V["R"]))
@@ -105,6 +108,7 @@ def test_random_blindings_are_fresh_non_zero_scalars() -> None:
     st.integers(0, L - 1),
     st.integers(0, L - 1),
 )
+
 def test_commitments_add_up_and_open(q1: int, q2: int, r1: int, r2: int) -> None:
     c1, c2 = commit(q1, r1), commit(q2, r2)
     assert opens(c1, q1, r1)

@@ -20,6 +20,9 @@ from stamp.crypto.generators import (
 )
 from stamp.crypto.rangeproof import PROOF_SIZE, RangeProofError, proof_size, prove, verify
 
+# Every test here runs on both group backends (libsodium and libdecaf).
+pytestmark = pytest.mark.usefixtures("each_backend")
+
 # Copies of shared/spec/vectors, kept in the repo so the suite is self-contained.
 VECTORS = Path(__file__).resolve().parent / "vectors"
 DALEK_LABEL = b"Deserialize-And-Verify Test"
@@ -311,6 +314,7 @@ def test_malformed_proof_is_rejected_without_raising(proof: bytes) -> None:
 @pytest.mark.parametrize(
     "commitment", [b"", PO_COMMITMENT[:31], PO_COMMITMENT + b"\x00", b"\xff" * 32, b"\x01" + bytes(31)]
 )
+
 def test_malformed_commitment_is_rejected_without_raising(commitment: bytes) -> None:
     assert not verify(PO_PROOF, commitment, CERTIFICATE_ID.encode(), PROJECT_ORIGIN_PEDERSEN)
 

@@ -5,6 +5,8 @@ Range proofs are randomized, so the transaction is assembled around the vector's
 
 from __future__ import annotations
 
+import pytest
+
 import base64
 import hashlib
 import re
@@ -30,6 +32,10 @@ from stamp.crypto.transactions import (
     build_withdrawn_transaction,
     transaction_id,
 )
+
+# Every test here runs on both group backends (libsodium and libdecaf).
+pytestmark = pytest.mark.usefixtures("each_backend")
+
 
 VECTORS = Path(__file__).resolve().parent / "vectors" / "project-origin.txt"
 V = dict(re.findall(r"^(\S+)(?: \(\d+ bytes\))?\s+= (\S+)$", VECTORS.read_text(), re.M))

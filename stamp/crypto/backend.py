@@ -219,7 +219,7 @@ def select(requested: str) -> Selection:
     forced and cannot load, ValueError for an unknown name."""
     requested = requested.strip().lower() or "auto"
     if requested not in BACKEND_CHOICES:
-        raise ValueError(f"{ENV_VAR}={requested!r}: must be one of {', '.join(BACKEND_CHOICES)}")
+        raise ValueError(f"must be one of {', '.join(BACKEND_CHOICES)}")
     if requested == "sodium":
         return Selection(requested, SODIUM)
     try:
@@ -235,9 +235,14 @@ _selection: Selection | None = None
 
 def configure(requested: str) -> Selection:
     """Make `requested` this process's backend (the service at start, each crypto worker)."""
+    return use(select(requested))
+
+
+def use(chosen: Selection) -> Selection:
+    """Make an existing selection this process's backend (tests switch back and forth)."""
     global _selection
-    _selection = select(requested)
-    return _selection
+    _selection = chosen
+    return chosen
 
 
 def selection() -> Selection:
