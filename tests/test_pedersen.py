@@ -108,7 +108,6 @@ def test_random_blindings_are_fresh_non_zero_scalars() -> None:
     st.integers(0, L - 1),
     st.integers(0, L - 1),
 )
-
 def test_commitments_add_up_and_open(q1: int, q2: int, r1: int, r2: int) -> None:
     c1, c2 = commit(q1, r1), commit(q2, r2)
     assert opens(c1, q1, r1)

@@ -314,7 +314,6 @@ def test_malformed_proof_is_rejected_without_raising(proof: bytes) -> None:
 @pytest.mark.parametrize(
     "commitment", [b"", PO_COMMITMENT[:31], PO_COMMITMENT + b"\x00", b"\xff" * 32, b"\x01" + bytes(31)]
 )
-
 def test_malformed_commitment_is_rejected_without_raising(commitment: bytes) -> None:
     assert not verify(PO_PROOF, commitment, CERTIFICATE_ID.encode(), PROJECT_ORIGIN_PEDERSEN)
 

@@ -5,12 +5,12 @@ Range proofs are randomized, so the transaction is assembled around the vector's
 
 from __future__ import annotations
 
-import pytest
-
 import base64
 import hashlib
 import re
 from pathlib import Path
+
+import pytest
 
 from protos.project_origin.electricity.v1 import electricity_pb2
 from protos.project_origin.registry.v1 import registry_pb2

@@ -528,7 +528,13 @@ static void keccak_f1600_lanes(uint64_t a[25]) {
 
 static PyObject *decaf_keccak_f1600(PyObject *Py_UNUSED(module), PyObject *arg) {
     Py_buffer view;
-    if (PyObject_GetBuffer(arg, &view, PyBUF_WRITABLE) != 0) return NULL;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_WRITABLE) != 0) {
+        if (PyErr_ExceptionMatches(PyExc_BufferError)) {
+            PyErr_Clear();
+            PyErr_SetString(PyExc_TypeError, "keccak_f1600 needs a writable buffer (a bytearray)");
+        }
+        return NULL;
+    }
     if (view.len != 200) {
         PyErr_Format(PyExc_ValueError, "keccak_f1600 needs a writable 200-byte buffer, got %zd", view.len);
         PyBuffer_Release(&view);

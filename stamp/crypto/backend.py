@@ -79,6 +79,9 @@ class Group(Protocol):
     def keccak_f1600(self, state: bytearray) -> None:
         """The permutation under the transcript, in place on 200 bytes."""
 
+    def __hash__(self) -> int:
+        """Backends key the per-process caches of internal generators."""
+
 
 def _scalar_bytes(scalars: Sequence[int]) -> bytes:
     return b"".join((s % L).to_bytes(32, "little") for s in scalars)
@@ -111,7 +114,9 @@ class SodiumGroup:
     def negate(self, points: tuple[bytes, ...]) -> tuple[bytes, ...]:
         return tuple(sodium.sub(IDENTITY, p) for p in points)
 
-    def msm(self, scalars: Sequence[int], batches: Sequence[tuple[bytes, ...]], *, secret: bool) -> tuple[bytes]:
+    def msm(
+        self, scalars: Sequence[int], batches: Sequence[tuple[bytes, ...]], *, secret: bool
+    ) -> tuple[bytes]:
         points = [p for batch in batches for p in batch]
         if len(points) != len(scalars):
             raise ValueError("one scalar per point")
@@ -122,12 +127,15 @@ class SodiumGroup:
                 total = sodium.add(total, point if s == 1 else sodium.mul(s, point))
         return (total,)
 
-    def select_sum(self, bits: Sequence[int], ones: tuple[bytes, ...], zeros: tuple[bytes, ...]) -> tuple[bytes]:
+    def select_sum(
+        self, bits: Sequence[int], ones: tuple[bytes, ...], zeros: tuple[bytes, ...]
+    ) -> tuple[bytes]:
         if not len(bits) == len(ones) == len(zeros) or any(b not in (0, 1) for b in bits):
             raise ValueError("select_sum: one bit (0 or 1) per pair of points")
         base, differences = _sodium_selection_bases(ones, zeros)
         # Σ zeros + Σ_{bit 1} (ones − zeros): popcount + 1 additions.
-        return (functools.reduce(sodium.add, [d for d, bit in zip(differences, bits, strict=True) if bit], base),)
+        chosen = [d for d, bit in zip(differences, bits, strict=True) if bit]
+        return (functools.reduce(sodium.add, chosen, base),)
 
     def fold(self, points: tuple[bytes, ...], ratios: Sequence[int]) -> tuple[bytes, ...]:
         k = len(points) // 2
@@ -140,7 +148,9 @@ class SodiumGroup:
 
 
 @functools.cache
-def _sodium_selection_bases(ones: tuple[bytes, ...], zeros: tuple[bytes, ...]) -> tuple[bytes, tuple[bytes, ...]]:
+def _sodium_selection_bases(
+    ones: tuple[bytes, ...], zeros: tuple[bytes, ...]
+) -> tuple[bytes, tuple[bytes, ...]]:
     return functools.reduce(sodium.add, zeros, IDENTITY), tuple(map(sodium.sub, ones, zeros))
 
 

@@ -3,9 +3,10 @@ challenges (crypto.md §4 and §4a step 2).
 
 The range proof is only accepted by the registry if every challenge is derived exactly as
 the `merlin` crate (v1.0, "Merlin v1.0" protocol label) does, so this module reproduces its
-STROBE-128 subset byte for byte: `meta_ad`, `ad` and `prf` with the same framing. hashlib exposes only the finished sponges, so the permutation is passed in: the native
-backend's C Keccak-f[1600] (`backend.py`), or the pure-Python one written here, which is also
-the test oracle for the C one.
+STROBE-128 subset byte for byte: `meta_ad`, `ad` and `prf` with the same framing. hashlib
+exposes only the finished sponges, so the permutation is passed in: the native backend's C
+Keccak-f[1600] (`backend.py`), or the pure-Python one written here, which is also the test
+oracle for the C one.
 """
 
 from __future__ import annotations
