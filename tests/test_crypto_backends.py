@@ -10,8 +10,13 @@ import contextlib
 import dataclasses
 import functools
 import hashlib
+import multiprocessing
+import os
 import random
+import subprocess
+import sys
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import pytest
@@ -20,6 +25,7 @@ from hypothesis import strategies as st
 
 from protos.project_origin.electricity.v1 import electricity_pb2
 from protos.project_origin.registry.v1 import registry_pb2
+from stamp.app import init_crypto_worker, warm_crypto_worker
 from stamp.crypto import backend, merlin, pedersen, rangeproof, sodium
 from stamp.crypto.bundle import build_issue_bundle
 from stamp.crypto.generators import DALEK_DEFAULT_PEDERSEN, PROJECT_ORIGIN_PEDERSEN, bulletproof_gens
@@ -416,3 +422,57 @@ def _slice(quantity: int, random_r: bytes) -> wallet_checks.SliceRequest:
         random_r=random_r,
         hashed_attributes=(),
     )
+
+
+# --- choosing the backend ---------------------------------------------------------------------
+
+_WITHOUT_EXTENSION = """
+import sys
+sys.modules["stamp.crypto._decaf"] = None  # what a failed build leaves: the import fails
+from stamp.config import ConfigError, load_settings
+from stamp.crypto import backend, rangeproof
+from stamp.crypto.generators import PROJECT_ORIGIN_PEDERSEN
+try:
+    load_settings({"STAMP_CRYPTO_BACKEND": "decaf"})
+except ConfigError as exc:
+    print("forced:", " ".join(str(exc).split()))
+auto = backend.select("auto")
+print("auto:", auto.group.name, "|", auto.fallback_reason)
+print("configured:", load_settings({}).crypto_backend, backend.active().name)
+proof, commitment = rangeproof.prove(5, 6, b"label", PROJECT_ORIGIN_PEDERSEN)
+print("proves:", rangeproof.verify(proof, commitment, b"label", PROJECT_ORIGIN_PEDERSEN))
+"""
+
+
+def test_without_the_extension_auto_falls_back_and_forcing_decaf_is_a_clear_error() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "STAMP_CRYPTO_BACKEND"}
+    result = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_EXTENSION], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    lines = dict(line.split(": ", 1) for line in result.stdout.splitlines())
+    assert "STAMP_CRYPTO_BACKEND='decaf': decaf cannot be used here" in lines["forced"]
+    assert "libdecaf-dev" in lines["forced"] and "STAMP_CRYPTO_BACKEND=sodium" in lines["forced"]
+    assert lines["auto"].startswith("sodium | the native extension stamp.crypto._decaf is not built")
+    assert lines["configured"] == "auto sodium"
+    assert lines["proves"] == "True"
+
+
+def test_selection_names_its_backend_and_rejects_unknown_names() -> None:
+    assert backend.select("sodium").group is backend.SODIUM
+    assert backend.select(" SODIUM ").requested == "sodium"
+    with pytest.raises(ValueError, match="must be one of auto, decaf, sodium"):
+        backend.select("openssl")
+    described = backend.select("auto").describe()
+    assert described.startswith(
+        f"crypto backend: {backend.select('auto').group.name} (STAMP_CRYPTO_BACKEND=auto)"
+    )
+
+
+@pytest.mark.parametrize("name", ["sodium", "decaf"])
+def test_crypto_workers_run_the_backend_the_service_chose(name: str) -> None:
+    if name == "decaf":
+        native_backend()
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(1, mp_context=spawn, initializer=init_crypto_worker, initargs=(name,)) as pool:
+        assert pool.submit(warm_crypto_worker).result(timeout=120) == name
