@@ -131,6 +131,25 @@ def test_select_sum_fold_and_negate_agree(
         assert group.encode(group.negate(ones_b)) == negated
 
 
+@SLOW
+@given(
+    width=st.integers(2, 8),
+    scalars=st.lists(SCALARS, min_size=6, max_size=6),
+)
+def test_msm_is_the_same_whatever_the_table_width(
+    decaf: backend.DecafGroup, width: int, scalars: list[int]
+) -> None:
+    points = [_point(i) for i in range(6)]
+    batch = decaf._c.decode(b"".join(points))
+    decaf._c.precompute(batch, width)
+    expected = _naive_sum(scalars, points)
+    for secret in (True, False):
+        assert decaf.encode(decaf.msm(scalars, [batch], secret=secret)) == expected
+    ratios = scalars[:3]
+    folded = b"".join(sodium.add(points[i], sodium.mul(ratios[i], points[3 + i])) for i in range(3))
+    assert decaf.encode(decaf.fold(batch, ratios)) == folded
+
+
 class _FoldingDecaf(backend.DecafGroup):
     """The native backend with the explicit generator fold (libsodium's strategy)."""
 
@@ -307,6 +326,11 @@ def test_native_entry_points_check_lengths_and_types(decaf: backend.DecafGroup) 
         c.select_sum(bytes([0, 1, 2]), three, three)
     with pytest.raises(ValueError):
         c.select_sum(bytes([0, 1, 1, 0]), three, four)
+    for width in (-1, 0, 1, 9, 2**40):
+        with pytest.raises((ValueError, OverflowError)):
+            c.precompute(three, width)
+    with pytest.raises(TypeError):
+        c.precompute(b"points", 5)
     with pytest.raises(ValueError):
         c.keccak_f1600(bytearray(199))
     with pytest.raises(TypeError):

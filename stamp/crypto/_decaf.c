@@ -28,10 +28,11 @@
 
 #define SER 32            /* bytes of a point encoding or a scalar */
 #define HASH 64           /* bytes the one-way map takes */
-#define TABLE 8           /* entries of both lookup tables */
+#define TABLE 8           /* entries of the constant-time table */
 #define CT_DIGITS 64      /* signed radix-16 digits of a scalar < 2^253 */
 #define NAF_LEN 256
-#define NAF_WIDTH 5
+#define NAF_WIDTH 5       /* wNAF width of a batch's table unless `precompute` widened it */
+#define NAF_WIDTH_MAX 8
 
 typedef struct decaf_255_point_s point_s;
 
@@ -42,10 +43,12 @@ typedef struct {
     Py_ssize_t n;
     point_s *pts;
     point_s *ct_table;  /* n × {1P … 8P}: constant-time lookups */
-    point_s *vt_table;  /* n × {1P, 3P … 15P}: wNAF digits */
+    point_s *vt_table;  /* n × {1P, 3P … (2^(w−1) − 1)P}: wNAF digits of width w */
+    int vt_width;       /* w, 0 before the table is built */
 } PointsObject;
 
 static PyTypeObject PointsType;
+static inline Py_ssize_t vt_entries(int width);
 
 static point_s *alloc_points(Py_ssize_t count) {
     if (count < 0 || (size_t)count > SIZE_MAX / sizeof(point_s) / 2) {
@@ -74,6 +77,7 @@ static PointsObject *new_points(Py_ssize_t n) {
     self->n = n;
     self->ct_table = NULL;
     self->vt_table = NULL;
+    self->vt_width = 0;
     self->pts = alloc_points(n);
     if (self->pts == NULL) {
         self->n = 0;
@@ -86,11 +90,13 @@ static PointsObject *new_points(Py_ssize_t n) {
 static void points_dealloc(PointsObject *self) {
     free_points(self->pts, self->n);
     free_points(self->ct_table, self->n * TABLE);
-    free_points(self->vt_table, self->n * TABLE);
+    free_points(self->vt_table, self->n * vt_entries(self->vt_width));
     PyObject_Free(self);
 }
 
 static Py_ssize_t points_len(PointsObject *self) { return self->n; }
+
+static inline Py_ssize_t vt_entries(int width) { return width ? (Py_ssize_t)1 << (width - 2) : 0; }
 
 static int ensure_ct_table(PointsObject *self) {
     if (self->ct_table != NULL) return 0;
@@ -105,19 +111,25 @@ static int ensure_ct_table(PointsObject *self) {
     return 0;
 }
 
-static int ensure_vt_table(PointsObject *self) {
-    if (self->vt_table != NULL) return 0;
-    point_s *t = alloc_points(self->n * TABLE);
+static int build_vt_table(PointsObject *self, int width) {
+    Py_ssize_t entries = vt_entries(width);
+    point_s *t = alloc_points(self->n * entries);
     if (t == NULL) return -1;
     decaf_255_point_t twice;
     for (Py_ssize_t i = 0; i < self->n; i++) {
-        point_s *row = &t[i * TABLE];
+        point_s *row = &t[i * entries];
         decaf_255_point_copy(&row[0], &self->pts[i]);
         decaf_255_point_double(twice, &self->pts[i]);
-        for (int j = 1; j < TABLE; j++) decaf_255_point_add(&row[j], &row[j - 1], twice);
+        for (Py_ssize_t j = 1; j < entries; j++) decaf_255_point_add(&row[j], &row[j - 1], twice);
     }
+    free_points(self->vt_table, self->n * vt_entries(self->vt_width));
     self->vt_table = t;
+    self->vt_width = width;
     return 0;
+}
+
+static int ensure_vt_table(PointsObject *self) {
+    return self->vt_table != NULL ? 0 : build_vt_table(self, NAF_WIDTH);
 }
 
 static PyObject *points_encode(PointsObject *self, PyObject *Py_UNUSED(ignored)) {
@@ -233,17 +245,18 @@ static void radix16(int8_t digits[CT_DIGITS], const uint8_t s[SER]) {
     }
 }
 
-/* Width-5 NAF: digits odd in [-15, 15] or 0, nonzero digits at least 5 apart. Variable time. */
-static void wnaf(int8_t naf[NAF_LEN], const uint8_t s[SER]) {
+/* Width-w NAF: digits odd in [−2^(w−1)+1, 2^(w−1)−1] or 0, nonzero digits at least w apart.
+   Variable time. */
+static void wnaf(int8_t naf[NAF_LEN], const uint8_t s[SER], int w) {
     uint64_t limbs[5] = {0, 0, 0, 0, 0};
     for (int i = 0; i < SER; i++) limbs[i / 8] |= (uint64_t)s[i] << (8 * (i % 8));
     memset(naf, 0, NAF_LEN);
-    const uint64_t width = 1u << NAF_WIDTH, mask = width - 1;
+    const uint64_t width = (uint64_t)1 << w, mask = width - 1;
     uint64_t carry = 0;
     int pos = 0;
     while (pos < NAF_LEN) {
         int idx = pos / 64, bit = pos % 64;
-        uint64_t buf = bit < 64 - NAF_WIDTH ? limbs[idx] >> bit
+        uint64_t buf = bit < 64 - w ? limbs[idx] >> bit
                                             : (limbs[idx] >> bit) | (limbs[idx + 1] << (64 - bit));
         uint64_t value = carry + (buf & mask);
         if ((value & 1) == 0) {
@@ -257,7 +270,7 @@ static void wnaf(int8_t naf[NAF_LEN], const uint8_t s[SER]) {
             carry = 1;
             naf[pos] = (int8_t)((int64_t)value - (int64_t)width);
         }
-        pos += NAF_WIDTH;
+        pos += w;
     }
 }
 
@@ -411,8 +424,8 @@ static PyObject *decaf_msm_vartime(PyObject *Py_UNUSED(module), PyObject *args) 
         PointsObject *batch = (PointsObject *)PySequence_Fast_GET_ITEM(fast, b);
         if (ensure_vt_table(batch) != 0) goto done;
         for (Py_ssize_t i = 0; i < batch->n; i++, k++) {
-            rows[k] = &batch->vt_table[i * TABLE];
-            wnaf(&nafs[k * NAF_LEN], (const uint8_t *)view.buf + k * SER);
+            rows[k] = &batch->vt_table[i * vt_entries(batch->vt_width)];
+            wnaf(&nafs[k * NAF_LEN], (const uint8_t *)view.buf + k * SER, batch->vt_width);
         }
     }
     out = new_points(1);
@@ -475,14 +488,27 @@ static PyObject *decaf_fold(PyObject *Py_UNUSED(module), PyObject *args) {
         int8_t naf[NAF_LEN];
         const point_s *row[1];
         for (Py_ssize_t i = 0; i < k; i++) {
-            wnaf(naf, (const uint8_t *)view.buf + i * SER);
-            row[0] = &in->vt_table[(k + i) * TABLE];
+            wnaf(naf, (const uint8_t *)view.buf + i * SER, in->vt_width);
+            row[0] = &in->vt_table[(k + i) * vt_entries(in->vt_width)];
             straus_vartime(&out->pts[i], naf, row, 1);
             decaf_255_point_add(&out->pts[i], &out->pts[i], &in->pts[i]);
         }
     }
     PyBuffer_Release(&view);
     return (PyObject *)out;
+}
+
+static PyObject *decaf_precompute(PyObject *Py_UNUSED(module), PyObject *args) {
+    PointsObject *in;
+    int width;
+    if (!PyArg_ParseTuple(args, "O!i", &PointsType, &in, &width)) return NULL;
+    if (width < 2 || width > NAF_WIDTH_MAX) {
+        PyErr_Format(PyExc_ValueError, "precompute: width must be in 2..%d", NAF_WIDTH_MAX);
+        return NULL;
+    }
+    if (in->vt_width != width && build_vt_table(in, width) != 0) return NULL;
+    if (ensure_ct_table(in) != 0) return NULL;
+    Py_RETURN_NONE;
 }
 
 /* ---- Keccak-f[1600] ---- */
@@ -569,6 +595,9 @@ static PyMethodDef module_methods[] = {
      "select_sum(bits, ones, zeros) -> Points of 1: sum of ones[i] if bits[i] else zeros[i], constant time."},
     {"fold", decaf_fold, METH_VARARGS,
      "fold(points, ratios) -> Points: points[i] + ratios[i]·points[k+i] for i < k = len/2 (variable time)."},
+    {"precompute", decaf_precompute, METH_VARARGS,
+     "precompute(points, width): build the lookup tables now, the variable-time one of wNAF width "
+     "`width` (wider: fewer additions, more memory), for points used for the whole process."},
     {"keccak_f1600", decaf_keccak_f1600, METH_O, "keccak_f1600(state): permute 200 bytes in place."},
     {NULL, NULL, 0, NULL},
 };

@@ -66,7 +66,7 @@ def bulletproof_gens(n: int) -> tuple[tuple[bytes, ...], tuple[bytes, ...]]:
 @functools.cache
 def internal_pedersen(group: Group, gens: PedersenGens) -> Any:
     """The batch (B, B_blinding)."""
-    return group.decode(gens.B + gens.B_blinding)
+    return _fixed(group, gens.B + gens.B_blinding)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,11 +83,19 @@ class InternalBases:
 @functools.cache
 def internal_bases(group: Group, gens: PedersenGens, n: int) -> InternalBases:
     gens_g, gens_h = bulletproof_gens(n)
-    h = group.decode(b"".join(gens_h))
+    h = _fixed(group, b"".join(gens_h))
+    minus_h = group.negate(h)
+    group.precompute(minus_h)
     return InternalBases(
-        B=group.decode(gens.B),
-        B_blinding=group.decode(gens.B_blinding),
-        G=group.decode(b"".join(gens_g)),
+        B=_fixed(group, gens.B),
+        B_blinding=_fixed(group, gens.B_blinding),
+        G=_fixed(group, b"".join(gens_g)),
         H=h,
-        minus_H=group.negate(h),
+        minus_H=minus_h,
     )
+
+
+def _fixed(group: Group, encodings: bytes) -> Any:
+    points = group.decode(encodings)
+    group.precompute(points)
+    return points
