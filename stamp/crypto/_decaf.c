@@ -9,10 +9,11 @@
  *   decode / from_hash / Points.encode   batches of 32-byte encodings / 64-byte strings
  *   msm_ct        Σ sᵢ·Pᵢ in constant time (signed radix-16 Straus, masked table lookups):
  *                 for secret scalars (blindings, S's random vectors, the commitments)
- *   msm_vartime   Σ sᵢ·Pᵢ in variable time (width-5 wNAF Straus): for public scalars
- *                 (inner-product L/R, generator folds, verification)
+ *   msm_vartime   Σ sᵢ·Pᵢ in variable time (wNAF Straus, width 5, or wider for batches given
+ *                 to `precompute`): for public scalars (inner-product L/R, folds, verification)
  *   select_sum    Σ (bitᵢ ? Pᵢ : Qᵢ) in constant time: the bit commitment A
  *   fold          Pᵢ + rᵢ·P_{k+i} (variable time): the inner-product generator fold
+ *   precompute    build a batch's lookup tables now (the generators, once per process)
  *   keccak_f1600  the permutation under Merlin's STROBE-128, in place on 200 bytes
  *
  * Every input length is checked before memory is touched; a bad input raises ValueError
