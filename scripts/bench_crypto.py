@@ -1,7 +1,7 @@
 """Stamp's crypto core on both group backends in one run: libdecaf (native) and libsodium.
 
-    .venv/bin/python scripts/bench_crypto.py            # about 2 minutes on 2 cores
-    .venv/bin/python scripts/bench_crypto.py --quick    # about 40 s
+    .venv/bin/python scripts/bench_crypto.py            # about 3 minutes on 2 cores
+    .venv/bin/python scripts/bench_crypto.py --quick    # about a minute
     .venv/bin/python scripts/bench_crypto.py --rounds 9 --bundles 200
 
 Prints, per backend and as the ratio decaf ÷ sodium: single group operations (decode, add,
@@ -106,7 +106,7 @@ class Rounds:
         return statistics.median(self.samples[(measure, name)])
 
 
-def _operations(group: Group, count: int) -> dict[str, Callable[[], object]]:
+def _operations(group: Group) -> dict[str, Callable[[], object]]:
     gens_g, gens_h = bulletproof_gens(64)
     encoding = gens_g[0]
     point = group.decode(encoding)
@@ -140,7 +140,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--quick", action="store_true", help="fewer rounds and bundles (about 40 s)")
+    parser.add_argument("--quick", action="store_true", help="fewer rounds and bundles (about a minute)")
     parser.add_argument("--rounds", type=int, help="alternating rounds per measure (default 7, quick 3)")
     parser.add_argument("--bundles", type=int, help="bundles per round on all cores (default 120, quick 60)")
     args = parser.parse_args()
@@ -158,7 +158,7 @@ def main() -> None:
     results = Rounds()
     timings: dict[str, list[dict[str, float]]] = {name: [] for name in names}
 
-    ops = {g.name: _operations(g, 0) for g in groups}
+    ops = {g.name: _operations(g) for g in groups}
     proofs: dict[str, tuple[bytes, bytes]] = {}
     for group in groups:  # generators, tables and caches, outside the timed runs
         _use(group)

@@ -251,7 +251,8 @@ class _WeightedGenerators:
     """X kept as the original points with a running coefficient each: Xᵢ = Σ_{m ≡ i mod 2k}
     coefficientₘ·Pₘ. A fold only updates coefficients; L and R are sums over all n points."""
 
-    def __init__(self, group: Group, points: Any, coefficients: list[int], _inverse: list[int]) -> None:
+    # The same signature as _FoldedGenerators', so that the prover can make either.
+    def __init__(self, _group: Group, points: Any, coefficients: list[int], _inverse: list[int]) -> None:
         self.points = points
         self._coefficients = coefficients
         self._size = len(coefficients)
