@@ -26,6 +26,28 @@ if ! have_libsodium; then
     fi
 fi
 
+# The native crypto backend (stamp/crypto/_decaf.c) needs libdecaf's headers, a C compiler and
+# the Python headers. Without them the install still succeeds and Stamp runs on libsodium.
+have_native_build_deps() {
+    [ -f /usr/include/decaf/decaf.h ] || [ -f /usr/local/include/decaf/decaf.h ] || return 1
+    command -v "${CC:-cc}" >/dev/null 2>&1 || return 1
+    "${PYTHON:-python3}" -c 'import sysconfig, os, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' 2>/dev/null
+}
+
+if ! have_native_build_deps; then
+    if command -v apt-get >/dev/null 2>&1; then
+        echo "stamp: installing libdecaf-dev, gcc and python3-dev for the native crypto backend" >&2
+        SUDO=""
+        [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+        $SUDO apt-get update -qq && $SUDO apt-get install -y -qq libdecaf-dev gcc python3-dev >/dev/null \
+            || echo "stamp: could not install them; Stamp will run on the slower libsodium backend" >&2
+    else
+        echo "stamp: libdecaf (headers), a C compiler and the Python headers are not all present and" \
+             "cannot be installed automatically here; Stamp will run on the slower libsodium backend." \
+             "Install them (e.g. libdecaf from https://sourceforge.net/projects/ed448goldilocks/) and run again" >&2
+    fi
+fi
+
 PYTHON="${PYTHON:-}"
 if [ -z "$PYTHON" ]; then
     for candidate in python3.13 python3.12 python3.11 python3; do
@@ -42,7 +64,9 @@ fi
 if [ ! -x "$VENV/bin/python" ]; then
     "$PYTHON" -m venv "$VENV"
 fi
-stamp_hash="$(cat "$ROOT/setup.cfg" "$ROOT/pyproject.toml" | sha256sum | cut -c1-16)$EXTRAS"
+# setup.py and the C source are in the hash so that a change to the extension rebuilds it.
+stamp_hash="$(cat "$ROOT/setup.cfg" "$ROOT/pyproject.toml" "$ROOT/setup.py" "$ROOT"/stamp/crypto/*.c \
+    | sha256sum | cut -c1-16)$EXTRAS"
 if [ "$(cat "$VENV/.stamp-installed" 2>/dev/null)" != "$stamp_hash" ]; then
     "$VENV/bin/python" -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
     "$VENV/bin/python" -m pip install -q -e "$ROOT$EXTRAS"

@@ -37,6 +37,7 @@ from stamp.api import routes as certificate_routes
 from stamp.api.problems import problem_middleware
 from stamp.api.runtime import RUNTIME, Runtime
 from stamp.config import Settings
+from stamp.crypto import backend
 from stamp.db import queries
 from stamp.db.batcher import StatementBatcher
 from stamp.db.embedded import EmbeddedPostgres
@@ -97,39 +98,57 @@ def die_with_parent() -> None:
                 os._exit(1)
 
 
-def init_crypto_worker() -> None:
+def init_crypto_worker(crypto_backend: str = "auto") -> None:
     """Runs first in each crypto worker process.
 
     - The worker dies with Stamp (``die_with_parent``).
+    - It uses the backend the service chose (the resolved name, so that ``auto`` cannot
+      resolve differently in a worker).
     - It runs at a lower priority than Stamp itself: proving saturates every core by
       design, and intake latency and the actors' hand-offs should not queue behind
       it. Throughput is unchanged; the workers still get every idle cycle."""
     die_with_parent()
+    backend.configure(crypto_backend)
     with contextlib.suppress(OSError):
         os.nice(CRYPTO_WORKER_NICENESS)
 
 
-def warm_crypto_worker() -> None:
-    """Imports and generator tables are paid for at start-up, not by the first
-    certificates."""
-    from stamp.crypto.generators import bulletproof_gens
+def warm_crypto_worker() -> str:
+    """Imports, generators and their lookup tables are paid for at start-up, not by the first
+    certificates. Returns the worker's backend, which the service checks."""
+    from stamp.crypto import rangeproof
+    from stamp.crypto.generators import PROJECT_ORIGIN_PEDERSEN
 
-    bulletproof_gens(32)
+    proof, commitment = rangeproof.prove(1, 1, b"warm-up", PROJECT_ORIGIN_PEDERSEN)
+    rangeproof.verify(proof, commitment, b"warm-up", PROJECT_ORIGIN_PEDERSEN)
+    return backend.active().name
 
 
 async def crypto_pool_ctx(app: web.Application) -> AsyncIterator[None]:
     # Proving is CPU-bound and pure: a process pool puts it on every core. "spawn",
     # because forking a process that runs actor and gRPC threads is unsafe.
     settings = app[SETTINGS]
+    selection = backend.configure(settings.crypto_backend)
+    log.info(
+        "crypto.backend",
+        backend=selection.group.name,
+        requested=selection.requested,
+        fallback_reason=selection.fallback_reason,
+    )
+    metrics.set_crypto_backend(selection.group.name, selection.requested)
     executor = ProcessPoolExecutor(
         settings.crypto_workers,
         mp_context=multiprocessing.get_context("spawn"),
         initializer=init_crypto_worker,
+        initargs=(selection.group.name,),
     )
     loop = asyncio.get_running_loop()
-    await asyncio.gather(
+    in_workers = await asyncio.gather(
         *(loop.run_in_executor(executor, warm_crypto_worker) for _ in range(settings.crypto_workers))
     )
+    if set(in_workers) != {selection.group.name}:
+        executor.shutdown(wait=False, cancel_futures=True)
+        raise RuntimeError(f"crypto workers run {sorted(set(in_workers))}, not {selection.group.name}")
     app[EXECUTOR] = executor
     yield
     executor.shutdown(wait=False, cancel_futures=True)

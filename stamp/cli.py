@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import orjson
 
 from stamp.config import ConfigError, Settings, load_settings
+from stamp.crypto import backend as crypto_backend
 from stamp.terminal import printable
 
 
@@ -97,7 +98,12 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"stamp: {exc}", file=sys.stderr)
         return 2
-    print(orjson.dumps(settings.masked(), option=orjson.OPT_INDENT_2, default=str).decode())
+    shown = settings.masked()
+    selection = crypto_backend.select(settings.crypto_backend)
+    shown["crypto_backend_in_use"] = selection.group.name
+    if selection.fallback_reason:
+        shown["crypto_backend_fallback_reason"] = selection.fallback_reason
+    print(orjson.dumps(shown, option=orjson.OPT_INDENT_2, default=str).decode())
     return 0
 
 

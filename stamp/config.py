@@ -30,6 +30,7 @@ from stamp.credentials import (
     parse_algorithms,
     parse_token_spec,
 )
+from stamp.crypto import backend as crypto_backend
 from stamp.crypto.issuer_keys import IssuerKey
 from stamp.db.dsn import mask_dsn
 from stamp.gateways.endpoint_allow import EndpointAllowList
@@ -76,6 +77,8 @@ class Settings:
     max_attribute_length: int = 512
     crypto_workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     verify_own_proofs: bool = True
+    # auto: the native libdecaf backend when its extension loads, else libsodium.
+    crypto_backend: str = "auto"
     registry_batch_size: int = 200
     registry_poll_initial_seconds: float = 0.2
     registry_poll_max_seconds: float = 2.0
@@ -148,6 +151,16 @@ def _read(env: Mapping[str, str], problems: list[str], name: str, parse: Callabl
     except (ValueError, OSError) as exc:
         problems.append(f"{name}={raw!r}: {exc}")
         return default
+
+
+def _crypto_backend(raw: str) -> str:
+    """A choice that can run here: forcing ``decaf`` where the extension cannot load is a
+    configuration error, reported at start (and by check-config) with the reason."""
+    try:
+        selection = crypto_backend.select(raw)
+    except crypto_backend.BackendUnavailable as exc:
+        raise ValueError(f"decaf cannot be used here: {exc}") from exc
+    return selection.requested
 
 
 def _positive_int(raw: str) -> int:
@@ -425,6 +438,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         ),
         crypto_workers=_read(env, problems, "STAMP_CRYPTO_WORKERS", _positive_int, d.crypto_workers),
         verify_own_proofs=_read(env, problems, "STAMP_VERIFY_OWN_PROOFS", _bool, d.verify_own_proofs),
+        crypto_backend=_read(env, problems, "STAMP_CRYPTO_BACKEND", _crypto_backend, d.crypto_backend),
         registry_batch_size=_read(
             env, problems, "STAMP_REGISTRY_BATCH_SIZE", _positive_int, d.registry_batch_size
         ),

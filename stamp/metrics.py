@@ -24,6 +24,13 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from stamp.domain import CERTIFICATE_TYPES, CertificateKey, CertificateRecord, State, step_of
 
+
+def set_crypto_backend(name: str, requested: str) -> None:
+    """One series at 1: the backend this Stamp's crypto workers run."""
+    CRYPTO_BACKEND.clear()
+    CRYPTO_BACKEND.labels(backend=name, requested=requested).set(1)
+
+
 # Seconds: from a few ms (DB transitions) to minutes (a deep backlog).
 _PIPELINE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600)
 _HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -76,6 +83,11 @@ LOOP_LAG = Histogram(
     "stamp_event_loop_lag_seconds",
     "How late the event loop woke a sleeping task (sampled every 100 ms)",
     buckets=_LAG_BUCKETS,
+)
+CRYPTO_BACKEND = Gauge(
+    "stamp_crypto_backend_info",
+    "The group backend of the commitments and range proofs: 1 for the one in use (decaf or sodium)",
+    ["backend", "requested"],
 )
 THREADS = Gauge("stamp_process_threads", "OS threads of the Stamp process (actors, gRPC, pools)")
 HTTP_REQUESTS = Histogram(

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import asyncpg
 import pytest
 import pytest_asyncio
 
+from stamp.crypto import backend
 from stamp.db.embedded import EmbeddedPostgres
 from stamp.db.migrate import apply_migrations
 from stamp.db.pool import DatabaseUnavailable, create_pool, wait_for_database
@@ -23,6 +24,31 @@ from stamp.load.database import create_database, drop_database
 from stamp.load.database import database_dsn as dsn_for_database
 
 DEFAULT_TEST_PG_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def native_backend() -> backend.DecafGroup:
+    """The libdecaf backend, or a skip with the reason where it is truly unavailable.
+
+    With STAMP_REQUIRE_DECAF=1 or CI=true (.ci/run sets the former) a missing backend fails
+    the run instead: a broken build must not pass as a row of skipped tests."""
+    try:
+        return backend.load_decaf()
+    except backend.BackendUnavailable as exc:
+        if os.environ.get("STAMP_REQUIRE_DECAF") == "1" or os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"the native crypto backend is required here but unavailable: {exc}", pytrace=False)
+        pytest.skip(f"the native crypto backend is unavailable: {exc}")
+
+
+@pytest.fixture(scope="module", params=["sodium", "decaf"])
+def each_backend(request: pytest.FixtureRequest) -> Iterator[backend.Group]:
+    """Runs every test of a module once per crypto backend, as this process's active one."""
+    group: backend.Group = backend.SODIUM if request.param == "sodium" else native_backend()
+    previous = backend.selection()
+    backend.use(backend.Selection(request.param, group))
+    try:
+        yield group
+    finally:
+        backend.use(previous)
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")

@@ -29,6 +29,9 @@ from stamp.crypto.pedersen import blinding_from_bytes, opens
 from stamp.crypto.transactions import ISSUED_EVENT_TYPE, transaction_id
 from tests.test_transaction_vector import CERTIFICATE_ID, PROOF, TX, vector_request
 
+# Every test here runs on both group backends (libsodium and libdecaf).
+pytestmark = pytest.mark.usefixtures("each_backend")
+
 WALLET = ExtendedPrivateKey.generate().child(1)
 ISSUER = IssuerKey.generate("DK1")
 
@@ -159,6 +162,7 @@ def test_check_proof_refuses_a_tampered_or_truncated_proof() -> None:
 def test_refuses_requests_the_registry_or_wallet_could_not_use(
     changes: dict[str, object], message: str
 ) -> None:
+
     with pytest.raises(BundleError, match=message):
         build_issue_bundle(fresh_request(**changes))
 

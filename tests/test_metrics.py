@@ -16,6 +16,7 @@ import pytest_asyncio
 from prometheus_client.parser import text_string_to_metric_families
 
 from stamp import metrics
+from stamp.crypto import backend as crypto_backend
 from tests.stack import REGISTRY, Stack, certificate_body, running_stack
 from tests.waiting import wait_until
 
@@ -229,3 +230,13 @@ def test_actor_kinds_are_snake_case_without_the_actor_suffix() -> None:
 
     assert metrics.actor_kind(CertificateActor) == "certificate"
     assert metrics.actor_kind(RegistryGateway) == "registry_gateway"
+
+
+async def test_crypto_backend_info_names_the_backend_in_use(stack: Stack) -> None:
+    samples = await scrape(stack)
+    in_use = {
+        dict(labels)["backend"]: v
+        for (name, labels), v in samples.items()
+        if name == "stamp_crypto_backend_info"
+    }
+    assert in_use == {crypto_backend.active().name: 1.0}

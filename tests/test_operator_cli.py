@@ -25,6 +25,7 @@ import pytest_asyncio
 
 from stamp.cli import main
 from stamp.credentials import token_digest
+from stamp.crypto import backend as crypto_backend
 from stamp.crypto.hdkeys import ExtendedPrivateKey
 from stamp.crypto.issuer_keys import PKCS8_V1_PREFIX, IssuerKey, verify_signature
 from stamp.db.embedded import EmbeddedPostgres
@@ -194,6 +195,23 @@ def test_check_config_prints_the_configuration_with_secrets_masked(
         hashlib.sha256(token.encode()).hexdigest(),
     ):
         assert secret not in result.out
+
+
+def test_check_config_names_the_crypto_backend_in_use(
+    cli: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    _clean_environment(monkeypatch, tmp_path)
+    shown = cli("check-config").json()
+    assert shown["crypto_backend"] == "auto"
+    assert shown["crypto_backend_in_use"] == crypto_backend.select("auto").group.name
+    monkeypatch.setenv("STAMP_CRYPTO_BACKEND", "sodium")
+    shown = cli("check-config").json()
+    assert (shown["crypto_backend"], shown["crypto_backend_in_use"]) == ("sodium", "sodium")
+    assert "crypto_backend_fallback_reason" not in shown
+    monkeypatch.setenv("STAMP_CRYPTO_BACKEND", "openssl")
+    result = cli("check-config")
+    assert result.code == 2
+    assert "STAMP_CRYPTO_BACKEND='openssl': must be one of auto, decaf, sodium" in result.err
 
 
 # --- recipients -------------------------------------------------------------------------

@@ -21,6 +21,9 @@ from stamp.crypto.pedersen import (
 )
 from stamp.crypto.sodium import L
 
+# Every test here runs on both group backends (libsodium and libdecaf).
+pytestmark = pytest.mark.usefixtures("each_backend")
+
 VECTORS = Path(__file__).resolve().parent / "vectors" / "project-origin.txt"
 V = dict(re.findall(r"^(\S+)(?: \(\d+ bytes\))?\s+= (\S+)$", VECTORS.read_text(), re.M))
 R = blinding_from_bytes(bytes.fromhex(V["R"]))

@@ -20,6 +20,9 @@ from stamp.crypto.generators import (
 )
 from stamp.crypto.rangeproof import PROOF_SIZE, RangeProofError, proof_size, prove, verify
 
+# Every test here runs on both group backends (libsodium and libdecaf).
+pytestmark = pytest.mark.usefixtures("each_backend")
+
 # Copies of shared/spec/vectors, kept in the repo so the suite is self-contained.
 VECTORS = Path(__file__).resolve().parent / "vectors"
 DALEK_LABEL = b"Deserialize-And-Verify Test"

@@ -10,6 +10,8 @@ import hashlib
 import re
 from pathlib import Path
 
+import pytest
+
 from protos.project_origin.electricity.v1 import electricity_pb2
 from protos.project_origin.registry.v1 import registry_pb2
 from stamp.crypto import rangeproof
@@ -30,6 +32,10 @@ from stamp.crypto.transactions import (
     build_withdrawn_transaction,
     transaction_id,
 )
+
+# Every test here runs on both group backends (libsodium and libdecaf).
+pytestmark = pytest.mark.usefixtures("each_backend")
+
 
 VECTORS = Path(__file__).resolve().parent / "vectors" / "project-origin.txt"
 V = dict(re.findall(r"^(\S+)(?: \(\d+ bytes\))?\s+= (\S+)$", VECTORS.read_text(), re.M))

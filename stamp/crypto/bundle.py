@@ -9,6 +9,8 @@ in, plain picklable data out, no clock and no I/O. The phases are also exposed o
 from __future__ import annotations
 
 import functools
+import random
+import secrets
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, MutableMapping
@@ -66,6 +68,8 @@ class IssueRequest:
     blinding: int | None = field(default=None, repr=False)
     nonce: str | None = None
     salts: tuple[bytes, ...] | None = field(default=None, repr=False)
+    proof_seed: int | None = field(default=None, repr=False)
+    """Seeds the prover's blindings: reproducible proofs for tests, never set by the service."""
 
     def __post_init__(self) -> None:
         # Callers may pass a type name or attribute mappings; keep one canonical form so the
@@ -109,11 +113,21 @@ def commit_quantity(quantity: int, blinding: int) -> bytes:
     return pedersen.commit(quantity, blinding, PROJECT_ORIGIN_PEDERSEN)
 
 
-def prove_quantity(quantity: int, blinding: int, certificate_id: str) -> tuple[bytes, bytes]:
+def prove_quantity(
+    quantity: int,
+    blinding: int,
+    certificate_id: str,
+    random_bytes: rangeproof.RandomBytes = secrets.token_bytes,
+) -> tuple[bytes, bytes]:
     """(proof, commitment) for quantity ∈ [0, 2^32), labelled with the certificate id."""
     try:
         return rangeproof.prove(
-            quantity, blinding, certificate_id.encode("utf-8"), PROJECT_ORIGIN_PEDERSEN, BIT_SIZE
+            quantity,
+            blinding,
+            certificate_id.encode("utf-8"),
+            PROJECT_ORIGIN_PEDERSEN,
+            BIT_SIZE,
+            random_bytes=random_bytes,
         )
     except rangeproof.RangeProofError as exc:
         raise BundleError(f"quantity: {exc}") from exc
@@ -203,7 +217,12 @@ def build_issue_bundle(
     with phase("commit"):
         commitment = commit_quantity(request.quantity, blinding)
     with phase("prove"):
-        proof, proven_commitment = prove_quantity(request.quantity, blinding, request.certificate_id)
+        randomness = (
+            secrets.token_bytes if request.proof_seed is None else random.Random(request.proof_seed).randbytes
+        )
+        proof, proven_commitment = prove_quantity(
+            request.quantity, blinding, request.certificate_id, randomness
+        )
     if proven_commitment != commitment:
         raise BundleError("the prover committed to something else than the quantity")
     if request.verify_proof:

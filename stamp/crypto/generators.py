@@ -11,8 +11,10 @@ from __future__ import annotations
 import functools
 import hashlib
 from dataclasses import dataclass
+from typing import Any
 
-from stamp.crypto import sodium
+from stamp.crypto import backend, sodium
+from stamp.crypto.backend import Group
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,8 +24,10 @@ class PedersenGens:
     B: bytes
     B_blinding: bytes
 
-    def commit(self, value: int, blinding: int) -> bytes:
-        return sodium.add(sodium.mul(value, self.B), sodium.mul(blinding, self.B_blinding))
+    def commit(self, value: int, blinding: int, group: Group | None = None) -> bytes:
+        """value·B + blinding·B_blinding, in constant time on the native backend (both secret)."""
+        group = backend.active() if group is None else group
+        return group.encode(group.msm([value, blinding], [internal_pedersen(group, self)], secret=True))
 
 
 def _project_origin_pedersen() -> PedersenGens:
@@ -54,3 +58,44 @@ def bulletproof_gens(n: int) -> tuple[tuple[bytes, ...], tuple[bytes, ...]]:
     """The first n points (G_i, H_i) of party 0's chains; the same for any capacity ≥ n."""
     party = (0).to_bytes(4, "little")
     return _generators_chain(b"G" + party, n), _generators_chain(b"H" + party, n)
+
+
+# --- the same points in a backend's internal form, made once per process ---------------------
+
+
+@functools.cache
+def internal_pedersen(group: Group, gens: PedersenGens) -> Any:
+    """The batch (B, B_blinding)."""
+    return _fixed(group, gens.B + gens.B_blinding)
+
+
+@dataclass(frozen=True, slots=True)
+class InternalBases:
+    """Every fixed base of a range proof for one bit size, as batches of `group`."""
+
+    B: Any
+    B_blinding: Any
+    G: Any
+    H: Any
+    minus_H: Any
+
+
+@functools.cache
+def internal_bases(group: Group, gens: PedersenGens, n: int) -> InternalBases:
+    gens_g, gens_h = bulletproof_gens(n)
+    h = _fixed(group, b"".join(gens_h))
+    minus_h = group.negate(h)
+    group.precompute(minus_h)
+    return InternalBases(
+        B=_fixed(group, gens.B),
+        B_blinding=_fixed(group, gens.B_blinding),
+        G=_fixed(group, b"".join(gens_g)),
+        H=h,
+        minus_H=minus_h,
+    )
+
+
+def _fixed(group: Group, encodings: bytes) -> Any:
+    points = group.decode(encodings)
+    group.precompute(points)
+    return points

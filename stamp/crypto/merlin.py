@@ -3,18 +3,21 @@ challenges (crypto.md §4 and §4a step 2).
 
 The range proof is only accepted by the registry if every challenge is derived exactly as
 the `merlin` crate (v1.0, "Merlin v1.0" protocol label) does, so this module reproduces its
-STROBE-128 subset byte for byte: `meta_ad`, `ad` and `prf` with the same framing. The
-Keccak permutation is written here because hashlib exposes only the finished sponges.
+STROBE-128 subset byte for byte: `meta_ad`, `ad` and `prf` with the same framing. hashlib
+exposes only the finished sponges, so the permutation is passed in: the native backend's C
+Keccak-f[1600] (`backend.py`), or the pure-Python one written here, which is also the test
+oracle for the C one.
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from stamp.crypto import sodium
 
 _MASK64 = (1 << 64) - 1
+_LANES = struct.Struct("<25Q")
 _ROUND_CONSTANTS = (
     0x0000000000000001, 0x0000000000008082, 0x800000000000808A, 0x8000000080008000,
     0x000000000000808B, 0x0000000080000001, 0x8000000080008081, 0x8000000000008009,
@@ -134,6 +137,15 @@ def keccak_f1600(lanes: Sequence[int]) -> list[int]:
     ]  # fmt: skip
 
 
+Permutation = Callable[[bytearray], None]
+"""Keccak-f[1600] in place on a 200-byte state."""
+
+
+def python_keccak_f1600(state: bytearray) -> None:
+    """`keccak_f1600` in place on the 200-byte state, as the transcript wants it."""
+    _LANES.pack_into(state, 0, *keccak_f1600(_LANES.unpack(state)))
+
+
 # STROBE-128 as Merlin uses it (strobe.rs of the merlin crate).
 _STROBE_R = 166
 _FLAG_I = 1
@@ -142,28 +154,30 @@ _FLAG_C = 1 << 2
 _FLAG_T = 1 << 3
 _FLAG_M = 1 << 4
 _FLAG_K = 1 << 5
-_LANES = struct.Struct("<25Q")
 
 
 class Strobe128:
     """The subset of STROBE-128 that Merlin needs, with the same byte-level behaviour."""
 
-    __slots__ = ("_cur_flags", "_pos", "_pos_begin", "_state")
+    __slots__ = ("_cur_flags", "_permute", "_pos", "_pos_begin", "_state")
 
-    def __init__(self, protocol_label: bytes) -> None:
+    def __init__(self, protocol_label: bytes, permute: Permutation = python_keccak_f1600) -> None:
         state = bytearray(200)
         state[0:6] = bytes([1, _STROBE_R + 2, 1, 0, 1, 96])
         state[6:18] = b"STROBEv1.0.2"
-        _LANES.pack_into(state, 0, *keccak_f1600(_LANES.unpack(state)))
+        permute(state)
         self._state = state
+        self._permute = permute
         self._pos = 0
         self._pos_begin = 0
         self._cur_flags = 0
         self.meta_ad(protocol_label, more=False)
 
-    def copy(self) -> Strobe128:
+    def copy(self, permute: Permutation | None = None) -> Strobe128:
+        """An independent copy, optionally running on another (equivalent) permutation."""
         other = Strobe128.__new__(Strobe128)
         other._state = bytearray(self._state)
+        other._permute = self._permute if permute is None else permute
         other._pos = self._pos
         other._pos_begin = self._pos_begin
         other._cur_flags = self._cur_flags
@@ -186,7 +200,7 @@ class Strobe128:
         state[self._pos] ^= self._pos_begin
         state[self._pos + 1] ^= 0x04
         state[_STROBE_R + 1] ^= 0x80
-        _LANES.pack_into(state, 0, *keccak_f1600(_LANES.unpack(state)))
+        self._permute(state)
         self._pos = 0
         self._pos_begin = 0
 
@@ -248,8 +262,8 @@ class Transcript:
 
     __slots__ = ("_strobe",)
 
-    def __init__(self, label: bytes) -> None:
-        self._strobe = _MERLIN_START.copy()
+    def __init__(self, label: bytes, permute: Permutation = python_keccak_f1600) -> None:
+        self._strobe = _MERLIN_START.copy(permute)
         self.append_message(b"dom-sep", label)
 
     def append_message(self, label: bytes, message: bytes) -> None:

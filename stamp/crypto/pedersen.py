@@ -22,8 +22,16 @@ def commit(value: int, blinding: int, gens: PedersenGens = PROJECT_ORIGIN_PEDERS
     return gens.commit(value, blinding)
 
 
+def is_canonical(commitment: bytes) -> bool:
+    """Whether `commitment` is a canonical Ristretto255 encoding (RFC 9496; bit 255 clear), as
+    the registry and the wallet decode it (crypto.md §4a)."""
+    return sodium.is_valid_point(bytes(commitment))
+
+
 def opens(commitment: bytes, value: int, blinding: int, gens: PedersenGens = PROJECT_ORIGIN_PEDERSEN) -> bool:
-    """Whether (value, blinding) opens `commitment`."""
+    """Whether (value, blinding) opens `commitment` (a canonical encoding only)."""
+    if not is_canonical(commitment):
+        return False
     try:
         expected = commit(value, blinding, gens)
     except ValueError:

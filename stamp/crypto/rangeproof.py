@@ -5,27 +5,37 @@ Proves that a Pedersen commitment V = v·B + γ·B_blinding opens to 0 ≤ v < 2
 v. The registry verifies with the Rust crate, so every transcript message, generator and byte of
 the serialization follows the crate (`RangeProof::prove_single` / `verify_single`, m = 1).
 
-Why the code is shaped as it is: libsodium offers one variable-base scalar multiplication
-(~40 µs) and one addition (~11 µs, mostly decoding and encoding) per call, and no multiscalar
-multiplication. Bucket (Pippenger) or interleaved (Straus) methods built from those additions
-lose to plain products because an addition costs a quarter of a product, so every Σ sᵢ·Pᵢ here
-is a sum of single products and the work is to need fewer of them: scalars are Python ints, A
-is built from additions only, H′ = y⁻ⁱ·Hᵢ is never materialized, the inner-product generators
-are folded as scale·point (one product per element instead of two) and Q = w·B is folded into
-B's scalar. scripts/bench_rangeproof.py measures all of this.
+The proof is written once against the group backend (`backend.Group`, libdecaf or libsodium);
+the backends give byte-identical results. What depends on the cost of a backend's operations
+is only how the inner-product prover treats its shrinking generator vectors:
+
+- with libsodium a product costs ~40 µs and an addition ~11 µs whether or not it is part of
+  a sum, so the generators are folded explicitly, kept as scale·point so that a fold costs one
+  product per element (`_FoldedGenerators`);
+- with libdecaf a multiscalar multiplication costs a fraction of the single products, so
+  the prover keeps the original generators (whose lookup tables are built once per process)
+  with running coefficients and makes each L and R one multiscalar multiplication over them
+  (`_WeightedGenerators`): no fold at all.
+
+scripts/bench_crypto.py measures both backends.
 """
 
 from __future__ import annotations
 
 import functools
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol
 
-from stamp.crypto import sodium
-from stamp.crypto.generators import PedersenGens, bulletproof_gens
+from stamp.crypto import backend, sodium
+from stamp.crypto.backend import Group
+from stamp.crypto.generators import InternalBases, PedersenGens, internal_bases
 from stamp.crypto.merlin import Transcript
 from stamp.crypto.sodium import IDENTITY, L
+
+RandomBytes = Callable[[int], bytes]
+"""Where the prover's blindings come from: `secrets.token_bytes`; tests pass a seeded one."""
 
 SUPPORTED_BIT_SIZES = (8, 16, 32, 64)
 
@@ -80,15 +90,12 @@ class _Proof:
 
     @classmethod
     def from_bytes(cls, data: bytes, n: int) -> _Proof:
-        """Parse a proof for bit size n. ValueError unless the length fits n, every point is a
-        valid encoding and every scalar is canonical: the crate's `from_bytes` together with
-        the decompression of each point in `verify`."""
+        """Parse a proof for bit size n. ValueError unless the length fits n and every scalar is
+        canonical (the crate's `from_bytes`); the points are decoded by the verifier."""
         if len(data) != proof_size(n):
             raise ValueError("range proof has the wrong length for its bit size")
         chunks = [data[i : i + 32] for i in range(0, len(data), 32)]
         points, rounds = chunks[:4], chunks[7:-2]
-        if not all(map(sodium.is_valid_point, points + rounds)):
-            raise ValueError("range proof holds an invalid point")
         scalars = [sodium.scalar_int(chunk) for chunk in chunks[4:7] + chunks[-2:]]
         if any(s >= L for s in scalars):
             raise ValueError("range proof holds a non-canonical scalar")
@@ -99,34 +106,50 @@ class _Proof:
             a_point, s_point, t1_point, t2_point, t_x, t_x_blinding, e_blinding, l_points, r_points, a, b
         )
 
+    def points(self) -> bytes:
+        """A S T1 T2 L0 R0 L1 R1 …: every point, in the order of the serialization."""
+        rounds = (point for pair in zip(self.L, self.R, strict=True) for point in pair)
+        return b"".join((self.A, self.S, self.T1, self.T2, *rounds))
+
 
 # --- prover ---------------------------------------------------------------------------------
 
 
 def prove(
-    value: int, blinding: int, label: bytes, pedersen: PedersenGens, n: int = 32
+    value: int,
+    blinding: int,
+    label: bytes,
+    pedersen: PedersenGens,
+    n: int = 32,
+    *,
+    group: Group | None = None,
+    random_bytes: RandomBytes = secrets.token_bytes,
 ) -> tuple[bytes, bytes]:
     """Prove 0 ≤ value < 2^n for V = value·B + blinding·B_blinding; returns (proof, V).
 
-    `label` is the Merlin transcript label (Stamp: the certificate id's UTF-8 bytes)."""
+    `label` is the Merlin transcript label (Stamp: the certificate id's UTF-8 bytes). `group`
+    defaults to this process's backend."""
     if n not in SUPPORTED_BIT_SIZES:
         raise RangeProofError(f"bit size must be one of {SUPPORTED_BIT_SIZES}")
     if not 0 <= value < 1 << n:
         raise RangeProofError(f"the value is outside [0, 2^{n})")
-    gens_g, gens_h = bulletproof_gens(n)
-    commitment = pedersen.commit(value, blinding)
-    transcript = _start_transcript(label, n, commitment)
+    group = backend.active() if group is None else group
+    bases = internal_bases(group, pedersen, n)
+    commitment = pedersen.commit(value, blinding, group)
+    transcript = _start_transcript(group, label, n, commitment)
 
-    alpha, rho, tau_1, tau_2, *s_vectors = _random_scalars(4 + 2 * n)
+    alpha, rho, tau_1, tau_2, *s_vectors = _random_scalars(4 + 2 * n, random_bytes)
     s_l, s_r = s_vectors[:n], s_vectors[n:]
     bits = [value >> i & 1 for i in range(n)]
-    a_point = _commit_bits(bits, alpha, pedersen)
-    s_point = _sum_of_products([rho, *s_l, *s_r], [pedersen.B_blinding, *gens_g, *gens_h])
+    # A = α·B_blinding + Σ (bit ? Gᵢ : −Hᵢ); S = ρ·B_blinding + ⟨s_L, G⟩ + ⟨s_R, H⟩ (all secret).
+    selected = group.select_sum(bits, bases.G, bases.minus_H)
+    a_point = group.encode(group.msm([alpha, 1], [bases.B_blinding, selected], secret=True))
+    s_point = group.encode(group.msm([rho, *s_l, *s_r], [bases.B_blinding, bases.G, bases.H], secret=True))
     y, z = _bit_challenges(transcript, a_point, s_point)
 
     poly = _VectorPolynomials.build(bits, s_l, s_r, y, z)
-    t1_point = pedersen.commit(poly.t1, tau_1)
-    t2_point = pedersen.commit(poly.t2, tau_2)
+    t1_point = pedersen.commit(poly.t1, tau_1, group)
+    t2_point = pedersen.commit(poly.t2, tau_2, group)
     x = _poly_challenge(transcript, t1_point, t2_point)
 
     t_x = (poly.t0 + x * (poly.t1 + x * poly.t2)) % L
@@ -136,31 +159,21 @@ def prove(
 
     l_vec, r_vec = poly.evaluate(x)
     y_inverse = pow(y, -1, L)
+    generators: type[_WeightedGenerators | _FoldedGenerators] = (
+        _WeightedGenerators if group.implicit_fold else _FoldedGenerators
+    )
     ipp = _prove_inner_product(
+        group,
         transcript,
-        _ScaledPoints(gens_g, (1,) * n, (1,) * n),
-        _ScaledPoints(gens_h, tuple(_powers(y_inverse, n)), tuple(_powers(y, n))),  # H′ = y⁻ⁱ·Hᵢ
-        q_base=pedersen.B,
+        generators(group, bases.G, [1] * n, [1] * n),
+        generators(group, bases.H, _powers(y_inverse, n), _powers(y, n)),  # H′ = y⁻ⁱ·Hᵢ
+        bases,
         q_scale=w,
         a=l_vec,
         b=r_vec,
     )
     proof = _Proof(a_point, s_point, t1_point, t2_point, t_x, t_x_blinding, e_blinding, *ipp)
     return proof.to_bytes(), commitment
-
-
-def _commit_bits(bits: Sequence[int], alpha: int, pedersen: PedersenGens) -> bytes:
-    """A = α·B_blinding + Σ_{bit 1} Gᵢ − Σ_{bit 0} Hᵢ, as α·B_blinding + Σ_{bit 1}(Gᵢ + Hᵢ) − ΣHᵢ:
-    one product and popcount + 2 additions."""
-    g_plus_h, minus_h_sum = _bit_commitment_bases(len(bits))
-    set_bits = [g_plus_h[i] for i, bit in enumerate(bits) if bit]
-    return functools.reduce(sodium.add, [sodium.mul(alpha, pedersen.B_blinding), minus_h_sum, *set_bits])
-
-
-@functools.cache
-def _bit_commitment_bases(n: int) -> tuple[tuple[bytes, ...], bytes]:
-    gens_g, gens_h = bulletproof_gens(n)
-    return tuple(map(sodium.add, gens_g, gens_h)), sodium.sub(IDENTITY, functools.reduce(sodium.add, gens_h))
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -197,37 +210,83 @@ class _VectorPolynomials:
         return l_vec, r_vec
 
 
-@dataclass(frozen=True, slots=True)
-class _ScaledPoints:
-    """Generators kept as scaleᵢ·pointᵢ. Folding lo·Xᵢ + hi·X_{k+i} then costs one product and
-    one addition per element, the factor lo·scaleᵢ going into the new scale."""
+class _Generators(Protocol):
+    """A generator vector X of the inner-product argument, current length 2k, folded each round
+    as X′ᵢ = lo·Xᵢ + hi·X_{k+i}."""
 
-    points: tuple[bytes, ...]
-    scales: tuple[int, ...]
-    inverse_scales: tuple[int, ...]
+    points: Any
 
-    def fold(self, lo: int, lo_inverse: int, hi: int) -> _ScaledPoints:
-        k = len(self.points) // 2
-        points, scales, inverse_scales = [], [], []
-        for i in range(k):
-            ratio = hi * self.scales[k + i] * self.inverse_scales[i] * lo_inverse % L
-            points.append(sodium.add(self.points[i], sodium.mul(ratio, self.points[k + i])))
-            scales.append(lo * self.scales[i] % L)
-            inverse_scales.append(lo_inverse * self.inverse_scales[i] % L)
-        return _ScaledPoints(tuple(points), tuple(scales), tuple(inverse_scales))
+    def weights(self, lo: Sequence[int] | None, hi: Sequence[int] | None) -> list[int]:
+        """Scalars on `points` whose sum is Σ loᵢ·Xᵢ + Σ hiᵢ·X_{k+i} (a missing half is 0)."""
+
+    def fold(self, lo: int, lo_inverse: int, hi: int) -> None: ...
+
+
+class _FoldedGenerators:
+    """X kept as scaleᵢ·pointᵢ over explicitly folded points: a fold costs one product and one
+    addition per element, the factor lo·scaleᵢ going into the new scale."""
+
+    def __init__(self, group: Group, points: Any, scales: list[int], inverse_scales: list[int]) -> None:
+        self._group = group
+        self.points = points
+        self._scales = scales
+        self._inverse_scales = inverse_scales
+
+    def weights(self, lo: Sequence[int] | None, hi: Sequence[int] | None) -> list[int]:
+        k = len(self._scales) // 2
+        low = _hadamard(lo, self._scales[:k]) if lo is not None else [0] * k
+        high = _hadamard(hi, self._scales[k:]) if hi is not None else [0] * k
+        return low + high
+
+    def fold(self, lo: int, lo_inverse: int, hi: int) -> None:
+        k = len(self._scales) // 2
+        scales, inverse_scales = self._scales, self._inverse_scales
+        ratios = [hi * scales[k + i] * inverse_scales[i] * lo_inverse % L for i in range(k)]
+        self.points = self._group.fold(self.points, ratios)
+        self._scales = [lo * s % L for s in scales[:k]]
+        self._inverse_scales = [lo_inverse * s % L for s in inverse_scales[:k]]
+
+
+class _WeightedGenerators:
+    """X kept as the original points with a running coefficient each: Xᵢ = Σ_{m ≡ i mod 2k}
+    coefficientₘ·Pₘ. A fold only updates coefficients; L and R are sums over all n points."""
+
+    # The same signature as _FoldedGenerators', so that the prover can make either.
+    def __init__(self, _group: Group, points: Any, coefficients: list[int], _inverse: list[int]) -> None:
+        self.points = points
+        self._coefficients = coefficients
+        self._size = len(coefficients)
+
+    def weights(self, lo: Sequence[int] | None, hi: Sequence[int] | None) -> list[int]:
+        k = self._size // 2
+        result = []
+        for m, coefficient in enumerate(self._coefficients):
+            j = m % self._size
+            half, index = (lo, j) if j < k else (hi, j - k)
+            result.append(half[index] * coefficient % L if half is not None else 0)
+        return result
+
+    def fold(self, lo: int, lo_inverse: int, hi: int) -> None:
+        k = self._size // 2
+        self._coefficients = [
+            c * (lo if m % self._size < k else hi) % L for m, c in enumerate(self._coefficients)
+        ]
+        self._size = k
 
 
 def _prove_inner_product(
+    group: Group,
     transcript: Transcript,
-    g: _ScaledPoints,
-    h: _ScaledPoints,
+    g: _Generators,
+    h: _Generators,
+    bases: InternalBases,
     *,
-    q_base: bytes,
     q_scale: int,
     a: list[int],
     b: list[int],
 ) -> tuple[tuple[bytes, ...], tuple[bytes, ...], int, int]:
-    """`InnerProductProof::create` with Q = q_scale·q_base: returns (L vector, R vector, a, b)."""
+    """`InnerProductProof::create` with Q = q_scale·B: returns (L vector, R vector, a, b).
+    Variable time, as in the crate: a and b are blinded, the challenges public."""
     n = len(a)
     transcript.append_message(b"dom-sep", b"ipp v1")
     transcript.append_u64(b"n", n)
@@ -236,22 +295,11 @@ def _prove_inner_product(
     while n > 1:
         k = n // 2
         a_lo, a_hi, b_lo, b_hi = a[:k], a[k:], b[:k], b[k:]
-        l_point = _sum_of_products(
-            [
-                *_hadamard(a_lo, g.scales[k:]),
-                *_hadamard(b_hi, h.scales[:k]),
-                _inner_product(a_lo, b_hi) * q_scale,
-            ],
-            [*g.points[k:], *h.points[:k], q_base],
-        )
-        r_point = _sum_of_products(
-            [
-                *_hadamard(a_hi, g.scales[:k]),
-                *_hadamard(b_lo, h.scales[k:]),
-                _inner_product(a_hi, b_lo) * q_scale,
-            ],
-            [*g.points[:k], *h.points[k:], q_base],
-        )
+        batches = [g.points, h.points, bases.B]
+        l_scalars = [*g.weights(None, a_lo), *h.weights(b_hi, None), _inner_product(a_lo, b_hi) * q_scale]
+        r_scalars = [*g.weights(a_hi, None), *h.weights(None, b_lo), _inner_product(a_hi, b_lo) * q_scale]
+        l_point = group.encode(group.msm(l_scalars, batches, secret=False))
+        r_point = group.encode(group.msm(r_scalars, batches, secret=False))
         transcript.validate_and_append_point(b"L", l_point)
         transcript.validate_and_append_point(b"R", r_point)
         u = transcript.challenge_scalar(b"u")
@@ -261,8 +309,8 @@ def _prove_inner_product(
         a = [(lo * u + hi * u_inverse) % L for lo, hi in zip(a_lo, a_hi, strict=True)]
         b = [(lo * u_inverse + hi * u) % L for lo, hi in zip(b_lo, b_hi, strict=True)]
         if k > 1:  # the last round's generators are never used
-            g = g.fold(u_inverse, u, u)
-            h = h.fold(u, u_inverse, u_inverse)
+            g.fold(u_inverse, u, u)
+            h.fold(u, u_inverse, u_inverse)
         n = k
     return tuple(l_points), tuple(r_points), a[0], b[0]
 
@@ -270,25 +318,39 @@ def _prove_inner_product(
 # --- verifier -------------------------------------------------------------------------------
 
 
-def verify(proof: bytes, commitment: bytes, label: bytes, pedersen: PedersenGens, n: int = 32) -> bool:
+def verify(
+    proof: bytes,
+    commitment: bytes,
+    label: bytes,
+    pedersen: PedersenGens,
+    n: int = 32,
+    *,
+    group: Group | None = None,
+) -> bool:
     """True when `proof` shows that `commitment` opens to a value in [0, 2^n) under this
-    transcript label and these generators. Never raises: anything malformed is False."""
+    transcript label and these generators. Never raises: anything malformed (a non-canonical
+    point or scalar included, crypto.md §4a) is False."""
     try:
-        return _verify(bytes(proof), bytes(commitment), bytes(label), pedersen, n)
+        return _verify(bytes(proof), bytes(commitment), bytes(label), pedersen, n, group)
     except (ValueError, TypeError):
         return False
 
 
-def _verify(proof: bytes, commitment: bytes, label: bytes, pedersen: PedersenGens, n: int) -> bool:
-    if n not in SUPPORTED_BIT_SIZES or not sodium.is_valid_point(commitment):
+def _verify(
+    proof: bytes, commitment: bytes, label: bytes, pedersen: PedersenGens, n: int, group: Group | None
+) -> bool:
+    if n not in SUPPORTED_BIT_SIZES or len(commitment) != 32:
         return False
+    group = backend.active() if group is None else group
     p = _Proof.from_bytes(proof, n)
-    transcript = _start_transcript(label, n, commitment)
+    points = group.decode(p.points())  # ValueError on any non-canonical encoding
+    commitment_point = group.decode(commitment)
+    transcript = _start_transcript(group, label, n, commitment)
     y, z = _bit_challenges(transcript, p.A, p.S)
     x = _poly_challenge(transcript, p.T1, p.T2)
     w = _opening_challenge(transcript, p.t_x, p.t_x_blinding, p.e_blinding)
     u = _inner_product_challenges(transcript, n, p.L, p.R)
-    c = _random_scalars(1)[0]  # batches the t(x) check with the inner-product check
+    c = _random_scalars(1, secrets.token_bytes)[0]  # batches the t(x) check with the inner-product one
 
     y_inverse, *u_inverse = _batch_invert([y, *u])
     u_sq = [u_k * u_k % L for u_k in u]
@@ -301,24 +363,25 @@ def _verify(proof: bytes, commitment: bytes, label: bytes, pedersen: PedersenGen
         z + y_inv_i * ((zz << i) - p.b * s_i)
         for i, (y_inv_i, s_i) in enumerate(zip(_powers(y_inverse, n), reversed(s), strict=True))
     ]
-    gens_g, gens_h = bulletproof_gens(n)
-    total = _sum_of_products(
+    round_scalars = [v for pair in zip(u_sq, u_inverse_sq, strict=True) for v in pair]
+    bases = internal_bases(group, pedersen, n)
+    total = group.msm(
         [
             1,
             x,
             c * x,
             c * x * x,
-            *u_sq,
-            *u_inverse_sq,
+            *round_scalars,
             -p.e_blinding - c * p.t_x_blinding,
             w * (p.t_x - p.a * p.b) + c * (delta - p.t_x),
             *g_scalars,
             *h_scalars,
             c * zz,
         ],
-        [p.A, p.S, p.T1, p.T2, *p.L, *p.R, pedersen.B_blinding, pedersen.B, *gens_g, *gens_h, commitment],
+        [points, bases.B_blinding, bases.B, bases.G, bases.H, commitment_point],
+        secret=False,
     )
-    return total == IDENTITY
+    return group.encode(total) == IDENTITY
 
 
 def _inner_product_challenges(
@@ -348,8 +411,8 @@ def _fold_weights(u_sq: Sequence[int], u_inverse: Sequence[int]) -> list[int]:
 # --- transcript steps shared by prover and verifier (§4a step 2) ----------------------------
 
 
-def _start_transcript(label: bytes, n: int, commitment: bytes) -> Transcript:
-    transcript = Transcript(label)
+def _start_transcript(group: Group, label: bytes, n: int, commitment: bytes) -> Transcript:
+    transcript = Transcript(label, group.keccak_f1600)
     transcript.append_message(b"dom-sep", b"rangeproof v1")
     transcript.append_u64(b"n", n)
     transcript.append_u64(b"m", 1)
@@ -377,15 +440,6 @@ def _opening_challenge(transcript: Transcript, t_x: int, t_x_blinding: int, e_bl
 
 
 # --- arithmetic -----------------------------------------------------------------------------
-
-
-def _sum_of_products(scalars: Sequence[int], points: Sequence[bytes]) -> bytes:
-    """Σ sᵢ·Pᵢ as single libsodium products (a factor of 1 costs no product)."""
-    products = (
-        point if scalar == 1 else sodium.mul(scalar, point)
-        for scalar, point in zip(scalars, points, strict=True)
-    )
-    return functools.reduce(sodium.add, products)
 
 
 def _inner_product(left: Sequence[int], right: Sequence[int]) -> int:
@@ -416,7 +470,7 @@ def _batch_invert(values: Sequence[int]) -> list[int]:
     return result
 
 
-def _random_scalars(count: int) -> list[int]:
+def _random_scalars(count: int, random_bytes: RandomBytes) -> list[int]:
     """Uniform scalars (64 random bytes each, reduced mod ℓ, so the bias is negligible)."""
-    data = secrets.token_bytes(64 * count)
+    data = random_bytes(64 * count)
     return [int.from_bytes(data[64 * i : 64 * (i + 1)], "little") % L for i in range(count)]

@@ -69,8 +69,11 @@ def from_hash(data: bytes) -> bytes:
 
 
 def is_valid_point(point: bytes) -> bool:
-    """True for a canonical encoding of a group element (the identity included)."""
-    if len(point) != POINT_BYTES:
+    """True for a canonical encoding of a group element (the identity included).
+
+    RFC 9496 decoding (and the registry's Rust code) rejects an encoding with bit 255 set;
+    libsodium 1.0.18 ignores that bit, so it is checked here (crypto.md §4a)."""
+    if len(point) != POINT_BYTES or point[31] & 0x80:
         return False
     if point == IDENTITY:
         return True

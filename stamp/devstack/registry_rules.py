@@ -37,7 +37,7 @@ from google.protobuf.message import DecodeError
 
 from protos.project_origin.electricity.v1 import electricity_pb2
 from protos.project_origin.registry.v1 import registry_pb2
-from stamp.crypto import issuer_keys, rangeproof
+from stamp.crypto import issuer_keys, pedersen, rangeproof
 from stamp.crypto.generators import PROJECT_ORIGIN_PEDERSEN
 from stamp.crypto.sodium import L
 
@@ -154,6 +154,10 @@ def _verify_issued(
     commitment = event.quantity_commitment
     if len(commitment.content) != COMMITMENT_BYTES or not proof_deserializes(commitment.range_proof):
         return Verdict(Outcome.STUCK, "the quantity commitment or its range proof cannot be parsed")
+    # A non-canonical point (bit 255 set, crypto.md §4a) fails the real verifier's decoding;
+    # checked even when the proof check is skipped, since it costs one decoding.
+    if not pedersen.is_canonical(commitment.content):
+        return _failed("Invalid range proof for Quantity commitment", ProofCheck.VERIFIED)
     if check_proof and not rangeproof.verify(
         commitment.range_proof,
         commitment.content,

@@ -243,6 +243,8 @@ def _check_commitment(slice_: SliceRequest, event: electricity_pb2.IssuedEvent) 
     except ValueError:
         return ["randomR is not a canonical scalar"]
     commitment = event.quantity_commitment.content
+    if not pedersen.is_canonical(commitment):
+        return ["the quantity commitment is not a canonical Ristretto255 point"]
     try:
         opens = pedersen.opens(commitment, slice_.quantity, blinding)
     except ValueError:
