@@ -31,6 +31,7 @@ from actors.messages import Drain
 from actors.registry_gateway import RegistryGateway
 from actors.supervisor import Supervisor
 from actors.wallet_gateway import WalletGateway
+from stamp import metrics
 from stamp.admission import Backlog, LiveCounts, RecipientCache
 from stamp.api import auth, metrics_http, openapi, withdrawals
 from stamp.api import routes as certificate_routes

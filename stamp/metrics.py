@@ -24,13 +24,6 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from stamp.domain import CERTIFICATE_TYPES, CertificateKey, CertificateRecord, State, step_of
 
-
-def set_crypto_backend(name: str, requested: str) -> None:
-    """One series at 1: the backend this Stamp's crypto workers run."""
-    CRYPTO_BACKEND.clear()
-    CRYPTO_BACKEND.labels(backend=name, requested=requested).set(1)
-
-
 # Seconds: from a few ms (DB transitions) to minutes (a deep backlog).
 _PIPELINE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600)
 _HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -122,6 +115,12 @@ _accepted_lock = threading.Lock()
 
 
 # --- hooks ----------------------------------------------------------------------------
+
+
+def set_crypto_backend(name: str, requested: str) -> None:
+    """One series at 1: the backend this Stamp's crypto workers run."""
+    CRYPTO_BACKEND.clear()
+    CRYPTO_BACKEND.labels(backend=name, requested=requested).set(1)
 
 
 def certificate_received(key: CertificateKey | None = None) -> None:
