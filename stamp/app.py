@@ -33,7 +33,7 @@ from actors.supervisor import Supervisor
 from actors.wallet_gateway import WalletGateway
 from stamp import metrics
 from stamp.admission import Backlog, LiveCounts, RecipientCache
-from stamp.api import auth, metrics_http, openapi, withdrawals
+from stamp.api import auth, batch, metrics_http, openapi, withdrawals
 from stamp.api import routes as certificate_routes
 from stamp.api.problems import problem_middleware
 from stamp.api.runtime import RUNTIME, Runtime
@@ -250,14 +250,21 @@ async def _refresh_backlog(runtime: Runtime) -> None:
 def build_app(settings: Settings) -> web.Application:
     app = web.Application(
         middlewares=[metrics_http.metrics_middleware, problem_middleware, auth.auth_middleware],
-        client_max_size=settings.max_body_bytes + 1024,
+        client_max_size=max(settings.max_body_bytes, settings.max_batch_body_bytes) + 1024,
     )
     app[SETTINGS] = settings
     app.cleanup_ctx.extend([database_ctx, crypto_pool_ctx, clients_ctx, actors_ctx, metrics_http.sampler_ctx])
     # Like the existing Stamp, every route answers with and without the path base.
     bases = [""] if not settings.path_base else ["", settings.path_base]
     for base in bases:
-        for route in [*withdrawals.routes, *certificate_routes.routes, *openapi.routes, *metrics_http.routes]:
+        every = [
+            *withdrawals.routes,
+            *batch.routes,
+            *certificate_routes.routes,
+            *openapi.routes,
+            *metrics_http.routes,
+        ]
+        for route in every:
             assert isinstance(route, web.RouteDef)
             app.router.add_route(route.method, base + route.path, route.handler)
     return app

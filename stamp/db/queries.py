@@ -42,6 +42,11 @@ SELECT id::text, wallet_endpoint_version, wallet_endpoint_url, wallet_public_key
 FROM recipients WHERE id = $1
 """
 
+SELECT_RECIPIENTS = """
+SELECT id::text, wallet_endpoint_version, wallet_endpoint_url, wallet_public_key
+FROM recipients WHERE id = ANY($1::uuid[])
+"""
+
 # Positions for a batch of certificates of one recipient, in one statement (the
 # function of migration 0003 locks the recipient row first, then numbers the
 # certificates in request order without gaps). Aggregated to exactly one row, as the
@@ -283,6 +288,15 @@ async def get_recipient(conn: Conn, recipient_id: str) -> Recipient | None:
     return Recipient(
         row["id"], row["wallet_endpoint_version"], row["wallet_endpoint_url"], row["wallet_public_key"]
     )
+
+
+async def get_recipients(conn: Conn, recipient_ids: Sequence[str]) -> list[Recipient]:
+    """The recipients among ``recipient_ids`` that exist, in one query."""
+    rows = await conn.fetch(SELECT_RECIPIENTS, list(recipient_ids))
+    return [
+        Recipient(r["id"], r["wallet_endpoint_version"], r["wallet_endpoint_url"], r["wallet_public_key"])
+        for r in rows
+    ]
 
 
 @dataclass(frozen=True, slots=True)
