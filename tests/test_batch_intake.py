@@ -240,16 +240,25 @@ async def test_a_full_batch_never_exceeds_the_in_flight_bound_and_is_delivered(s
 async def test_when_the_backlog_cannot_take_the_batch_it_is_503_and_nothing_is_written(
     database_dsn: str, tmp_path: Path
 ) -> None:
-    async with running_stack(database_dsn, tmp_path, max_backlog=4) as small:
+    # A registry that takes a minute to commit keeps every accepted certificate in the backlog.
+    async with running_stack(database_dsn, tmp_path, max_backlog=4, commit_delay=60) as small:
         recipient = await small.create_recipient()
         bodies = [certificate_body(recipient) for _ in range(5)]
         status, problem, headers = await post_batch(small, bodies)
         assert status == 503, problem
         assert headers["Retry-After"] == "5" and problem["retryAfter"] == 5
+        assert "cannot take 5 more within the limit 4" in problem["detail"]
         assert await count_rows(small, bodies) == 0
         # What fits is taken.
         status, answer, _ = await post_batch(small, bodies[:4])
         assert status == 200 and answer["accepted"] == 4
+        # The backlog is full now, but a repeat stores nothing new: answered, not refused.
+        status, again, _ = await post_batch(small, bodies[:4])
+        assert status == 200, again
+        assert [i["outcome"] for i in again["items"]] == ["alreadyAccepted"] * 4
+        status, problem, _ = await post_batch(small, bodies)
+        assert status == 503 and "cannot take 1 more" in problem["detail"]
+        assert await count_rows(small, bodies) == 4
 
 
 async def test_batch_intake_needs_the_bearer_token_like_every_v1_route(

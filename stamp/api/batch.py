@@ -80,11 +80,16 @@ async def create_certificates(request: web.Request) -> web.Response:
         keys_seen.add(key)
 
     if candidates and runtime.backlog.count + len(candidates) > settings.max_backlog:
-        raise problems.Unavailable(
-            f"backlog of {runtime.backlog.count} certificates in progress cannot take {len(candidates)} "
-            f"more within the limit {settings.max_backlog}; retry later (nothing of this batch was stored)",
-            retry_after=5,
-        )
+        # Near the limit, count only what would be new: a repeated batch is answered.
+        held = await batch_intake.find_conflicts(runtime.pool, [row for _, _, row in candidates])
+        new_count = sum(1 for existing in held if existing is None)
+        if runtime.backlog.count + new_count > settings.max_backlog:
+            raise problems.Unavailable(
+                f"backlog of {runtime.backlog.count} certificates in progress cannot take {new_count} "
+                f"more within the limit {settings.max_backlog}; retry later (nothing of this batch was "
+                "stored)",
+                retry_after=5,
+            )
 
     stored = await _store(request, [row for _, _, row in candidates])
     unstored = list(repeats)
