@@ -96,7 +96,7 @@ async def create_certificates(request: web.Request) -> web.Response:
     for candidate in candidates:
         index, new, _ = candidate
         key = CertificateKey(new.registry_name, new.certificate_id)
-        if key in stored.records:
+        if key in stored.recipients:
             answers[index] = _accepted(request, index, "accepted", key, State.STORED.value)
         else:
             unstored.append(candidate)
@@ -127,7 +127,7 @@ async def _store(request: web.Request, rows: list[NewCertificateRow]) -> batch_i
     runtime = request.app[RUNTIME]
     settings = runtime.settings
     if not rows:
-        return batch_intake.StoredBatch({}, frozenset())
+        return batch_intake.StoredBatch({}, [])
     # Slots are taken before the insert is awaited, as the single route does, so a burst
     # of batches cannot overshoot STAMP_MAX_IN_FLIGHT; those that go unused (the row
     # collided) are given back after.
@@ -153,20 +153,20 @@ async def _store(request: web.Request, rows: list[NewCertificateRow]) -> batch_i
         raise
     if slots > len(stored.leased):
         runtime.live.release_slots(slots - len(stored.leased))
-    runtime.backlog.added(len(stored.records))
-    for key, record in stored.records.items():
+    runtime.backlog.added(len(stored.recipients))
+    for key, recipient_id in stored.recipients.items():
         metrics.certificate_received(key)
         log.info(
             "certificate.transitioned",
             certificate_id=key.certificate_id,
             registry=key.registry,
-            recipient_id=record.recipient_id,
+            recipient_id=recipient_id,
             state=State.STORED.value,
         )
-        if key in stored.leased:
-            # The slot is the supervisor's to release from now on.
-            tell_from_loop(runtime.supervisor, AdmitCertificate(record))
-    if len(stored.records) > len(stored.leased):
+    for record in stored.leased:
+        # The slot is the supervisor's to release from now on.
+        tell_from_loop(runtime.supervisor, AdmitCertificate(record))
+    if len(stored.recipients) > len(stored.leased):
         runtime.live.backlog_waiting = True
     return stored
 

@@ -77,11 +77,12 @@ CROSS JOIN LATERAL (
 
 @dataclass(frozen=True, slots=True)
 class StoredBatch:
-    """What one batch insert stored: the records by key, and which of them are leased
-    to this instance (to be admitted at once)."""
+    """What one batch insert stored: each certificate's recipient by key, and the
+    records of those leased to this instance (to be admitted at once; a record is
+    built only for them, the others are read again by whoever claims them)."""
 
-    records: dict[CertificateKey, CertificateRecord]
-    leased: frozenset[CertificateKey]
+    recipients: dict[CertificateKey, str]
+    leased: list[CertificateRecord]
 
 
 def _attributes(pairs: tuple[tuple[str, str], ...]) -> str:
@@ -115,14 +116,13 @@ async def insert_batch(
         [lease_owner if lease else None for lease in leased],
         lease_seconds,
     )
-    records: dict[CertificateKey, CertificateRecord] = {}
-    leased_keys: set[CertificateKey] = set()
+    recipients: dict[CertificateKey, str] = {}
+    admitted: list[CertificateRecord] = []
     for row in result:
-        record = record_from_row(row)
-        records[record.key] = record
+        recipients[CertificateKey(row["registry_name"], row["id"])] = row["recipient_id"]
         if row["lease_owner"] is not None:
-            leased_keys.add(record.key)
-    return StoredBatch(records, frozenset(leased_keys))
+            admitted.append(record_from_row(row))
+    return StoredBatch(recipients, admitted)
 
 
 async def find_conflicts(
