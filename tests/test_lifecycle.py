@@ -274,7 +274,7 @@ def test_a_2xx_recorded_on_the_same_trip_needs_no_second_write() -> None:
     assert kinds(fx) == ["Wait"]
     j, fx = run(j, lc.RetryDue())
     (persist,) = fx
-    assert isinstance(persist, lc.Persist) and persist.write == lc.delivered_write(4, 202)
+    assert isinstance(persist, lc.Persist) and persist.write == lc.delivered_write(_delivering().record, 202, "")
 
 
 def test_draining_leaves_anything_else_for_the_restart() -> None:
@@ -454,7 +454,7 @@ class LifecycleMachine(RuleBasedStateMachine):
                     return [lc.WalletAnswered(Delivery.TRANSIENT, 503, "wallet answered 503")]
                 if same_trip:  # the gateway recorded the 2xx on the same trip
                     expected = effect.record.version
-                    written = lc.Written(expected, self.row.apply(lc.delivered_write(expected, 202)))
+                    written = lc.Written(expected, self.row.apply(lc.delivered_write(effect.record, 202, "")))
                     return [lc.WalletAnswered(Delivery.DELIVERED, 202, "", written)]
                 return [lc.WalletAnswered(Delivery.DELIVERED, 202, "")]
             case lc.Wait():
