@@ -274,7 +274,8 @@ def test_a_2xx_recorded_on_the_same_trip_needs_no_second_write() -> None:
     assert kinds(fx) == ["Wait"]
     j, fx = run(j, lc.RetryDue())
     (persist,) = fx
-    assert isinstance(persist, lc.Persist) and persist.write == lc.delivered_write(_delivering().record, 202, "")
+    assert isinstance(persist, lc.Persist)
+    assert persist.write == lc.delivered_write(_delivering().record, 202, "")
 
 
 def test_draining_leaves_anything_else_for_the_restart() -> None:

@@ -71,7 +71,8 @@ async def _redelivered(stack: Stack, ids: list[str]) -> None:
 
     async def done() -> bool:
         pending = await stack.pool.fetchval(
-            "SELECT count(*) FROM certificates WHERE id = ANY($1::uuid[]) AND redelivery_requested_at IS NOT NULL",
+            "SELECT count(*) FROM certificates"
+            " WHERE id = ANY($1::uuid[]) AND redelivery_requested_at IS NOT NULL",
             ids,
         )
         return bool(pending == 0)
@@ -243,7 +244,9 @@ async def test_a_recipient_keeps_its_key_and_moves_only_to_allowed_urls(stack: S
     other_key = ExtendedPrivateKey.generate().public().to_base64()
 
     status, answer = await _patch(
-        stack, recipient, {"walletEndpointReference": {"endpoint": current["endpoint"], "publicKey": other_key}}
+        stack,
+        recipient,
+        {"walletEndpointReference": {"endpoint": current["endpoint"], "publicKey": other_key}},
     )
     assert status == 409, answer
     assert answer["differences"] == ["walletEndpointReference.publicKey"]

@@ -686,7 +686,6 @@ def parse_int_param(value: str | None, field: str, *, default: int, minimum: int
     return int(value)
 
 
-
 def parse_since(value: str | None) -> datetime | None:
     """``since=``: Unix seconds, or an RFC 3339 time with its offset (``Z`` allowed)."""
     if value is None or value == "":
