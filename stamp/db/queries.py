@@ -143,22 +143,33 @@ LIMIT $7
 # --- certificates: admission and leases --------------------------------------------
 
 # What a certificate actor drives: an unfinished certificate, or a delivered one whose
-# re-delivery was requested (never a withdrawn one: its slice is not sent again).
-DRIVEN = """(state IN ('stored', 'sent_to_registry', 'issued_in_registry', 'marked_as_issued')
-       OR (state = 'delivered' AND redelivery_requested_at IS NOT NULL AND NOT withdrawn))"""
+# re-delivery was requested (never a withdrawn one: its slice is not sent again). Each
+# half matches a partial index (migrations 0001 and 0006).
+UNFINISHED = "state IN ('stored', 'sent_to_registry', 'issued_in_registry', 'marked_as_issued')"
+REDELIVERY_PENDING = "state = 'delivered' AND redelivery_requested_at IS NOT NULL AND NOT withdrawn"
+DRIVEN = f"(({UNFINISHED}) OR ({REDELIVERY_PENDING}))"
+
+
+def _unleased(condition: str) -> str:
+    return f"""SELECT registry_name, id, created_at FROM certificates
+    WHERE {condition} AND (lease_owner IS NULL OR lease_until < now())
+    ORDER BY created_at LIMIT $3 FOR UPDATE SKIP LOCKED"""
+
 
 # Certificates that nobody drives (never admitted, or their owner's lease ran out),
-# oldest first; SKIP LOCKED lets several instances claim side by side.
+# oldest first; SKIP LOCKED lets several instances claim side by side. One ordered,
+# limited scan per half, so a large backlog is never read whole.
 CLAIM_BACKLOG = f"""
+WITH unfinished AS ({_unleased(UNFINISHED)}),
+redelivering AS ({_unleased(REDELIVERY_PENDING)})
 UPDATE certificates c
 SET lease_owner = $1, lease_until = now() + make_interval(secs => $2)
 FROM (
-    SELECT registry_name, id FROM certificates
-    WHERE {DRIVEN}
-      AND (lease_owner IS NULL OR lease_until < now())
+    SELECT registry_name, id FROM (
+        SELECT * FROM unfinished UNION ALL SELECT * FROM redelivering
+    ) candidates
     ORDER BY created_at
     LIMIT $3
-    FOR UPDATE SKIP LOCKED
 ) picked
 WHERE c.registry_name = picked.registry_name AND c.id = picked.id
 RETURNING {_record_columns("c")}
