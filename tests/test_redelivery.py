@@ -267,3 +267,38 @@ async def test_a_recipient_keeps_its_key_and_moves_only_to_allowed_urls(stack: S
     assert status == 404, answer
     async with stack.http.get(f"{stack.base}/v1/recipients/{recipient}") as response:
         assert (await response.json())["walletEndpointReference"] == current
+
+
+async def test_a_redelivery_the_wallet_refuses_ends_and_the_certificate_stays_delivered(stack: Stack) -> None:
+    reference = stack.wallet.create_endpoint()
+    async with stack.http.post(
+        f"{stack.base}/v1/recipients", json={"walletEndpointReference": reference.as_json()}
+    ) as response:
+        recipient = (await response.json())["id"]
+    (certificate_id,) = await _delivered(stack, recipient)
+    stack.wallet.disable_endpoint(reference)  # answers 400 from now on
+
+    status, answer = await _post(stack, f"/v1/certificates/{REGISTRY}/{certificate_id}/redeliver")
+    assert status == 202, answer
+
+    async def ended() -> bool:
+        events = await _events(stack, certificate_id)
+        return events[-1]["type"] == "CertificateRedeliveryFailed"
+
+    await _until(ended)
+    status, view = await stack.get_certificate(REGISTRY, certificate_id)
+    assert view["state"] == "delivered"
+    assert view["events"][-1]["detail"] == {
+        "endpoint": reference.endpoint,
+        "reason": "wallet answered 400",
+        "attempts": 1,
+    }
+    pending = await stack.pool.fetchval(
+        "SELECT redelivery_requested_at FROM certificates WHERE id = $1", certificate_id
+    )
+    assert pending is None
+    # It can be asked for again once the wallet is back.
+    stack.wallet.enable_endpoint(reference)
+    status, answer = await _post(stack, f"/v1/certificates/{REGISTRY}/{certificate_id}/redeliver")
+    assert status == 202 and answer["redelivery"] == "requested", answer
+    await _redelivered(stack, [certificate_id])
