@@ -30,6 +30,8 @@ from stamp.db import queries, withdrawals
 from stamp.domain import CertificateKey, CertificateRecord, Recipient, State
 
 routes = web.RouteTableDef()
+operations = web.RouteTableDef()
+"""Health probes: open even when authentication is on."""
 
 
 def json_response(
@@ -298,12 +300,12 @@ async def retry_certificate(request: web.Request) -> web.Response:
 # --- operations ---------------------------------------------------------------------
 
 
-@routes.get("/health/live")
+@operations.get("/health/live")
 async def live(request: web.Request) -> web.Response:
     return json_response({"status": "live"})
 
 
-@routes.get("/health/ready")
+@operations.get("/health/ready")
 async def ready(request: web.Request) -> web.Response:
     runtime: Runtime = request.app[RUNTIME]
     checks = await runtime.readiness()
