@@ -29,7 +29,7 @@ import pytest
 import pytest_asyncio
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from jwt.algorithms import ECAlgorithm
 
@@ -445,7 +445,7 @@ def test_a_bearer_token_that_is_not_ascii_is_a_401(http_stamp: HttpStamp) -> Non
         assert b"invalid token" in answer.body
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None)
 @given(
     value=st.one_of(
         st.binary(max_size=80),

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import traceback
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any, Final
 
 import orjson
@@ -232,7 +233,7 @@ class GuardedRequestHandler(RequestHandler):
             problem: Problem = MalformedRequest("the request is not valid HTTP/1.1", status=status)
         else:
             _log_failure(exc)
-            problem = Problem(status=status, title="Internal Server Error" if status == 500 else None)
+            problem = Problem(status=status, title=HTTPStatus(status).phrase)
         if request.writer.output_size > 0:
             raise ConnectionError("an answer was already under way; the connection is closed")
         response = problem_response(problem)
