@@ -112,6 +112,11 @@ HTTP_REQUESTS = Histogram(
     ["method", "route", "status"],
     buckets=_HTTP_BUCKETS,
 )
+HTTP_CONNECTIONS_CLOSED = Counter(
+    "stamp_http_connections_closed",
+    "Connections Stamp cut off: too slow with the headers or the body, or over the connection limit",
+    ["reason"],
+)
 
 ACTOR_KINDS = ("supervisor", "recipient", "certificate", "registry_gateway", "wallet_gateway")
 LAG_INTERVAL_SECONDS = 0.1
@@ -143,6 +148,12 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
         resource = request.match_info.route.resource
         route = resource.canonical if resource is not None else "unmatched"
         HTTP_REQUESTS.labels(request.method, route, str(status)).observe(time.perf_counter() - started)
+
+
+def http_connection_closed(reason: str) -> None:
+    """A connection was closed by a guard (``header_timeout``, ``body_timeout``,
+    ``connection_limit``)."""
+    HTTP_CONNECTIONS_CLOSED.labels(reason).inc()
 
 
 def certificate_received(key: CertificateKey | None = None) -> None:
