@@ -302,3 +302,25 @@ async def test_a_redelivery_the_wallet_refuses_ends_and_the_certificate_stays_de
     status, answer = await _post(stack, f"/v1/certificates/{REGISTRY}/{certificate_id}/redeliver")
     assert status == 202 and answer["redelivery"] == "requested", answer
     await _redelivered(stack, [certificate_id])
+
+
+async def test_a_redelivery_whose_driver_died_is_resumed_from_the_database(stack: Stack) -> None:
+    recipient = await stack.create_recipient()
+    (certificate_id,) = await _delivered(stack, recipient)
+    (first,) = stack.wallet.received_requests(certificate_id)
+    stack.wallet.forget_received()
+    # Another Stamp process claimed the re-delivery (its lease, a version bump) and died
+    # before sending: its lease runs out and this one takes the row over.
+    await stack.pool.execute(
+        """
+        UPDATE certificates
+        SET redelivery_requested_at = now(), version = version + 2, lease_owner = 'dead-instance',
+            lease_until = now() + interval '1 second'
+        WHERE id = $1
+        """,
+        certificate_id,
+    )
+    await _redelivered(stack, [certificate_id])
+    assert stack.wallet.received_requests(certificate_id) == [first]
+    events = await _events(stack, certificate_id)
+    assert events[-1]["type"] == "CertificateRedelivered"
