@@ -1,4 +1,6 @@
-"""Exponential backoff with full jitter (AWS architecture blog's "full jitter")."""
+"""Exponential backoff with "equal jitter" (the AWS architecture blog's name): half
+the exponential delay is kept, the other half drawn at random, so retries spread out
+without ever coming back almost at once."""
 
 from __future__ import annotations
 

@@ -1,41 +1,37 @@
 """The bridge between Pykka actor threads and the asyncio event loop.
 
-Actors hand coroutines to the loop and get the outcome back as a message (a tell),
-so no actor thread waits on I/O and no coroutine waits on a Pykka future. Timers are
-loop timers whose expiry is a tell as well.
+Actors hand work to the loop and get the outcome back as a message (a tell), so no
+actor thread waits on I/O and no coroutine waits on a Pykka future. Every such
+request says once where the answer goes and what it looks like: a ``Reply`` (the
+actor, the message for a value, the message for a failure). Timers are loop timers
+whose expiry is a tell as well. Each crossing between the loop and an actor thread
+costs a wake-up and a GIL hand-over; all of them are counted here
+(``stamp_actor_handoffs_total``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 import asyncpg
 import pykka
 import structlog
 
+from stamp import metrics
+from stamp.db.batcher import StatementBatcher
+
 T = TypeVar("T")
 log = structlog.get_logger(__name__)
 
 
-def reply_with(
-    reply_to: pykka.ActorRef[Any],
-    on_row: Callable[[asyncpg.Record], object],
-    on_error: Callable[[BaseException], object],
-) -> Callable[[asyncpg.Record | None, BaseException | None], None]:
-    """A group-commit completion (``StatementBatcher.submit``) that tells its outcome
-    to the actor as a message, like ``LoopBridge.run`` does for a coroutine."""
-
-    def done(row: asyncpg.Record | None, error: BaseException | None) -> None:
-        if error is None and row is not None:
-            message = on_row(row)
-        else:
-            message = on_error(error or RuntimeError("a batched statement answered no row"))
-        tell_quietly(reply_to, message)
-
-    return done
+def describe(exc: BaseException) -> str:
+    """A failure as the reason an actor records: the exception's type and message
+    (never a secret: no exception Stamp raises carries one)."""
+    return f"{type(exc).__name__}: {exc}"
 
 
 def tell_quietly(ref: pykka.ActorRef[Any], message: object) -> bool:
@@ -47,54 +43,106 @@ def tell_quietly(ref: pykka.ActorRef[Any], message: object) -> bool:
     return True
 
 
+def tell_from_loop(ref: pykka.ActorRef[Any], message: object) -> bool:
+    """A tell from the event loop to an actor thread: one counted hand-off."""
+    metrics.handed_to_actor()
+    return tell_quietly(ref, message)
+
+
+@dataclass(frozen=True, slots=True)
+class Reply(Generic[T]):
+    """Where an outcome goes: ``ok(value)`` or ``failed(reason)``, told to ``to``."""
+
+    to: pykka.ActorRef[Any]
+    ok: Callable[[T], object]
+    failed: Callable[[str], object]
+
+    def outcome(self, value: T | None, error: BaseException | None) -> object:
+        if error is not None:
+            return self.failed(describe(error))
+        try:
+            return self.ok(value)  # type: ignore[arg-type]
+        except Exception as exc:  # a malformed answer is a failure of the call, not of the loop
+            return self.failed(describe(exc))
+
+    def __call__(self, value: T | None, error: BaseException | None) -> None:
+        """Answer from the event loop (the group commit's completion signature)."""
+        tell_from_loop(self.to, self.outcome(value, error))
+
+
 class LoopBridge:
     def __init__(
-        self, loop: asyncio.AbstractEventLoop, executor: concurrent.futures.Executor | None = None
+        self,
+        loop: asyncio.AbstractEventLoop,
+        executor: concurrent.futures.Executor | None = None,
+        batcher: StatementBatcher | None = None,
     ) -> None:
         self.loop = loop
         self.executor = executor
+        self.batcher = batcher
 
-    def run(
-        self,
-        coro: Coroutine[Any, Any, T],
-        reply_to: pykka.ActorRef[Any],
-        on_result: Callable[[T], object],
-        on_error: Callable[[BaseException], object],
-    ) -> None:
-        """Run coro on the loop; tell reply_to on_result(value) or on_error(exc)."""
+    def run(self, coro: Coroutine[Any, Any, T], reply: Reply[T]) -> None:
+        """Run coro on the loop; its value or failure comes back as ``reply`` says."""
+        metrics.handed_to_loop()
         future = asyncio.run_coroutine_threadsafe(coro, self.loop)
 
         def done(f: concurrent.futures.Future[T]) -> None:
             try:
-                message = on_result(f.result())
+                value = f.result()
             except BaseException as exc:  # the outcome, whatever it is, goes back as a message
-                message = on_error(exc)
-            tell_quietly(reply_to, message)
+                reply(None, exc)
+            else:
+                reply(value, None)
 
         future.add_done_callback(done)
 
-    def compute(
-        self,
-        fn: Callable[..., T],
-        arg: Any,
-        reply_to: pykka.ActorRef[Any],
-        on_result: Callable[[T], object],
-        on_error: Callable[[BaseException], object],
+    def spawn(self, coro: Coroutine[Any, Any, object], what: str) -> None:
+        """Run coro on the loop; nobody waits for it, a failure is logged."""
+        metrics.handed_to_loop()
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+        def done(f: concurrent.futures.Future[object]) -> None:
+            if not f.cancelled() and f.exception() is not None:
+                log.warning("loop.task_failed", task=what, error=type(f.exception()).__name__)
+
+        future.add_done_callback(done)
+
+    def write(
+        self, sql: str, args: Sequence[Any], lock_key: tuple[str, ...], reply: Reply[asyncpg.Record]
     ) -> None:
-        """Run a CPU-heavy pure function in the executor (process pool)."""
+        """One statement through the group commit; its row comes back as ``reply`` says.
+        (The batcher counts the hand-off to the loop: it only crosses to start a writer.)"""
+        assert self.batcher is not None
+        self.batcher.submit(sql, args, lock_key, reply)
 
-        async def call() -> T:
-            return await self.loop.run_in_executor(self.executor, fn, arg)
+    def compute(self, fn: Callable[[Any], T], arg: Any, reply: Reply[T]) -> None:
+        """Run a CPU-heavy pure function in the executor (process pool). Submitted from
+        the actor's thread and answered from the executor's: the loop is not involved."""
+        assert self.executor is not None
+        try:
+            future = self.executor.submit(fn, arg)
+        except RuntimeError as exc:  # shut down: the answer is the failure
+            tell_quietly(reply.to, reply.outcome(None, exc))
+            return
 
-        self.run(call(), reply_to, on_result, on_error)
+        def done(f: concurrent.futures.Future[T]) -> None:
+            try:
+                value = f.result()
+            except BaseException as exc:
+                tell_quietly(reply.to, reply.outcome(None, exc))
+            else:
+                tell_quietly(reply.to, reply.outcome(value, None))
+
+        future.add_done_callback(done)
 
     def later(self, delay: float, ref: pykka.ActorRef[Any], message: object) -> None:
-        """Tell ref message after delay seconds."""
+        """Tell ref message after delay seconds (a loop timer at that deadline)."""
 
         def arm() -> None:
-            self.loop.call_later(delay, tell_quietly, ref, message)
+            self.loop.call_later(delay, tell_from_loop, ref, message)
 
         try:
+            metrics.handed_to_loop()
             self.loop.call_soon_threadsafe(arm)
         except RuntimeError:  # loop closed during shutdown: nothing left to wake
             log.debug("timer.dropped", reason="event loop closed")

@@ -1,5 +1,7 @@
-"""The actors' protocol: every message is a small frozen dataclass named for what
-happened or what is asked (STYLE.md "Messages are data").
+"""The actors' protocol between each other: every message is a small frozen dataclass
+named for what happened or what is asked, carrying domain types only. What a
+certificate actor is told about its own certificate is the lifecycle's events
+(``stamp/lifecycle.py``); what a registry says is in ``stamp/domain.py``.
 """
 
 from __future__ import annotations
@@ -9,10 +11,8 @@ from typing import Any
 
 import pykka
 
-from stamp.crypto.bundle import IssueBundle
-from stamp.db.queries import AllocatedPosition
-from stamp.domain import CertificateKey, CertificateRecord, Recipient, State
-from stamp.gateways.wallet_client import DeliveryResult, Slice
+from stamp.domain import CertificateKey, CertificateRecord, State
+from stamp.gateways.wallet_client import Slice
 
 Ref = pykka.ActorRef[Any]
 
@@ -24,12 +24,6 @@ class AdmitCertificate:
     """A certificate was stored by the HTTP edge; drive it now if there is room."""
 
     record: CertificateRecord
-
-
-@dataclass(frozen=True, slots=True)
-class AllocatePositionFor:
-    recipient_id: str
-    request: AllocatePosition
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +39,7 @@ class CertificateCrashed:
     key: CertificateKey
     state: State
     reason: str
+    position: int | None = None  # with the state, the step the crash belongs to
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,13 +51,6 @@ class RestartCertificate:
 class RecordReloaded:
     key: CertificateKey
     record: CertificateRecord | None
-
-
-@dataclass(frozen=True, slots=True)
-class RecipientIdle:
-    recipient_id: str
-    handled: int
-    ref: Ref
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +79,8 @@ class Drain:
 
 @dataclass(frozen=True, slots=True)
 class AllocatePosition:
+    """Answered with ``lifecycle.PositionAllocated`` or ``lifecycle.PositionRefused``."""
+
     key: CertificateKey
     version: int
     reply_to: Ref
@@ -99,7 +89,7 @@ class AllocatePosition:
 @dataclass(frozen=True, slots=True)
 class PositionsAllocated:
     batch: tuple[AllocatePosition, ...]
-    allocated: tuple[AllocatedPosition, ...]
+    allocated: tuple[tuple[CertificateKey, int, int], ...]  # key, position, version
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,84 +99,8 @@ class AllocationFailed:
 
 
 @dataclass(frozen=True, slots=True)
-class IdleCheck:
-    """Time to see whether the recipient actor has been idle long enough to stop."""
-
-
-@dataclass(frozen=True, slots=True)
-class PassivateApproved:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
 class RetryAllocation:
     pass
-
-
-# --- to a CertificateActor ----------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class PositionAllocated:
-    position: int
-    version: int
-
-
-@dataclass(frozen=True, slots=True)
-class PositionNotAllocated:
-    """The certificate was stale (another writer moved it on)."""
-
-
-@dataclass(frozen=True, slots=True)
-class RecipientLoaded:
-    recipient: Recipient | None
-
-
-@dataclass(frozen=True, slots=True)
-class BundleBuilt:
-    bundle: IssueBundle
-
-
-@dataclass(frozen=True, slots=True)
-class StepFailed:
-    """An attempt at the current step failed in a way that may pass on retry."""
-
-    step: str
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class Transitioned:
-    state: State
-    version: int | None  # None: stale, someone else moved the certificate on
-
-
-@dataclass(frozen=True, slots=True)
-class Resume:
-    """Timer: try the current step again."""
-
-
-@dataclass(frozen=True, slots=True)
-class RegistryIssued:
-    key: CertificateKey
-
-
-@dataclass(frozen=True, slots=True)
-class RegistryRejected:
-    key: CertificateKey
-    message: str
-
-
-@dataclass(frozen=True, slots=True)
-class RegistryGaveUp:
-    key: CertificateKey
-    reason: str
-    attempts: int
-
-
-@dataclass(frozen=True, slots=True)
-class WalletAnswered:
-    result: DeliveryResult
 
 
 # --- to the gateways ----------------------------------------------------------------
@@ -194,8 +108,8 @@ class WalletAnswered:
 
 @dataclass(frozen=True, slots=True)
 class SubmitTransaction:
-    """Get this persisted transaction committed. check_first: ask its status before
-    sending (a resumed certificate may have been sent already)."""
+    """Get this persisted transaction committed; answered with a ``RegistryOutcome``.
+    check_first: ask its status before sending (it may have been sent already)."""
 
     key: CertificateKey
     transaction: bytes
@@ -206,5 +120,11 @@ class SubmitTransaction:
 
 @dataclass(frozen=True, slots=True)
 class DeliverSlice:
+    """Deliver this slice and, on a 2xx, record the delivery at once (the lifecycle's
+    ``delivered_write`` against ``expected_version``); answered with
+    ``lifecycle.WalletAnswered``."""
+
     slice: Slice
+    key: CertificateKey
+    expected_version: int
     reply_to: Ref

@@ -4,58 +4,59 @@ Requests that arrive while a database round trip is under way are batched into t
 next one, so a busy recipient costs one statement per batch, not per certificate.
 The counter itself lives in the recipient row and is advanced under its row lock, so
 positions stay unique even across processes; the actor only saves contention.
-It passivates after an idle period through a handshake with the supervisor, which
-approves only when every request it routed here has been handled.
+
+A recipient's actor lives only while one of its certificates is in flight
+(``RecipientDirectory``): certificate actors reach it directly, count themselves in
+when they ask for a position and out when they stop, and the last one out stops it.
+Live recipient actors are therefore never more than live certificate actors, under
+any load.
 """
 
 from __future__ import annotations
 
-import time
+import contextlib
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 
+import pykka
 import structlog
 
 from actors.backoff import backoff_delay
 from actors.base import StampActor
-from actors.bridge import reply_with, tell_quietly
+from actors.bridge import Reply, tell_quietly
 from actors.deps import ActorDeps
 from actors.messages import (
     AllocatePosition,
     AllocationFailed,
-    IdleCheck,
-    PassivateApproved,
-    PositionAllocated,
-    PositionNotAllocated,
     PositionsAllocated,
-    RecipientIdle,
     Ref,
     RetryAllocation,
 )
 from stamp.db import queries
+from stamp.lifecycle import PositionAllocated, PositionRefused
 
 log = structlog.get_logger(__name__)
 MAX_BATCH = 500
 
 
+def _allocated(batch: tuple[AllocatePosition, ...], row: object) -> PositionsAllocated:
+    found = queries.allocated_positions(row)  # type: ignore[arg-type]
+    return PositionsAllocated(batch, tuple((a.key, a.position, a.version) for a in found))
+
+
 class RecipientActor(StampActor):
-    def __init__(self, recipient_id: str, deps: ActorDeps, supervisor: Ref) -> None:
+    def __init__(self, recipient_id: str, deps: ActorDeps) -> None:
         super().__init__()
         self.recipient_id = recipient_id
         self.deps = deps
-        self.supervisor = supervisor
         self.pending: list[AllocatePosition] = []
         self.in_flight: tuple[AllocatePosition, ...] = ()
-        self.handled = 0
         self.failures = 0
-        self.last_active = time.monotonic()
-        self.idle_check_armed = False
-
-    def on_start(self) -> None:
-        self._arm_idle_check(self.deps.settings.recipient_idle_seconds)
 
     def on_receive(self, message: object) -> None:
         match message:
             case AllocatePosition():
-                self.handled += 1
                 self.pending.append(message)
                 self._flush()
             case PositionsAllocated():
@@ -64,26 +65,14 @@ class RecipientActor(StampActor):
                 self._on_failed(message)
             case RetryAllocation():
                 self._flush()
-            case IdleCheck():
-                self._on_idle_check()
-            case PassivateApproved():
-                # Approval means the supervisor routes nothing more here; whatever was
-                # routed before has been handled (counts matched), so nothing is lost.
-                self.stop()
 
     def _flush(self) -> None:
         if self.in_flight or not self.pending:
             return
         batch, self.pending = tuple(self.pending[:MAX_BATCH]), self.pending[MAX_BATCH:]
         self.in_flight = batch
-        self.last_active = time.monotonic()
-        done = reply_with(
-            self.actor_ref,
-            lambda row: PositionsAllocated(batch, tuple(queries.allocated_positions(row))),
-            lambda exc: AllocationFailed(batch, f"{type(exc).__name__}: {exc}"),
-        )
         settings = self.deps.settings
-        self.deps.batcher.submit(
+        self.deps.bridge.write(
             queries.ALLOCATE_POSITIONS,
             queries.allocate_positions_args(
                 self.recipient_id,
@@ -92,30 +81,29 @@ class RecipientActor(StampActor):
                 settings.lease_seconds,
             ),
             (self.recipient_id,),
-            done,
+            Reply(
+                self.actor_ref,
+                lambda row: _allocated(batch, row),
+                lambda reason: AllocationFailed(batch, reason),
+            ),
         )
 
     def _on_allocated(self, message: PositionsAllocated) -> None:
         self.in_flight = ()
-        self.last_active = time.monotonic()
         self.failures = 0
-        by_key = {a.key: a for a in message.allocated}
+        by_key = {key: (position, version) for key, position, version in message.allocated}
         for request in message.batch:
             allocated = by_key.get(request.key)
-            if allocated is None:
-                tell_quietly(request.reply_to, PositionNotAllocated())
-            else:
-                tell_quietly(request.reply_to, PositionAllocated(allocated.position, allocated.version))
+            answer = PositionRefused() if allocated is None else PositionAllocated(*allocated)
+            tell_quietly(request.reply_to, answer)
         if message.allocated:
             log.debug(
                 "positions.allocated",
                 recipient_id=self.recipient_id,
                 count=len(message.allocated),
-                last=max(a.position for a in message.allocated),
+                last=max(position for _, position, _ in message.allocated),
             )
         self._flush()
-        if not self.idle_check_armed:
-            self._arm_idle_check(self.deps.settings.recipient_idle_seconds)
 
     def _on_failed(self, message: AllocationFailed) -> None:
         # The database is unreachable or busy: keep the requests, in order, and retry.
@@ -128,26 +116,60 @@ class RecipientActor(StampActor):
             reason=message.reason,
             attempt=self.failures,
         )
-        self.deps.bridge.later(
-            backoff_delay(self.deps.settings.registry_retry, self.failures), self.actor_ref, RetryAllocation()
-        )
+        delay = backoff_delay(self.deps.settings.database_retry, self.failures)
+        self.deps.bridge.later(delay, self.actor_ref, RetryAllocation())
 
-    def _on_idle_check(self) -> None:
-        # One timer at a time, pushed back by activity: a busy recipient costs no
-        # timer per allocation.
-        self.idle_check_armed = False
-        idle_seconds = self.deps.settings.recipient_idle_seconds
-        if self.pending or self.in_flight:
-            self._arm_idle_check(idle_seconds)
-            return
-        remaining = self.last_active + idle_seconds - time.monotonic()
-        if remaining > 0:
-            self._arm_idle_check(remaining)
-            return
-        # Not re-armed: either the supervisor approves and this actor stops, or it
-        # routed more requests meanwhile, whose allocation arms the check again.
-        tell_quietly(self.supervisor, RecipientIdle(self.recipient_id, self.handled, self.actor_ref))
 
-    def _arm_idle_check(self, delay: float) -> None:
-        self.idle_check_armed = True
-        self.deps.bridge.later(delay, self.actor_ref, IdleCheck())
+@dataclass(slots=True)
+class _Entry:
+    ref: Ref
+    users: int = 0
+
+
+class RecipientDirectory:
+    """The live recipient actors, one per recipient with a certificate in flight that
+    asked it for a position. Thread-safe: certificate actors call it from their own
+    threads."""
+
+    def __init__(self, start: Callable[[str], Ref]) -> None:
+        self._start = start
+        self._lock = threading.Lock()
+        self._entries: dict[str, _Entry] = {}
+
+    @classmethod
+    def of(cls, deps: ActorDeps) -> RecipientDirectory:
+        return cls(lambda recipient_id: RecipientActor.start(recipient_id, deps))
+
+    def allocate(self, recipient_id: str, request: AllocatePosition) -> None:
+        """Count the asking certificate in and pass its request on."""
+        with self._lock:
+            entry = self._entries.get(recipient_id)
+            if entry is None:
+                entry = self._entries[recipient_id] = _Entry(self._start(recipient_id))
+            entry.users += 1
+            tell_quietly(entry.ref, request)
+
+    def release(self, recipient_id: str) -> None:
+        """The certificate no longer needs the actor (finished or crashed); the last
+        one out stops it. Whatever it still has under way answers nobody who
+        waits (every user has left), and a position it persists stays persisted."""
+        with self._lock:
+            entry = self._entries.get(recipient_id)
+            if entry is None:
+                return
+            entry.users -= 1
+            if entry.users > 0:
+                return
+            del self._entries[recipient_id]
+        with contextlib.suppress(pykka.ActorDeadError):
+            entry.ref.stop(block=False)
+
+    def stop_all(self) -> None:
+        with self._lock:
+            entries, self._entries = list(self._entries.values()), {}
+        for entry in entries:
+            with contextlib.suppress(pykka.ActorDeadError):
+                entry.ref.stop(block=False)
+
+    def __len__(self) -> int:
+        return len(self._entries)

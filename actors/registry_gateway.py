@@ -1,46 +1,55 @@
 """RegistryGateway: gets persisted transactions committed, in batches.
 
-Certificates hand it a transaction; it sends many per ``SendTransactions`` call, polls
-many statuses per round with a short first delay and backoff, and tells each
-certificate the outcome: issued, rejected (the registry's message), or given up
-(retries or the PENDING budget exhausted). It follows the registry's re-send rules
-(registry.md): after any doubt it asks the status first and re-sends the same bytes
-only on UNKNOWN; FAILED "already exists" is settled by reading the stream.
+Certificates (and withdrawals) hand it a transaction; it sends many per
+``SendTransactions`` call, asks many statuses per round, and tells each asker the
+outcome as a ``RegistryOutcome`` (stamp/domain.py): committed, rejected (the
+registry's message), or given up (retries or the PENDING budget exhausted). It follows
+the registry's re-send rules (docs/architecture.md): after any doubt it asks the
+status first and re-sends the same bytes only on UNKNOWN; FAILED "already exists" or
+"already withdrawn" is settled by reading the stream (``settle_by_stream``).
+
+Timers sit at the deadlines: a status round is one coroutine that sleeps until the
+round is due and then asks; transactions that come due within ``ROUND_GROUP_SECONDS``
+of a round not yet started join it. Nothing wakes up that is not due.
 """
 
 from __future__ import annotations
 
+import asyncio
 import enum
+import threading
 import time
-from collections import defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import structlog
 
 from actors.backoff import backoff_delay
 from actors.base import StampActor
-from actors.bridge import LoopBridge, tell_quietly
-from actors.messages import Ref, RegistryGaveUp, RegistryIssued, RegistryRejected, SubmitTransaction
+from actors.bridge import LoopBridge, Reply, tell_quietly
+from actors.messages import Ref, SubmitTransaction
 from protos.project_origin.registry.v1 import registry_pb2
 from stamp.config import Settings
+from stamp.crypto.transactions import WITHDRAWN_EVENT_TYPE
+from stamp.domain import RegistryCommitted, RegistryGaveUp, RegistryOutcome, RegistryRejected
 from stamp.gateways.registry_client import RegistryCallError, RegistryClient, StatusReply, TxStatus
 
 log = structlog.get_logger(__name__)
-TICK_SECONDS = 0.02
+ROUND_GROUP_SECONDS = 0.02
+"""Transactions due within this long of a status round that has not started yet are
+asked in it (a little early or late) instead of in a round of their own."""
 
 
 class Phase(enum.Enum):
-    CHECK = "check"  # ask the status before (re)sending
-    SEND = "send"  # queued for the next SendTransactions batch
-    POLL = "poll"  # sent; waiting for COMMITTED or FAILED
-    BUSY = "busy"  # a call about it is under way
+    SEND = "send"  # queued for the next SendTransactions batch of its registry
+    STATUS = "status"  # in a status round (after a send, a doubt, or a resume)
+    BUSY = "busy"  # a send or stream read about it is under way
 
 
 @dataclass(slots=True)
 class Tracked:
     request: SubmitTransaction
     phase: Phase
-    due: float
     deadline: float
     poll_delay: float
     errors: int = 0
@@ -50,10 +59,32 @@ class Tracked:
     def registry(self) -> str:
         return self.request.key.registry
 
+    @property
+    def tx_id(self) -> str:
+        return self.request.transaction_id
 
-@dataclass(frozen=True, slots=True)
-class _Tick:
-    pass
+
+@dataclass(eq=False, slots=True)
+class _Round:
+    """One status round of one registry, due at ``at`` (time.monotonic)."""
+
+    registry: str
+    at: float
+    ids: list[str] = field(default_factory=list)
+    started: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def join(self, tx_id: str, limit: int) -> bool:
+        with self.lock:
+            if self.started or len(self.ids) >= limit:
+                return False
+            self.ids.append(tx_id)
+            return True
+
+    def start(self) -> tuple[str, ...]:
+        with self.lock:
+            self.started = True
+            return tuple(self.ids)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +96,7 @@ class _Sent:
 
 @dataclass(frozen=True, slots=True)
 class _Statuses:
-    registry: str
+    round: _Round
     ids: tuple[str, ...]
     replies: tuple[StatusReply | RegistryCallError, ...]
 
@@ -73,22 +104,52 @@ class _Statuses:
 @dataclass(frozen=True, slots=True)
 class _StreamRead:
     tx_id: str
-    ours: bool
+    outcome: RegistryOutcome | None  # None: the read failed
     error: RegistryCallError | None
 
 
-@dataclass(slots=True)
-class _Counters:
-    sends: int = 0
-    status_calls: int = 0
-    transactions_sent: int = 0
-    by_code: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+def _client_error(registry: str, reason: str) -> RegistryCallError:
+    """A call that failed inside Stamp (not an answer of the registry): transient."""
+    return RegistryCallError(registry, "client", reason, transient=True)
 
 
 def _same_transaction(registry_copy: bytes, ours: bytes) -> bool:
-    """Whether the stream's first transaction is Stamp's own. Compared as messages,
-    not bytes: the registry may re-serialise what it stores."""
+    """Compared as messages, not bytes: the registry may re-serialise what it stores."""
     return registry_pb2.Transaction.FromString(registry_copy) == registry_pb2.Transaction.FromString(ours)
+
+
+def settle_by_stream(
+    request: SubmitTransaction, message: str, transactions: Sequence[bytes]
+) -> RegistryOutcome:
+    """What the stream says about a transaction the registry FAILED as "already
+    exists" (an issuance) or "already withdrawn" (a withdrawal): committed when the
+    stream holds ours (an identical re-send after the registry forgot the status),
+    rejected otherwise."""
+    key = request.key
+    if not transactions:
+        return RegistryRejected(key, f"{message}; the stream holds no transaction")
+    ours = request.transaction
+    if registry_pb2.Transaction.FromString(ours).header.payload_type == WITHDRAWN_EVENT_TYPE:
+        withdrawals = [
+            tx
+            for tx in transactions
+            if registry_pb2.Transaction.FromString(tx).header.payload_type == WITHDRAWN_EVENT_TYPE
+        ]
+        if not withdrawals:
+            return RegistryRejected(
+                key, "the registry answered 'already withdrawn' but the stream holds no withdrawal"
+            )
+        mine = registry_pb2.Transaction.FromString(ours)
+        by_us = any(registry_pb2.Transaction.FromString(tx) == mine for tx in withdrawals)
+        return RegistryCommitted(key, by_another_transaction=not by_us)
+    if _same_transaction(transactions[0], ours):
+        return RegistryCommitted(key)
+    return RegistryRejected(key, "certificate already exists in the registry, issued by another transaction")
+
+
+def _settled_by_stream(message: str) -> bool:
+    lowered = message.lower()
+    return "already exists" in lowered or "already withdrawn" in lowered
 
 
 class RegistryGateway(StampActor):
@@ -98,9 +159,9 @@ class RegistryGateway(StampActor):
         self.bridge = bridge
         self.settings = settings
         self.tracked: dict[str, Tracked] = {}
-        self.sends_in_flight: set[str] = set()
-        self.ticking = False
-        self.counters = _Counters()
+        self.send_queues: dict[str, list[str]] = {}
+        self.sending: set[str] = set()
+        self.rounds: dict[str, list[_Round]] = {}
 
     # --- protocol ---------------------------------------------------------------
 
@@ -108,95 +169,85 @@ class RegistryGateway(StampActor):
         match message:
             case SubmitTransaction():
                 self._track(message)
-            case _Tick():
-                self.ticking = False
-                self._work()
             case _Sent():
                 self._on_sent(message)
             case _Statuses():
                 self._on_statuses(message)
             case _StreamRead():
                 self._on_stream(message)
-        self._arm()
 
     def _track(self, request: SubmitTransaction) -> None:
         now = time.monotonic()
         existing = self.tracked.get(request.transaction_id)
-        if existing is not None:  # the certificate asks again (e.g. restarted actor): answer the new ref
+        if existing is not None:  # asked again (e.g. a restarted actor): answer the new ref
             existing.request = request
             return
-        self.tracked[request.transaction_id] = Tracked(
+        tracked = Tracked(
             request=request,
-            phase=Phase.CHECK if request.check_first else Phase.SEND,
-            due=now,
+            phase=Phase.SEND,
             deadline=now + self.settings.registry_pending_timeout_seconds,
             poll_delay=self.settings.registry_poll_initial_seconds,
         )
-
-    def _arm(self) -> None:
-        if not self.ticking and any(t.phase is not Phase.BUSY for t in self.tracked.values()):
-            self.ticking = True
-            self.bridge.later(TICK_SECONDS, self.actor_ref, _Tick())
+        self.tracked[request.transaction_id] = tracked
+        if request.check_first:
+            self._ask_at(tracked, now)
+        else:
+            self._queue_send(tracked)
 
     # --- sending ----------------------------------------------------------------
 
-    def _work(self) -> None:
-        now = time.monotonic()
-        to_send: dict[str, list[Tracked]] = defaultdict(list)
-        to_check: dict[str, list[Tracked]] = defaultdict(list)
-        for tracked in self.tracked.values():
-            if tracked.due > now:
-                continue
-            if tracked.phase is Phase.SEND and tracked.registry not in self.sends_in_flight:
-                to_send[tracked.registry].append(tracked)
-            elif tracked.phase in (Phase.CHECK, Phase.POLL):
-                to_check[tracked.registry].append(tracked)
-        batch = self.settings.registry_batch_size
-        for registry, items in to_send.items():
-            self._send(registry, items[:batch])
-        for registry, items in to_check.items():
-            for i in range(0, len(items), batch):
-                self._check(registry, items[i : i + batch])
+    def _queue_send(self, tracked: Tracked) -> None:
+        tracked.phase = Phase.SEND
+        self.send_queues.setdefault(tracked.registry, []).append(tracked.tx_id)
+        self._send_next(tracked.registry)
 
-    def _send(self, registry: str, items: list[Tracked]) -> None:
-        for tracked in items:
+    def _send_next(self, registry: str) -> None:
+        if registry in self.sending:
+            return  # what queues up meanwhile goes in the next batch
+        queue = self.send_queues.get(registry, [])
+        batch: list[Tracked] = []
+        while queue and len(batch) < self.settings.registry_batch_size:
+            tracked = self.tracked.get(queue.pop(0))
+            if tracked is not None and tracked.phase is Phase.SEND:
+                batch.append(tracked)
+        if not batch:
+            return
+        for tracked in batch:
             tracked.phase = Phase.BUSY
             tracked.sends += 1
-        ids = tuple(t.request.transaction_id for t in items)
-        self.sends_in_flight.add(registry)
-        self.counters.sends += 1
-        self.counters.transactions_sent += len(ids)
+        ids = tuple(t.tx_id for t in batch)
+        self.sending.add(registry)
 
-        async def call() -> RegistryCallError | None:
+        async def send() -> RegistryCallError | None:
             try:
-                await self.client.send(registry, [t.request.transaction for t in items])
+                await self.client.send(registry, [t.request.transaction for t in batch])
             except RegistryCallError as exc:
                 return exc
             return None
 
         self.bridge.run(
-            call(),
-            self.actor_ref,
-            lambda error: _Sent(registry, ids, error),
-            lambda exc: _Sent(
-                registry, ids, RegistryCallError(registry, "client", repr(exc), transient=True)
+            send(),
+            Reply(
+                self.actor_ref,
+                lambda error: _Sent(registry, ids, error),
+                lambda reason: _Sent(registry, ids, _client_error(registry, reason)),
             ),
         )
 
     def _on_sent(self, message: _Sent) -> None:
-        self.sends_in_flight.discard(message.registry)
+        self.sending.discard(message.registry)
         now = time.monotonic()
         for tx_id in message.ids:
             tracked = self.tracked.get(tx_id)
             if tracked is None:
                 continue
             if message.error is None:
-                tracked.phase, tracked.due = Phase.POLL, now + tracked.poll_delay
                 tracked.deadline = now + self.settings.registry_pending_timeout_seconds
-                continue
-            # The batch may have been stored although the call failed ("accepted then
-            # errored"): never re-send blindly, ask first.
-            self._on_call_error(tracked, message.error, next_phase=Phase.CHECK)
+                self._ask_at(tracked, now + tracked.poll_delay)
+            else:
+                # The batch may have been stored although the call failed ("accepted
+                # then errored"): never re-send blindly, ask first.
+                self._on_call_error(tracked, message.error)
         if message.error is not None:
             log.warning(
                 "registry.send_failed",
@@ -204,91 +255,97 @@ class RegistryGateway(StampActor):
                 code=message.error.code,
                 transactions=len(message.ids),
             )
+        self._send_next(message.registry)
 
-    def _on_call_error(self, tracked: Tracked, error: RegistryCallError, *, next_phase: Phase) -> None:
+    def _on_call_error(self, tracked: Tracked, error: RegistryCallError) -> None:
         tracked.errors += 1
-        self.counters.by_code[error.code] += 1
         policy = self.settings.registry_retry
         if not error.transient or tracked.errors >= policy.max_attempts:
-            self._finish(
-                tracked, RegistryGaveUp(tracked.request.key, f"registry call failed: {error}", tracked.errors)
-            )
+            reason = f"registry call failed: {error}"
+            self._finish(tracked, RegistryGaveUp(tracked.request.key, reason, tracked.errors))
             return
-        tracked.phase = next_phase
-        tracked.due = time.monotonic() + backoff_delay(policy, tracked.errors)
+        self._ask_at(tracked, time.monotonic() + backoff_delay(policy, tracked.errors))
 
-    # --- status -----------------------------------------------------------------
+    # --- status rounds at their deadlines ----------------------------------------
 
-    def _check(self, registry: str, items: list[Tracked]) -> None:
-        for tracked in items:
-            tracked.phase = Phase.BUSY
-        ids = tuple(t.request.transaction_id for t in items)
-        self.counters.status_calls += len(ids)
-        self.bridge.run(
-            self.client.statuses(registry, list(ids)),
-            self.actor_ref,
-            lambda replies: _Statuses(registry, ids, tuple(replies)),
-            lambda exc: _Statuses(
-                registry,
-                ids,
-                tuple(RegistryCallError(registry, "client", repr(exc), transient=True) for _ in ids),
-            ),
-        )
+    def _ask_at(self, tracked: Tracked, due: float) -> None:
+        tracked.phase = Phase.STATUS
+        limit = self.settings.registry_batch_size
+        rounds = self.rounds.setdefault(tracked.registry, [])
+        for round_ in rounds:
+            if abs(round_.at - due) <= ROUND_GROUP_SECONDS and round_.join(tracked.tx_id, limit):
+                return
+        round_ = _Round(tracked.registry, due, [tracked.tx_id])
+        rounds.append(round_)
+        self.bridge.run(self._ask(round_), Reply(self.actor_ref, _identity, self._round_failed(round_)))
+
+    async def _ask(self, round_: _Round) -> _Statuses:
+        await asyncio.sleep(max(0.0, round_.at - time.monotonic()))
+        ids = round_.start()
+        replies = await self.client.statuses(round_.registry, list(ids))
+        return _Statuses(round_, ids, tuple(replies))
+
+    def _round_failed(self, round_: _Round) -> Callable[[str], _Statuses]:
+        def failed(reason: str) -> _Statuses:
+            ids = round_.start()
+            return _Statuses(round_, ids, tuple(_client_error(round_.registry, reason) for _ in ids))
+
+        return failed
 
     def _on_statuses(self, message: _Statuses) -> None:
+        rounds = self.rounds.get(message.round.registry, [])
+        if message.round in rounds:
+            rounds.remove(message.round)
         now = time.monotonic()
         for tx_id, reply in zip(message.ids, message.replies, strict=True):
             tracked = self.tracked.get(tx_id)
-            if tracked is None:
+            if tracked is None or tracked.phase is not Phase.STATUS:
                 continue
             if isinstance(reply, RegistryCallError):
-                self._on_call_error(tracked, reply, next_phase=Phase.CHECK)
-                continue
-            self.counters.by_code["OK"] += 1
-            if reply.status.issued:
-                self._finish(tracked, RegistryIssued(tracked.request.key))
+                self._on_call_error(tracked, reply)
+            elif reply.status.issued:
+                self._finish(tracked, RegistryCommitted(tracked.request.key))
             elif reply.status is TxStatus.FAILED:
-                if "already exists" in reply.message.lower():
-                    self._read_stream(tracked)
+                if _settled_by_stream(reply.message):
+                    self._read_stream(tracked, reply.message)
                 else:
                     self._finish(tracked, RegistryRejected(tracked.request.key, reply.message or "FAILED"))
             elif reply.status is TxStatus.UNKNOWN:
                 # Never seen, or forgotten (registry restart, cache expiry): the only
                 # case in which the same bytes are sent again.
-                tracked.phase, tracked.due = Phase.SEND, now
+                self._queue_send(tracked)
             elif now >= tracked.deadline:
-                tracked_for = self.settings.registry_pending_timeout_seconds
+                budget = self.settings.registry_pending_timeout_seconds
                 self._finish(
                     tracked,
                     RegistryGaveUp(
-                        tracked.request.key,
-                        f"transaction still PENDING after {tracked_for:g} s",
-                        tracked.sends,
+                        tracked.request.key, f"transaction still PENDING after {budget:g} s", tracked.sends
                     ),
                 )
             else:
-                tracked.phase, tracked.due = Phase.POLL, now + tracked.poll_delay
+                self._ask_at(tracked, now + tracked.poll_delay)
                 tracked.poll_delay = min(tracked.poll_delay * 1.5, self.settings.registry_poll_max_seconds)
 
-    def _read_stream(self, tracked: Tracked) -> None:
-        tracked.phase = Phase.BUSY
-        key = tracked.request.key
-        tx_id = tracked.request.transaction_id
-        ours = tracked.request.transaction
+    # --- settling by the stream ----------------------------------------------------
 
-        async def call() -> _StreamRead:
+    def _read_stream(self, tracked: Tracked, message: str) -> None:
+        tracked.phase = Phase.BUSY
+        request, tx_id = tracked.request, tracked.tx_id
+        key = request.key
+
+        async def read() -> _StreamRead:
             try:
                 transactions = await self.client.stream_transactions(key.registry, key.certificate_id)
             except RegistryCallError as exc:
-                return _StreamRead(tx_id, False, exc)
-            return _StreamRead(tx_id, bool(transactions) and _same_transaction(transactions[0], ours), None)
+                return _StreamRead(tx_id, None, exc)
+            return _StreamRead(tx_id, settle_by_stream(request, message, transactions), None)
 
         self.bridge.run(
-            call(),
-            self.actor_ref,
-            lambda result: result,
-            lambda exc: _StreamRead(
-                tx_id, False, RegistryCallError(key.registry, "client", repr(exc), transient=True)
+            read(),
+            Reply(
+                self.actor_ref,
+                _identity,
+                lambda reason: _StreamRead(tx_id, None, _client_error(key.registry, reason)),
             ),
         )
 
@@ -296,25 +353,16 @@ class RegistryGateway(StampActor):
         tracked = self.tracked.get(message.tx_id)
         if tracked is None:
             return
-        if message.error is not None:
-            self._on_call_error(tracked, message.error, next_phase=Phase.CHECK)
-        elif message.ours:
-            self._finish(tracked, RegistryIssued(tracked.request.key))
-        else:
-            self._finish(
-                tracked,
-                RegistryRejected(
-                    tracked.request.key,
-                    "certificate already exists in the registry, issued by another transaction",
-                ),
-            )
+        if message.outcome is not None:
+            self._finish(tracked, message.outcome)
+        elif message.error is not None:
+            self._on_call_error(tracked, message.error)
 
-    def _finish(self, tracked: Tracked, outcome: RegistryIssued | RegistryRejected | RegistryGaveUp) -> None:
-        self.tracked.pop(tracked.request.transaction_id, None)
+    def _finish(self, tracked: Tracked, outcome: RegistryOutcome) -> None:
+        self.tracked.pop(tracked.tx_id, None)
         reply_to: Ref = tracked.request.reply_to
         tell_quietly(reply_to, outcome)
 
-    # --- introspection for metrics ------------------------------------------------
 
-    def tracked_count(self) -> int:
-        return len(self.tracked)
+def _identity(message: object) -> object:
+    return message

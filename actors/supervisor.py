@@ -1,4 +1,4 @@
-"""Supervisor: admits certificates, owns the actor tree, routes position requests.
+"""Supervisor: admits certificates and owns the actor tree.
 
 At most ``max_in_flight`` certificate actors live at once; the rest wait as rows in
 PostgreSQL (the database is the backlog) and are claimed, oldest first, as capacity
@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import pykka
@@ -23,27 +23,25 @@ import structlog
 
 from actors.backoff import backoff_delay
 from actors.base import StampActor
-from actors.bridge import tell_quietly
-from actors.certificate import CertificateActor
+from actors.bridge import Reply, tell_quietly
+from actors.certificate import CertificateActor, rules_of
 from actors.deps import ActorDeps
 from actors.messages import (
     AdmitCertificate,
-    AllocatePositionFor,
     BacklogClaimed,
     BacklogClaimFailed,
     CertificateCrashed,
     CertificateFinished,
     Drain,
-    PassivateApproved,
-    RecipientIdle,
     RecordReloaded,
     Ref,
     RestartCertificate,
     SupervisorTick,
 )
-from actors.recipient import RecipientActor
+from actors.recipient import RecipientDirectory
+from stamp import lifecycle
 from stamp.db import queries
-from stamp.domain import CertificateKey, CertificateRecord, State, step_of
+from stamp.domain import CertificateKey, CertificateRecord, Step, step_of
 
 log = structlog.get_logger(__name__)
 TICK_SECONDS = 1.0
@@ -55,19 +53,15 @@ MAX_TRACKED_CRASHES = 1024
 so there are at most ``max_in_flight``; the cap bounds the map whatever happens."""
 
 
-@dataclass(slots=True)
-class _RecipientEntry:
-    ref: Ref
-    routed: int = 0
-
-
 class Supervisor(StampActor):
     def __init__(self, deps: ActorDeps) -> None:
         super().__init__()
         self.deps = deps
         self.settings = deps.settings
         self.certificates: dict[CertificateKey, Ref] = {}
-        self.recipients: dict[str, _RecipientEntry] = {}
+        # Certificate actors reach their recipient's actor directly, not through here.
+        self.recipients = RecipientDirectory.of(deps)
+        self.rules = rules_of(deps)
         self.crashes: OrderedDict[CertificateKey, int] = OrderedDict()
         self.claiming = False
         self.claim_slots = 0  # slots taken for the backlog claim under way
@@ -80,9 +74,10 @@ class Supervisor(StampActor):
         self.deps.bridge.later(TICK_SECONDS, self.actor_ref, SupervisorTick())
 
     def on_stop(self) -> None:
-        for ref in [*self.certificates.values(), *(e.ref for e in self.recipients.values())]:
+        for ref in self.certificates.values():
             with contextlib.suppress(pykka.ActorDeadError):
                 ref.stop(block=False)
+        self.recipients.stop_all()
 
     def on_receive(self, message: object) -> Any:
         match message:
@@ -93,40 +88,30 @@ class Supervisor(StampActor):
                     self._spawn(record)
                 else:
                     self.deps.live.release_slots()
-            case AllocatePositionFor(recipient_id=recipient_id, request=request):
-                self._route(recipient_id, request)
             case CertificateFinished(key=key, state=state):
                 self._forget(key)
                 if state is None:
                     # Abandoned (crash, stale, shutdown): let whoever is next pick it up.
-                    self.deps.bridge.run(
-                        queries.release_lease(self.deps.pool, key, self.settings.instance_id),
-                        self.actor_ref,
-                        lambda _: None,
-                        lambda _exc: None,
+                    self.deps.bridge.spawn(
+                        queries.release_lease(self.deps.pool, key, self.settings.instance_id), "release_lease"
                     )
                     self.backlog_waiting = True
                 if self.backlog_waiting or self.deps.live.backlog_waiting:
                     self._pump()
-            case CertificateCrashed(key=key, state=state, reason=reason):
-                self._on_crash(key, state, reason)
+            case CertificateCrashed(key=key, state=state, position=position, reason=reason):
+                self._on_crash(key, step_of(state, position), reason)
             case RestartCertificate(key=key):
                 self.deps.bridge.run(
                     queries.get_record(self.deps.pool, key),
-                    self.actor_ref,
-                    lambda record: RecordReloaded(key, record),
-                    lambda _exc: RestartCertificate(key),
+                    Reply(
+                        self.actor_ref, partial(RecordReloaded, key), lambda _reason: RestartCertificate(key)
+                    ),
                 )
             case RecordReloaded(key=key, record=record):
                 if record is not None and not record.state.terminal and not self.draining:
                     self._spawn(record)
                 else:
                     self._forget(key)
-            case RecipientIdle(recipient_id=recipient_id, handled=handled, ref=ref):
-                entry = self.recipients.get(recipient_id)
-                if entry is not None and entry.ref == ref and entry.routed == handled:
-                    del self.recipients[recipient_id]
-                    tell_quietly(ref, PassivateApproved())
             case BacklogClaimed(records=records, limit=limit):
                 self.claiming = False
                 self.backlog_waiting = len(records) >= limit
@@ -147,7 +132,7 @@ class Supervisor(StampActor):
             case Drain():
                 self.draining = True
                 for ref in self.certificates.values():
-                    tell_quietly(ref, Drain())
+                    tell_quietly(ref, lifecycle.Drain())
         self.deps.live.certificate_actors = len(self.certificates)
         self.deps.live.recipient_actors = len(self.recipients)
         return None
@@ -158,7 +143,7 @@ class Supervisor(StampActor):
         if self.certificates.pop(key, None) is not None:
             self.deps.live.release_slots()
 
-    def _on_crash(self, key: CertificateKey, state: State, reason: str) -> None:
+    def _on_crash(self, key: CertificateKey, step: Step, reason: str) -> None:
         crashes = self.crashes.pop(key, 0) + 1
         self.crashes[key] = crashes  # the most recent last, for the cap below
         while len(self.crashes) > MAX_TRACKED_CRASHES:
@@ -172,23 +157,17 @@ class Supervisor(StampActor):
                 crashes=crashes,
                 reason=reason,
             )
-            self.deps.bridge.run(
+            self.deps.bridge.spawn(
                 queries.fail_after_crashes(
-                    self.deps.pool,
-                    key,
-                    step_of(state),
-                    f"internal error ({crashes} crashes): {reason}",
-                    crashes,
+                    self.deps.pool, key, step, f"internal error ({crashes} crashes): {reason}", crashes
                 ),
-                self.actor_ref,
-                lambda _: None,
-                lambda _exc: None,
+                "fail_after_crashes",
             )
             self._pump()
             return
         # The slot stays taken (and the lease held) until the restart: nobody else
         # picks the certificate up meanwhile.
-        delay = backoff_delay(self.settings.registry_retry, crashes)
+        delay = backoff_delay(self.settings.restart_retry, crashes)
         log.warning(
             "supervisor.certificate_restarting",
             certificate_id=key.certificate_id,
@@ -199,15 +178,9 @@ class Supervisor(StampActor):
         self.deps.bridge.later(delay, self.actor_ref, RestartCertificate(key))
 
     def _spawn(self, record: CertificateRecord) -> None:
-        self.certificates[record.key] = CertificateActor.start(record, self.deps, self.actor_ref)
-
-    def _route(self, recipient_id: str, request: object) -> None:
-        entry = self.recipients.get(recipient_id)
-        if entry is None:
-            entry = _RecipientEntry(RecipientActor.start(recipient_id, self.deps, self.actor_ref))
-            self.recipients[recipient_id] = entry
-        entry.routed += 1
-        entry.ref.tell(request)
+        self.certificates[record.key] = CertificateActor.start(
+            record, self.deps, self.actor_ref, self.recipients, self.rules
+        )
 
     def _pump(self) -> None:
         if self.claiming or self.draining:
@@ -225,22 +198,18 @@ class Supervisor(StampActor):
                 lease_seconds=self.settings.lease_seconds,
                 limit=limit,
             ),
-            self.actor_ref,
-            lambda records: BacklogClaimed(tuple(records), limit),
-            lambda exc: BacklogClaimFailed(f"{type(exc).__name__}: {exc}"),
+            Reply(self.actor_ref, lambda records: BacklogClaimed(tuple(records), limit), BacklogClaimFailed),
         )
 
     def _on_tick(self) -> None:
         now = time.monotonic()
         if now - self.last_renewal >= self.settings.lease_seconds / 3:
             self.last_renewal = now
-            self.deps.bridge.run(
+            self.deps.bridge.spawn(
                 queries.renew_leases(
                     self.deps.pool, owner=self.settings.instance_id, lease_seconds=self.settings.lease_seconds
                 ),
-                self.actor_ref,
-                lambda _: None,
-                lambda _exc: None,
+                "renew_leases",
             )
         # Also catches certificates whose owner died (expired leases) and rows stored
         # while every slot was taken.

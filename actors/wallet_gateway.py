@@ -1,30 +1,72 @@
-"""WalletGateway: delivers slices over HTTP; the answer goes straight to the
-certificate that asked (its state machine decides about retries)."""
+"""WalletGateway: delivers slices over HTTP and records a 2xx at once; the answer goes
+straight to the certificate that asked (its lifecycle decides about retries).
+
+Delivery and its record share one trip to the event loop: nothing happens between a
+wallet's 2xx and the statement that records it, and a 2xx recorded on the loop is
+recorded even while the asking actor is shutting down."""
 
 from __future__ import annotations
 
-from collections import Counter
-
 from actors.base import StampActor
-from actors.bridge import LoopBridge
-from actors.messages import DeliverSlice, WalletAnswered
-from stamp.gateways.wallet_client import DeliveryOutcome, DeliveryResult, WalletClient
+from actors.bridge import LoopBridge, Reply, describe
+from actors.messages import DeliverSlice
+from stamp.config import Settings
+from stamp.db import queries
+from stamp.domain import CertificateRecord, Delivery, Recipient
+from stamp.gateways.wallet_client import DeliveryOutcome, Slice, WalletClient
+from stamp.lifecycle import DatabaseFailed, WalletAnswered, Written, delivered_write
+
+
+def slice_of(record: CertificateRecord, recipient: Recipient) -> Slice:
+    """The wallet's slice of a certificate whose position, R and salts are persisted."""
+    assert record.position is not None and record.blinding is not None and record.salts is not None
+    return Slice(
+        endpoint=recipient.wallet_endpoint_url,
+        public_key=recipient.wallet_public_key,
+        position=record.position,
+        registry=record.key.registry,
+        certificate_id=record.key.certificate_id,
+        quantity=record.quantity,
+        blinding=record.blinding,
+        hashed_attributes=tuple(
+            (k, v, salt) for (k, v), salt in zip(record.hashed_attributes, record.salts, strict=True)
+        ),
+    )
+
+
+def _failed(reason: str) -> WalletAnswered:
+    # The exception's type only: its message could echo what the wallet sent.
+    return WalletAnswered(Delivery.TRANSIENT, None, f"delivery failed: {reason.split(':', 1)[0]}")
+
+
+def _identity(answer: WalletAnswered) -> WalletAnswered:
+    return answer
 
 
 class WalletGateway(StampActor):
-    def __init__(self, client: WalletClient, bridge: LoopBridge) -> None:
+    def __init__(self, client: WalletClient, bridge: LoopBridge, settings: Settings) -> None:
         super().__init__()
         self.client = client
         self.bridge = bridge
-        self.answers: Counter[str] = Counter()
+        self.lease = queries.Lease(settings.instance_id, settings.lease_seconds)
 
     def on_receive(self, message: object) -> None:
         if isinstance(message, DeliverSlice):
-            self.bridge.run(
-                self.client.deliver(message.slice),
-                message.reply_to,
-                WalletAnswered,
-                lambda exc: WalletAnswered(
-                    DeliveryResult(DeliveryOutcome.TRANSIENT, None, f"delivery failed: {type(exc).__name__}")
-                ),
-            )
+            self.bridge.run(self._deliver(message), Reply(message.reply_to, _identity, _failed))
+
+    async def _deliver(self, message: DeliverSlice) -> WalletAnswered:
+        result = await self.client.deliver(message.slice)
+        outcome = Delivery(result.outcome.value)
+        if result.outcome is not DeliveryOutcome.DELIVERED:
+            return WalletAnswered(outcome, result.status, result.reason)
+        key, expected = message.key, message.expected_version
+        sql, args = queries.lifecycle_write(key, delivered_write(expected, result.status), self.lease)
+        assert self.bridge.batcher is not None
+        recorded: Written | DatabaseFailed
+        try:
+            row = await self.bridge.batcher.fetch(sql, args, (key.registry, key.certificate_id))
+        except Exception as exc:  # the 2xx stands; recording it is retried by the certificate
+            recorded = DatabaseFailed(describe(exc))
+        else:
+            recorded = Written(expected, row["version"])
+        return WalletAnswered(outcome, result.status, result.reason, recorded)

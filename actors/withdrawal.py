@@ -9,29 +9,27 @@ third of a lease, it claims the pending withdrawals nobody drives (its own from 
 a crash or restart, and those whose lease expired) and drives them again, asking the
 registry for their status first: they may have been sent already.
 
-"Already withdrawn" from the registry is settled by reading the stream, like "already
-exists" for issuance (registry.md): the identical bytes re-sent after the registry's
-status cache expired are verified again and fail so, although the stream holds them.
+"Already withdrawn" from the registry is settled by the gateway reading the stream,
+like "already exists" for issuance (``registry_gateway.settle_by_stream``): the
+identical bytes re-sent after the registry's status cache expired are verified again
+and fail so, although the stream holds them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import structlog
 
 from actors.backoff import backoff_delay
 from actors.base import StampActor
-from actors.bridge import tell_quietly
+from actors.bridge import Reply, tell_quietly
 from actors.deps import ActorDeps
-from actors.messages import RegistryGaveUp, RegistryIssued, RegistryRejected, SubmitTransaction
-from protos.project_origin.registry.v1 import registry_pb2
-from stamp.crypto.transactions import WITHDRAWN_EVENT_TYPE
+from actors.messages import SubmitTransaction
 from stamp.db import withdrawals
-from stamp.domain import CertificateKey
-from stamp.gateways.registry_client import RegistryCallError, RegistryClient
+from stamp.domain import CertificateKey, RegistryCommitted, RegistryGaveUp, RegistryRejected
 from stamp.withdrawal import Withdrawal, WithdrawalEvent, WithdrawalState
 
 log = structlog.get_logger(__name__)
@@ -92,18 +90,10 @@ class _SettleFailed:
 
 
 @dataclass(frozen=True, slots=True)
-class _StreamRead:
-    key: CertificateKey
-    generation: int
-    transactions: tuple[bytes, ...]
-    error: RegistryCallError | None
-
-
-@dataclass(frozen=True, slots=True)
 class _Retry:
     key: CertificateKey
     generation: int
-    outcome: _Outcome | None  # None: read the stream again
+    outcome: _Outcome
 
 
 @dataclass(slots=True)
@@ -114,19 +104,6 @@ class _Entry:
     settling: bool = False
 
 
-def withdrawn_in_stream(transactions: Sequence[bytes], ours: bytes) -> tuple[bool, bool]:
-    """(whether the stream holds a withdrawal, whether that is our transaction).
-    Compared as messages, not bytes: the registry may re-serialise what it stores."""
-    mine = registry_pb2.Transaction.FromString(ours)
-    found = by_us = False
-    for data in transactions:
-        tx = registry_pb2.Transaction.FromString(data)
-        if tx.header.payload_type == WITHDRAWN_EVENT_TYPE:
-            found = True
-            by_us = by_us or tx == mine
-    return found, by_us
-
-
 async def _sweep(deps: ActorDeps, active: list[int]) -> tuple[Withdrawal, ...]:
     await withdrawals.renew_leases(deps.pool, lease=deps.lease, ids=active)
     claimed = await withdrawals.claim_pending(deps.pool, lease=deps.lease, exclude=active, limit=CLAIM_LIMIT)
@@ -134,10 +111,9 @@ async def _sweep(deps: ActorDeps, active: list[int]) -> tuple[Withdrawal, ...]:
 
 
 class WithdrawalActor(StampActor):
-    def __init__(self, deps: ActorDeps, client: RegistryClient) -> None:
+    def __init__(self, deps: ActorDeps) -> None:
         super().__init__()
         self.deps = deps
-        self.client = client
         self.active: dict[CertificateKey, _Entry] = {}
         self.generations = 0
         self.sweep_seconds = max(1.0, deps.settings.lease_seconds / 3)
@@ -163,17 +139,12 @@ class WithdrawalActor(StampActor):
             case _SweepFailed(reason=reason):
                 log.warning("withdrawal.sweep_failed", reason=reason)
                 self.deps.bridge.later(self.sweep_seconds, self.actor_ref, _Sweep())
-            case RegistryIssued(key=key):
-                self._on_committed(key, by_us=True)
+            case RegistryCommitted(key=key, by_another_transaction=by_another):
+                self._on_committed(key, by_us=not by_another)
             case RegistryRejected(key=key, message=reason):
-                if "already withdrawn" in reason.lower():
-                    self._read_stream(key)
-                else:
-                    self._on_failed(key, f"rejected by the registry: {reason}", 1)
+                self._on_failed(key, f"rejected by the registry: {reason}", 1)
             case RegistryGaveUp(key=key, reason=reason, attempts=attempts):
                 self._on_failed(key, reason, attempts)
-            case _StreamRead():
-                self._on_stream(message)
             case _Settled():
                 self._on_settled(message)
             case _SettleFailed():
@@ -181,10 +152,7 @@ class WithdrawalActor(StampActor):
             case _Retry(key=key, generation=generation, outcome=outcome):
                 entry = self.active.get(key)
                 if entry is not None and entry.generation == generation:
-                    if outcome is None:
-                        self._read_stream(key)
-                    else:
-                        self._settle(key, outcome)
+                    self._settle(key, outcome)
 
     # --- driving ----------------------------------------------------------------------------
 
@@ -204,12 +172,7 @@ class WithdrawalActor(StampActor):
 
     def _sweep(self) -> None:
         active = [entry.withdrawal.id for entry in self.active.values()]
-        self.deps.bridge.run(
-            _sweep(self.deps, active),
-            self.actor_ref,
-            _Claimed,
-            lambda exc: _SweepFailed(f"{type(exc).__name__}: {exc}"),
-        )
+        self.deps.bridge.run(_sweep(self.deps, active), Reply(self.actor_ref, _Claimed, _SweepFailed))
 
     # --- outcomes ---------------------------------------------------------------------------
 
@@ -234,48 +197,6 @@ class WithdrawalActor(StampActor):
         outcome = _Outcome(WithdrawalState.FAILED, WithdrawalEvent.FAILED, detail, reason, attempts)
         self._settle(key, outcome)
 
-    def _read_stream(self, key: CertificateKey) -> None:
-        entry = self.active.get(key)
-        if entry is None:
-            return
-        generation = entry.generation
-
-        async def call() -> _StreamRead:
-            try:
-                transactions = await self.client.stream_transactions(key.registry, key.certificate_id)
-            except RegistryCallError as exc:
-                return _StreamRead(key, generation, (), exc)
-            return _StreamRead(key, generation, tuple(transactions), None)
-
-        self.deps.bridge.run(
-            call(),
-            self.actor_ref,
-            lambda result: result,
-            lambda exc: _StreamRead(
-                key, generation, (), RegistryCallError(key.registry, "client", repr(exc), transient=True)
-            ),
-        )
-
-    def _on_stream(self, message: _StreamRead) -> None:
-        entry = self.active.get(message.key)
-        if entry is None or entry.generation != message.generation:
-            return
-        if message.error is not None:
-            entry.errors += 1
-            policy = self.deps.settings.registry_retry
-            if not message.error.transient or entry.errors >= policy.max_attempts:
-                self._on_failed(message.key, f"registry call failed: {message.error}", entry.errors)
-                return
-            delay = backoff_delay(policy, entry.errors)
-            self.deps.bridge.later(delay, self.actor_ref, _Retry(message.key, entry.generation, None))
-            return
-        found, by_us = withdrawn_in_stream(message.transactions, entry.withdrawal.transaction)
-        if found:
-            self._on_committed(message.key, by_us=by_us)
-        else:
-            reason = "the registry answered 'already withdrawn' but the stream holds no withdrawal"
-            self._on_failed(message.key, reason, 1)
-
     # --- recording --------------------------------------------------------------------------
 
     def _settle(self, key: CertificateKey, outcome: _Outcome) -> None:
@@ -292,9 +213,11 @@ class WithdrawalActor(StampActor):
                 reason=outcome.reason,
                 attempts=outcome.attempts,
             ),
-            self.actor_ref,
-            lambda changed: _Settled(key, generation, outcome, changed),
-            lambda exc: _SettleFailed(key, generation, outcome, f"{type(exc).__name__}: {exc}"),
+            Reply(
+                self.actor_ref,
+                partial(_Settled, key, generation, outcome),
+                partial(_SettleFailed, key, generation, outcome),
+            ),
         )
 
     def _on_settled(self, message: _Settled) -> None:
@@ -315,7 +238,7 @@ class WithdrawalActor(StampActor):
         # The outcome is known, only writing it failed: try again until the database
         # is back (the lease keeps other instances from driving it meanwhile).
         entry.errors += 1
-        delay = backoff_delay(self.deps.settings.registry_retry, entry.errors)
+        delay = backoff_delay(self.deps.settings.database_retry, entry.errors)
         self._log(entry.withdrawal).warning(
             "withdrawal.record_failed", reason=message.reason, attempt=entry.errors, delay=round(delay, 3)
         )

@@ -65,7 +65,7 @@ from stamp.domain import CertificateKey, Event, State
 from stamp.load.database import fresh_database
 from stamp.load.driver import CertificateFactory, Schedule, drive
 from stamp.load.report import machine, percentiles
-from stamp.loadtest import LoadOptions, quiet_logs, run_loadtest
+from stamp.load.run import LoadOptions, quiet_logs, run_loadtest
 
 STAMP_POOL_SIZE = 20  # stamp.app.database_ctx: max_size
 INTAKE_CONCURRENCY = 64
@@ -504,8 +504,9 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         "| Stamp run | accepted/s | 202 p50 / p95 / p99 ms (p99 in Stamp) | delivered/s "
         "| accepted→delivered p50 / p95 / p99 s | peak RSS MB (crypto workers) | peak threads "
-        "| peak actors | loop lag p99 ms | DB commits/cert | invariants |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| peak actors | loop lag p99 ms | DB commits/cert | hand-offs/cert | DB round trips/cert "
+        "| invariants |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for run in results["stamp"]:
         i, p, r = run["intake"], run["pipeline"], run["resources"]
@@ -514,13 +515,15 @@ def markdown(results: dict[str, Any]) -> str:
         workers = (r.get("peak_crypto_workers_rss_bytes") or 0) / 2**20
         commits = "–" if r["db_commits_per_certificate"] is None else f"{r['db_commits_per_certificate']:.1f}"
         verdict = "ok" if run["invariants"]["ok"] else "FAILED"
+        handoffs, trips = r.get("actor_handoffs_per_delivered"), r.get("db_round_trips_per_certificate")
         lines.append(
             f"| {run['name']} | {i['accepted_per_second']:.0f} "
             f"| {_ms(lat['p50'])} / {_ms(lat['p95'])} / {_ms(lat['p99'])} "
             f"({_ms(i.get('server_latency_p99_seconds'))}) | {p['delivered_per_second']:.1f} "
             f"| {_s(e2e['p50'])} / {_s(e2e['p95'])} / {_s(e2e['p99'])} | {rss:.0f} ({workers:.0f}) "
             f"| {r['peak_threads']} | {r['peak_live_actors']} | {_ms(r['event_loop_lag_p99_seconds'])} "
-            f"| {commits} | {verdict} |"
+            f"| {commits} | {'–' if handoffs is None else f'{handoffs:.1f}'} "
+            f"| {'–' if trips is None else f'{trips:.1f}'} | {verdict} |"
         )
     lines += [
         "",

@@ -1,6 +1,6 @@
 """Assembly of one Stamp process: every resource is set up and torn down in one
 ``cleanup_ctx`` generator, so start order and reverse stop order follow by
-construction (STYLE.md "Lifecycles in one place").
+construction (docs/architecture.md).
 
 database → crypto process pool → registry/wallet clients → actors → HTTP routes
 """
@@ -26,17 +26,18 @@ import structlog
 from aiohttp import web
 from aiohttp.web_urldispatcher import AbstractResource
 
-from actors.bridge import LoopBridge
-from actors.deps import ActorDeps, LiveCounts, RecipientCache
+from actors.bridge import LoopBridge, tell_from_loop
+from actors.deps import ActorDeps
 from actors.messages import Drain
 from actors.registry_gateway import RegistryGateway
 from actors.supervisor import Supervisor
 from actors.wallet_gateway import WalletGateway
 from stamp import metrics
-from stamp.api import auth, openapi, withdrawals
+from stamp.admission import Backlog, LiveCounts, RecipientCache
+from stamp.api import auth, metrics_http, openapi, withdrawals
 from stamp.api import routes as certificate_routes
 from stamp.api.problems import problem_middleware
-from stamp.api.runtime import RUNTIME, Backlog, Runtime
+from stamp.api.runtime import RUNTIME, Runtime
 from stamp.config import Settings, check_path_base
 from stamp.crypto import backend
 from stamp.db import queries
@@ -178,13 +179,13 @@ async def actors_ctx(app: web.Application) -> AsyncIterator[None]:
     settings, pool = app[SETTINGS], app[POOL]
     threading.stack_size(ACTOR_THREAD_STACK_BYTES)
     loop = asyncio.get_running_loop()
-    bridge = LoopBridge(loop, app[EXECUTOR])
+    batcher = StatementBatcher(pool, loop)
+    bridge = LoopBridge(loop, app[EXECUTOR], batcher)
     registry_gateway = RegistryGateway.start(app[REGISTRY_CLIENT], bridge, settings)
-    wallet_gateway = WalletGateway.start(app[WALLET_CLIENT], bridge)
+    wallet_gateway = WalletGateway.start(app[WALLET_CLIENT], bridge, settings)
     recipients = RecipientCache(pool)
     live = LiveCounts()
     issuer_pems = {area: key.private_pem() for area, key in settings.issuer_keys.items()}
-    batcher = StatementBatcher(pool, loop)
     deps = ActorDeps(
         settings, bridge, pool, batcher, recipients, registry_gateway, wallet_gateway, live, issuer_pems
     )
@@ -198,8 +199,8 @@ async def actors_ctx(app: web.Application) -> AsyncIterator[None]:
     app[RUNTIME] = runtime
     from actors.withdrawal import WithdrawalActor  # resumes pending withdrawals as it starts
 
-    withdrawal_actor = WithdrawalActor.start(deps, app[REGISTRY_CLIENT])
-    runtime.extra[withdrawals.WITHDRAWALS_ACTOR] = withdrawal_actor
+    withdrawal_actor = WithdrawalActor.start(deps)
+    runtime.withdrawals = withdrawal_actor
     refresher = asyncio.create_task(_refresh_backlog(runtime))
     yield
     refresher.cancel()
@@ -214,19 +215,16 @@ async def actors_ctx(app: web.Application) -> AsyncIterator[None]:
         log.info("supervisor.released", certificates=released)
 
 
-_DRAINED = "drained"
-
-
 async def drain(runtime: Runtime) -> None:
     """Stop admitting and let the answers still on their way (a wallet's 2xx, a
     transition) be recorded, so a graceful stop never causes a repeated delivery after
     restart. ``stamp serve`` runs this while the listener still answers (readiness and
     intake say 503); the actors' teardown runs it again, which then returns at once."""
     runtime.draining = True
-    if runtime.extra.get(_DRAINED):
+    if runtime.drained:
         return
-    runtime.extra[_DRAINED] = True
-    runtime.supervisor.tell(Drain())
+    runtime.drained = True
+    tell_from_loop(runtime.supervisor, Drain())
     loop = asyncio.get_running_loop()
     deadline = loop.time() + runtime.settings.shutdown_timeout_seconds * 0.8
     while runtime.live.certificate_actors and loop.time() < deadline:  # noqa: ASYNC110 (an actor thread sets it)
@@ -253,15 +251,15 @@ async def _refresh_backlog(runtime: Runtime) -> None:
 def build_app(settings: Settings) -> web.Application:
     check_path_base(settings.path_base)
     app = web.Application(
-        middlewares=[metrics.metrics_middleware, problem_middleware, auth.auth_middleware],
+        middlewares=[metrics_http.metrics_middleware, problem_middleware, auth.auth_middleware],
         client_max_size=settings.max_body_bytes + 1024,
     )
     app[SETTINGS] = settings
-    app.cleanup_ctx.extend([database_ctx, crypto_pool_ctx, clients_ctx, actors_ctx, metrics.sampler_ctx])
+    app.cleanup_ctx.extend([database_ctx, crypto_pool_ctx, clients_ctx, actors_ctx, metrics_http.sampler_ctx])
     # Whether a route needs a token is decided here, once, by the table it comes from;
     # the auth middleware asks the route that matched (never the path's text).
     protected = [*withdrawals.routes, *certificate_routes.routes]
-    open_to_all = [*certificate_routes.operations, *openapi.routes, *metrics.routes]
+    open_to_all = [*certificate_routes.operations, *openapi.routes, *metrics_http.routes]
     opened: set[AbstractResource] = set()
     guarded: set[AbstractResource] = set()
     # Like the existing Stamp, every route answers with and without the path base.

@@ -114,7 +114,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_loadtest(args: argparse.Namespace) -> int:
-    from stamp.loadtest import cmd_loadtest as run
+    from stamp.load.run import cmd_loadtest as run
 
     return run(args)
 
@@ -161,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Stamp processes) or a running Stamp (--target) with `stamp devstack`'s wallet (--wallet). "
         "Exit code 1 when the invariant check fails.",
     )
-    from stamp.loadtest import add_arguments as add_loadtest_arguments
+    from stamp.load.run import add_arguments as add_loadtest_arguments
 
     add_loadtest_arguments(loadtest)
     loadtest.set_defaults(func=cmd_loadtest)

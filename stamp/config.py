@@ -55,7 +55,8 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
-    """Exponential backoff with full jitter: delay n = random(0, min(cap, base·2^n))."""
+    """Exponential backoff with "equal jitter": the delay before retry n is drawn
+    uniformly from [c/2, c], c = min(cap, base·2^(n-1)) (actors/backoff.py)."""
 
     base_seconds: float = 0.2
     cap_seconds: float = 10.0
@@ -100,8 +101,11 @@ class Settings:
     wallet_retry: RetryPolicy = RetryPolicy()
     # The hosts wallet endpoints may name (docs/configuration.md); None: any host.
     wallet_endpoint_allow: EndpointAllowList | None = None
-    # Short: an idle recipient actor is a thread; a busy recipient never idles this long.
-    recipient_idle_seconds: float = 5.0
+    # Backoff of database statements that failed (retried for ever: max_attempts unused)
+    # and of restarts of a crashed certificate actor (max_attempts unused: the
+    # supervisor fails a certificate after its third crash). Not configurable.
+    database_retry: RetryPolicy = RetryPolicy(base_seconds=0.2, cap_seconds=5.0)
+    restart_retry: RetryPolicy = RetryPolicy(base_seconds=0.2, cap_seconds=10.0)
     lease_seconds: float = 60.0
     shutdown_timeout_seconds: float = 20.0
     log_format: str = "json"
@@ -508,9 +512,6 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         wallet_retry=_retry(env, problems, "STAMP_WALLET"),
         wallet_endpoint_allow=_read(
             env, problems, "STAMP_WALLET_ENDPOINT_ALLOW", EndpointAllowList.parse, d.wallet_endpoint_allow
-        ),
-        recipient_idle_seconds=_read(
-            env, problems, "STAMP_RECIPIENT_IDLE_SECONDS", _non_negative_float, d.recipient_idle_seconds
         ),
         lease_seconds=_read(env, problems, "STAMP_LEASE_SECONDS", _non_negative_float, d.lease_seconds),
         shutdown_timeout_seconds=_read(

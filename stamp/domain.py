@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 
 class State(enum.StrEnum):
-    """Lifecycle states of a certificate (DESIGN.md §1)."""
+    """Lifecycle states of a certificate (docs/architecture.md)."""
 
     STORED = "stored"
     SENT_TO_REGISTRY = "sent_to_registry"
@@ -48,13 +48,25 @@ class Step(enum.StrEnum):
     WALLET = "wallet"
 
 
+class Delivery(enum.Enum):
+    """How a wallet took a slice."""
+
+    DELIVERED = "delivered"
+    REJECTED = "rejected"  # permanent for this delivery
+    TRANSIENT = "transient"  # retry the same body
+
+
 CERTIFICATE_TYPES = {1: "consumption", 2: "production"}
+"""The one certificate-type table: wire number → name (the request, the view, the
+metrics and the registry's ``GranularCertificateType`` all use it)."""
+CERTIFICATE_TYPE_NUMBERS = {name: number for number, name in CERTIFICATE_TYPES.items()}
 
 
-def step_of(state: State) -> Step:
-    """The pipeline step a certificate in this state is working on."""
+def step_of(state: State, position: int | None = None) -> Step:
+    """The pipeline step a certificate in this state is working on (a failure there
+    belongs to it, and an operator retry resumes it)."""
     if state is State.STORED:
-        return Step.CRYPTO
+        return Step.POSITION if position is None else Step.CRYPTO
     if state is State.SENT_TO_REGISTRY:
         return Step.REGISTRY
     return Step.WALLET
@@ -110,3 +122,35 @@ class CertificateRecord:
     blinding: bytes | None = field(default=None, repr=False)
     salts: tuple[bytes, ...] | None = field(default=None, repr=False)
     failed_step: str | None = None
+
+
+# --- what a registry said about a transaction (issuance and withdrawal alike) ----------------
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryCommitted:
+    """The transaction is committed (or the stream shows it is ours). A withdrawal may
+    find the stream withdrawn by another transaction: withdrawn all the same."""
+
+    key: CertificateKey
+    by_another_transaction: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryRejected:
+    """The registry FAILED the transaction; ``message`` is its reason."""
+
+    key: CertificateKey
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryGaveUp:
+    """No answer within the retries or the PENDING budget."""
+
+    key: CertificateKey
+    reason: str
+    attempts: int
+
+
+RegistryOutcome = RegistryCommitted | RegistryRejected | RegistryGaveUp

@@ -1,51 +1,28 @@
-"""Prometheus metrics: ``GET /metrics`` in the Prometheus text format (OpenMetrics when
-the scraper asks for it).
+"""Stamp's Prometheus instruments and the hooks that count into them: a leaf module
+that imports nothing of the HTTP edge, the actors or the database, so every layer may
+count (docs/benchmarks.md "Metrics"). ``GET /metrics``, the HTTP middleware and the
+sampler of what cannot be counted where it happens live at the edge
+(``stamp/api/metrics_http.py``).
 
 The metrics live on prometheus-client's default registry and are created once, at
 import: several Stamp apps may run in one process (the tests do), and a second
 registration of the same name would fail. Counters therefore add up over every app of
 the process; whoever compares them (tests, the load test) takes differences.
 
-The hooks below are called from actor threads, the gateways and the HTTP edge; each
-costs a lock and an addition. What cannot be counted where it happens (live actors,
-mailbox depths, threads, event-loop lag, certificates per state) is sampled by one
-background task per app, ``sampler_ctx``. Labels have low cardinality only: states,
-steps, certificate types, route templates, status codes — never ids.
+Hooks are called from actor threads, the gateways and the HTTP edge; each costs a
+lock and an addition. Labels have low cardinality only: states, steps, certificate
+types, route templates, status codes — never ids.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import os
-import queue
 import re
 import threading
 import time
-from collections.abc import AsyncIterator
 
-import asyncpg
-import pykka
-import structlog
-from aiohttp import web
-from prometheus_client import REGISTRY, Counter, Gauge, Histogram
-from prometheus_client.exposition import choose_encoder
+from prometheus_client import Counter, Gauge, Histogram
 
-from stamp.api.problems import Handler
-from stamp.api.runtime import RUNTIME
-from stamp.db import queries
-from stamp.domain import CERTIFICATE_TYPES, CertificateKey, CertificateRecord, State, Step
-
-log = structlog.get_logger(__name__)
-
-routes = web.RouteTableDef()
-
-
-def set_crypto_backend(name: str, requested: str) -> None:
-    """One series at 1: the backend this Stamp's crypto workers run."""
-    CRYPTO_BACKEND.clear()
-    CRYPTO_BACKEND.labels(backend=name, requested=requested).set(1)
-
+from stamp.domain import CERTIFICATE_TYPES, CertificateKey, CertificateRecord, State, step_of
 
 # Seconds: from a few ms (DB transitions) to minutes (a deep backlog).
 _PIPELINE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600)
@@ -118,6 +95,18 @@ HTTP_CONNECTIONS_CLOSED = Counter(
     ["reason"],
 )
 
+HANDOFFS = Counter(
+    "stamp_actor_handoffs",
+    "Crossings between the event loop and actor threads (a coroutine or statement handed to the "
+    "loop, an answer or timer handed back to an actor)",
+    ["direction"],
+)
+_TO_LOOP = HANDOFFS.labels("to_loop")
+_TO_ACTOR = HANDOFFS.labels("to_actor")
+DB_ROUND_TRIPS = Counter(
+    "stamp_db_round_trips", "Statements sent to PostgreSQL over the pool (a pipelined batch counts once)"
+)
+
 ACTOR_KINDS = ("supervisor", "recipient", "certificate", "registry_gateway", "wallet_gateway")
 LAG_INTERVAL_SECONDS = 0.1
 ACTOR_INTERVAL_SECONDS = 1.0
@@ -133,21 +122,10 @@ _accepted_lock = threading.Lock()
 # --- hooks ----------------------------------------------------------------------------
 
 
-@web.middleware
-async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    started = time.perf_counter()
-    status = 500
-    try:
-        response = await handler(request)
-        status = response.status
-        return response
-    except web.HTTPException as exc:
-        status = exc.status
-        raise
-    finally:
-        resource = request.match_info.route.resource
-        route = resource.canonical if resource is not None else "unmatched"
-        HTTP_REQUESTS.labels(request.method, route, str(status)).observe(time.perf_counter() - started)
+def set_crypto_backend(name: str, requested: str) -> None:
+    """One series at 1: the backend this Stamp's crypto workers run."""
+    CRYPTO_BACKEND.clear()
+    CRYPTO_BACKEND.labels(backend=name, requested=requested).set(1)
 
 
 def http_connection_closed(reason: str) -> None:
@@ -183,19 +161,7 @@ def certificate_transitioned(
     elif new is State.REJECTED:
         REJECTED.inc()
     else:
-        FAILED.labels(record.failed_step or _failed_step(previous, record)).inc()
-
-
-def _failed_step(previous: State, record: CertificateRecord) -> str:
-    """The step a failure belongs to, from the state it failed in (for records that
-    do not carry ``failed_step``)."""
-    if previous is State.STORED:
-        return Step.POSITION.value if record.position is None else Step.CRYPTO.value
-    if previous is State.SENT_TO_REGISTRY:
-        return Step.REGISTRY.value
-    if previous in (State.ISSUED_IN_REGISTRY, State.MARKED_AS_ISSUED):
-        return Step.WALLET.value
-    return "unknown"
+        FAILED.labels(record.failed_step or step_of(previous, record.position).value).inc()
 
 
 def registry_call(method: str, code: str) -> None:
@@ -208,87 +174,25 @@ def wallet_answer(code: str) -> None:
     WALLET_REQUESTS.labels(code).inc()
 
 
-# --- GET /metrics -------------------------------------------------------------------------
+def handed_to_loop() -> None:
+    """An actor thread handed work to the event loop (a coroutine, a statement, a timer)."""
+    _TO_LOOP.inc()
 
 
-@routes.get("/metrics")
-async def get_metrics(request: web.Request) -> web.Response:
-    encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
-    response = web.Response(body=encoder(REGISTRY))
-    response.headers["Content-Type"] = content_type
-    return response
+def handed_to_actor() -> None:
+    """The event loop told an actor something (an answer, a timer, an admission)."""
+    _TO_ACTOR.inc()
 
 
-# --- sampling ---------------------------------------------------------------------------------
+def db_round_trip() -> None:
+    """One statement (or one pipelined batch of statements) went to PostgreSQL."""
+    DB_ROUND_TRIPS.inc()
 
 
-async def sampler_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Runs the sampler for the app's lifetime (add it after the actors' context, so
-    it stops first)."""
-    task = asyncio.create_task(_sample(app), name="stamp-metrics-sampler")
-    yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-
-
-async def _sample(app: web.Application) -> None:
-    loop = asyncio.get_running_loop()
-    next_actors = next_states = loop.time()
-    while True:
-        before = loop.time()
-        await asyncio.sleep(LAG_INTERVAL_SECONDS)
-        now = loop.time()
-        LOOP_LAG.observe(max(0.0, now - before - LAG_INTERVAL_SECONDS))
-        if now >= next_actors:
-            next_actors = now + ACTOR_INTERVAL_SECONDS
-            # Thousands of actors: walk them off the loop.
-            await asyncio.to_thread(sample_actors)
-            if RUNTIME in app:
-                live = app[RUNTIME].live
-                CERTIFICATE_SLOTS.set(live.slots_taken)
-                CERTIFICATE_SLOTS_PEAK.set(live.slots_peak)
-        if now >= next_states and RUNTIME in app:
-            next_states = now + STATE_INTERVAL_SECONDS
-            try:
-                counts = await queries.count_by_state(app[RUNTIME].pool)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                log.warning("metrics.state_count_failed", error=type(exc).__name__)
-            else:
-                for state in State:
-                    IN_STATE.labels(state.value).set(counts.get(state.value, 0))
+# --- names -----------------------------------------------------------------------------
 
 
 def actor_kind(actor_class: type) -> str:
     """``CertificateActor`` → ``certificate``, ``RegistryGateway`` → ``registry_gateway``."""
     name = re.sub(r"(?<!^)(?=[A-Z])", "_", actor_class.__name__).lower()
     return name.removesuffix("_actor")
-
-
-def sample_actors() -> None:
-    live = dict.fromkeys(ACTOR_KINDS, 0)
-    depth = dict.fromkeys(ACTOR_KINDS, 0)
-    for ref in pykka.ActorRegistry.get_all():
-        kind = actor_kind(ref.actor_class)
-        live[kind] = live.get(kind, 0) + 1
-        depth[kind] = depth.get(kind, 0) + _inbox_depth(ref.actor_inbox)
-    for kind, count in live.items():
-        LIVE_ACTORS.labels(kind).set(count)
-        MAILBOX_DEPTH.labels(kind).set(depth[kind])
-    THREADS.set(_os_threads())
-
-
-def _inbox_depth(inbox: object) -> int:
-    # Threading actors' inboxes are queue.Queue; pykka types them as a bare protocol.
-    if isinstance(inbox, queue.Queue):
-        return inbox.qsize()
-    return 0
-
-
-def _os_threads() -> int:
-    """Every thread of the process, the C ones of gRPC included (Linux), else the
-    Python ones."""
-    try:
-        return len(os.listdir("/proc/self/task"))
-    except OSError:
-        return threading.active_count()

@@ -121,7 +121,6 @@ def stack_settings(database_url: str, registry_address: str, data_dir: Path, **o
         registry_poll_max_seconds=0.2,
         registry_retry=fast_retry,
         wallet_retry=fast_retry,
-        recipient_idle_seconds=1.0,
     )
     return dataclasses.replace(settings, **overrides)
 

@@ -17,8 +17,8 @@ import pytest_asyncio
 
 from stamp.load.driver import CertificateFactory, Outcome, Schedule
 from stamp.load.report import missing_fields, percentiles
+from stamp.load.run import LiveFigures, LoadOptions, build_report
 from stamp.load.scrape import Scrape, histogram_quantile
-from stamp.loadtest import LiveFigures, LoadOptions, build_report
 from tests.conftest import create_database, drop_database, dsn_for_database
 
 

@@ -113,6 +113,13 @@ async def test_counters_add_up_after_a_run_of_delivered_certificates(stack: Stac
     )
     assert posted == 12
     assert delta("stamp_http_request_duration_seconds_count", route="/v1/recipients", status="201") == 3
+    # The journey's cost, counted: every crossing between the loop and an actor thread
+    # (about 11 per certificate here; a fixed 20 ms tick would add ~100 a second) and
+    # every statement (the test's own status reads included, so only counted).
+    handoffs = delta("stamp_actor_handoffs_total")
+    assert 0 < handoffs <= 20 * 12
+    assert delta("stamp_actor_handoffs_total", direction="to_actor") > 0
+    assert delta("stamp_db_round_trips_total") > 0
 
 
 async def test_rejections_and_failures_are_counted_by_step(stack: Stack) -> None:

@@ -1,4 +1,4 @@
-"""Request bodies and query parameters of the REST API (api.md), parsed into frozen values.
+"""Request bodies and query parameters of the REST API (docs/api.md), parsed into frozen values.
 
 Bodies are read as the existing service reads them: member names case-insensitively at
 every level (a production client sends ``RecipientId``, ``Certificate.Type``), the
@@ -34,7 +34,7 @@ from stamp.api.problems import (
     ValidationProblem,
 )
 from stamp.crypto.hdkeys import ExtendedPublicKey
-from stamp.domain import State
+from stamp.domain import CERTIFICATE_TYPE_NUMBERS, CERTIFICATE_TYPES, State
 
 WALLET_ENDPOINT_VERSION: Final = 1
 EXTENDED_PUBLIC_KEY_BYTES: Final = 74
@@ -46,7 +46,6 @@ MAX_UNIX_SECONDS: Final = 253_402_300_799
 MAX_ID_LENGTH: Final = 256
 """Registry names, grid areas and metering point ids are short codes (a GSRN has 18 digits)."""
 MAX_URL_LENGTH: Final = 2048
-CERTIFICATE_TYPES: Final = {"consumption": 1, "production": 2}
 
 BODY: Final = "body"
 """The ``field`` of a FieldError about the body as a whole."""
@@ -492,10 +491,10 @@ def _certificate_type(c: _Members) -> int | None:
     value = c.required("type")
     if value is _REPORTED:
         return None
-    if type(value) is int and value in CERTIFICATE_TYPES.values():
+    if type(value) is int and value in CERTIFICATE_TYPES:
         return value
-    if isinstance(value, str) and value.lower() in CERTIFICATE_TYPES:
-        return CERTIFICATE_TYPES[value.lower()]
+    if isinstance(value, str) and value.lower() in CERTIFICATE_TYPE_NUMBERS:
+        return CERTIFICATE_TYPE_NUMBERS[value.lower()]
     c.error("type", 'must be "production" or "consumption" (or the integer 2 or 1)')
     return None
 

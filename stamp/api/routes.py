@@ -1,17 +1,16 @@
-"""Route handlers of the REST API (api.md). Handlers never wait on an actor: they
+"""Route handlers of the REST API (docs/api.md). Handlers never wait on an actor: they
 write to PostgreSQL and *tell* the supervisor."""
 
 from __future__ import annotations
 
 import base64
 import uuid
-from typing import Any
 
 import asyncpg
-import orjson
 import structlog
 from aiohttp import web
 
+from actors.bridge import tell_from_loop
 from actors.messages import AdmitCertificate
 from stamp import metrics
 from stamp.api import problems
@@ -26,9 +25,15 @@ from stamp.api.requests import (
     read_json_body,
 )
 from stamp.api.runtime import RUNTIME, Runtime
-from stamp.api.views import certificate_detail, certificate_summary, decode_cursor, encode_cursor
+from stamp.api.views import (
+    certificate_detail,
+    certificate_summary,
+    decode_cursor,
+    encode_cursor,
+    json_response,
+)
 from stamp.db import queries, withdrawals
-from stamp.domain import CertificateKey, CertificateRecord, Recipient, State
+from stamp.domain import CertificateKey, Recipient, State
 from stamp.gateways.endpoint_allow import REFUSED_AT_CREATION, check_endpoint
 
 log = structlog.get_logger(__name__)
@@ -36,14 +41,6 @@ log = structlog.get_logger(__name__)
 routes = web.RouteTableDef()
 operations = web.RouteTableDef()
 """Health probes: open even when authentication is on."""
-
-
-def json_response(
-    body: dict[str, Any], status: int = 200, headers: dict[str, str] | None = None
-) -> web.Response:
-    return web.Response(
-        body=orjson.dumps(body), status=status, content_type="application/json", headers=headers
-    )
 
 
 def _status_url(request: web.Request, registry: str, certificate_id: str) -> str:
@@ -145,14 +142,14 @@ async def create_certificate(request: web.Request) -> web.Response:
             queries.insert_certificate_args(row, lease),
             (row.registry_name, row.certificate_id),
         )
-        created_at = stored["created_at"]
+        record = queries.stored_record(stored)
     except (asyncpg.UniqueViolationError, asyncpg.ExclusionViolationError):
-        created_at = None  # ON CONFLICT DO NOTHING skips these; a conflict all the same
+        record = None  # ON CONFLICT DO NOTHING skips these; a conflict all the same
     except BaseException:
         if admit:
             runtime.live.release_slots()
         raise
-    if created_at is None:
+    if record is None:
         if admit:
             runtime.live.release_slots()
         existing = await withdrawals.find_conflicting(runtime.pool, row)
@@ -173,7 +170,7 @@ async def create_certificate(request: web.Request) -> web.Response:
     if admit:
         # Only with a slot, so the supervisor's mailbox stays bounded; the slot is
         # the supervisor's to release from now on.
-        runtime.supervisor.tell(AdmitCertificate(_stored_record(new)))
+        tell_from_loop(runtime.supervisor, AdmitCertificate(record))
     else:
         runtime.live.backlog_waiting = True
     return _accepted(request, CertificateKey(new.registry_name, new.certificate_id), State.STORED.value)
@@ -193,26 +190,6 @@ def _new_row(new: NewCertificate) -> queries.NewCertificateRow:
         clear_attributes=new.clear_attributes,
         hashed_attributes=new.hashed_attributes,
         request_digest=new.canonical_digest(),
-    )
-
-
-def _stored_record(new: NewCertificate) -> CertificateRecord:
-    return CertificateRecord(
-        key=CertificateKey(new.registry_name, new.certificate_id),
-        recipient_id=new.recipient_id,
-        metering_point_id=new.metering_point_id,
-        certificate_type=new.certificate_type,
-        quantity=new.quantity,
-        start=new.start,
-        end=new.end,
-        grid_area=new.grid_area,
-        clear_attributes=new.clear_attributes,
-        hashed_attributes=new.hashed_attributes,
-        state=State.STORED,
-        version=0,
-        position=None,
-        attempts=0,
-        transaction_id=None,
     )
 
 
@@ -336,7 +313,7 @@ async def retry_certificate(request: web.Request) -> web.Response:
         )
     record = await queries.get_record(runtime.pool, key)
     if record is not None and runtime.live.take_slots(runtime.settings.max_in_flight) == 1:
-        runtime.supervisor.tell(AdmitCertificate(record))
+        tell_from_loop(runtime.supervisor, AdmitCertificate(record))
     else:
         runtime.live.backlog_waiting = True  # the row is unleased: the sweep takes it up
     return _accepted(request, key, outcome.state.value)

@@ -1,39 +1,20 @@
-"""What the HTTP handlers share: the pool, the supervisor, the backlog gauge."""
+"""What the HTTP handlers share: the pool, the supervisor, the withdrawal actor and the
+admission values."""
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 import pykka
 from aiohttp import web
 
-from actors.deps import LiveCounts, RecipientCache
+from stamp.admission import Backlog, LiveCounts, RecipientCache
 from stamp.config import Settings
-from stamp.db import queries
 from stamp.db.batcher import StatementBatcher
 from stamp.db.migrate import schema_status
-
-
-@dataclass(slots=True)
-class Backlog:
-    """Non-terminal certificates, refreshed from the database every second and
-    counted up by intake in between, so that admission control costs no query."""
-
-    limit: int
-    count: int = 0
-
-    @property
-    def full(self) -> bool:
-        return self.count >= self.limit
-
-    def added(self) -> None:
-        self.count += 1
-
-    async def refresh(self, pool: asyncpg.Pool) -> None:
-        self.count = await queries.count_active(pool)
 
 
 @dataclass(slots=True)
@@ -45,8 +26,9 @@ class Runtime:
     recipients: RecipientCache
     backlog: Backlog
     live: LiveCounts
+    withdrawals: pykka.ActorRef[Any] | None = None  # the withdrawal actor
     draining: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
+    drained: bool = False  # the actors were told to drain (once)
 
     async def readiness(self) -> dict[str, bool]:
         checks = {

@@ -1,4 +1,4 @@
-"""JSON shapes of Stamp's answers (api.md): camelCase, enums as strings, unix seconds
+"""JSON shapes of Stamp's answers (docs/api.md): camelCase, enums as strings, unix seconds
 for periods, RFC 3339 for timestamps. Never R, salts or keys."""
 
 from __future__ import annotations
@@ -10,8 +10,17 @@ from typing import Any
 
 import asyncpg
 import orjson
+from aiohttp import web
 
 from stamp.domain import CERTIFICATE_TYPES
+
+
+def json_response(
+    body: dict[str, Any], status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(body), status=status, content_type="application/json", headers=headers
+    )
 
 
 def rfc3339(at: datetime) -> str:

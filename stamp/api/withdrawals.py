@@ -1,4 +1,4 @@
-"""Withdrawal routes (api.md "Withdrawal", docs/withdrawal.md), compatible with the
+"""Withdrawal routes (docs/api.md "Withdrawal", docs/withdrawal.md), compatible with the
 existing Stamp: withdraw an issued certificate, and the feed of withdrawals that
 wallets poll.
 
@@ -13,13 +13,12 @@ from datetime import datetime
 
 from aiohttp import web
 
-from actors.bridge import tell_quietly
+from actors.bridge import tell_from_loop
 from actors.withdrawal import DriveWithdrawal
 from stamp.api import problems
 from stamp.api.requests import parse_int_param, parse_limit, parse_text_param, parse_uuid
-from stamp.api.routes import json_response
 from stamp.api.runtime import RUNTIME
-from stamp.api.views import rfc3339
+from stamp.api.views import json_response, rfc3339
 from stamp.crypto.transactions import build_withdrawn_transaction
 from stamp.db import withdrawals
 from stamp.db.queries import Lease
@@ -28,7 +27,6 @@ from stamp.withdrawal import Withdrawal, WithdrawalState, withdrawal_refusal
 
 routes = web.RouteTableDef()
 
-WITHDRAWALS_ACTOR = "withdrawals"  # its key in Runtime.extra
 MAX_ID = 2**63 - 1
 MAX_SKIP = 2**31 - 1
 
@@ -90,9 +88,9 @@ async def withdraw_certificate(request: web.Request) -> web.Response:
 def _drive(request: web.Request, withdrawal: Withdrawal, check_first: bool) -> None:
     # Told only after the commit; were the actor gone, its next sweep after a restart
     # (or another instance, once the lease expires) picks the withdrawal up.
-    actor = request.app[RUNTIME].extra.get(WITHDRAWALS_ACTOR)
+    actor = request.app[RUNTIME].withdrawals
     if actor is not None:
-        tell_quietly(actor, DriveWithdrawal(withdrawal, check_first))
+        tell_from_loop(actor, DriveWithdrawal(withdrawal, check_first))
 
 
 @routes.get("/v1/certificates/withdrawn")

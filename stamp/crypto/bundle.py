@@ -24,17 +24,15 @@ from stamp.crypto.hdkeys import HARDENED, ExtendedPublicKey, InvalidHDKey
 from stamp.crypto.issuer_keys import IssuerKey
 from stamp.crypto.sodium import L
 from stamp.crypto.transactions import (
-    CERTIFICATE_TYPES,
     ISSUED_EVENT_TYPE,
     SignedTransaction,
     build_issued_event,
     sign_transaction,
 )
+from stamp.domain import CERTIFICATE_TYPE_NUMBERS, CERTIFICATE_TYPES
 
 BIT_SIZE = 32
 """Range of a quantity: [0, 2^32) Wh, proven with n = 32."""
-
-_TYPE_NAMES = {"consumption": 1, "production": 2}
 
 Attributes = tuple[tuple[str, str], ...]
 
@@ -78,7 +76,7 @@ class IssueRequest:
         # request stays hashable, picklable and unambiguous about attribute order.
         kind = self.certificate_type
         if isinstance(kind, str):
-            kind = _TYPE_NAMES.get(kind.lower(), 0)
+            kind = CERTIFICATE_TYPE_NUMBERS.get(kind.lower(), 0)
         object.__setattr__(self, "certificate_type", kind)
         object.__setattr__(self, "clear_attributes", _attribute_pairs(self.clear_attributes))
         object.__setattr__(self, "hashed_attributes", _attribute_pairs(self.hashed_attributes))

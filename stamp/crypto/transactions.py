@@ -18,13 +18,15 @@ from protos.project_origin.common.v1 import common_pb2
 from protos.project_origin.electricity.v1 import electricity_pb2
 from protos.project_origin.registry.v1 import registry_pb2
 from stamp.crypto.issuer_keys import IssuerKey
+from stamp.domain import CERTIFICATE_TYPES
 
 ISSUED_EVENT_TYPE = "project_origin.electricity.v1.IssuedEvent"
 WITHDRAWN_EVENT_TYPE = "project_origin.electricity.v1.WithdrawnEvent"
 
 CONSUMPTION = electricity_pb2.CONSUMPTION
 PRODUCTION = electricity_pb2.PRODUCTION
-CERTIFICATE_TYPES = (CONSUMPTION, PRODUCTION)
+# The registry's GranularCertificateType numbers are the domain's table (one table).
+assert {CONSUMPTION: "consumption", PRODUCTION: "production"} == CERTIFICATE_TYPES
 
 
 @dataclass(frozen=True, slots=True)

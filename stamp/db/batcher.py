@@ -34,6 +34,8 @@ from typing import Any
 import asyncpg
 import structlog
 
+from stamp import metrics
+
 log = structlog.get_logger(__name__)
 
 Done = Callable[[asyncpg.Record | None, BaseException | None], None]
@@ -71,15 +73,23 @@ class StatementBatcher:
 
     # --- submitting -------------------------------------------------------------------
 
-    def submit(self, sql: str, args: Sequence[Any], lock_key: tuple[str, ...], done: Done) -> None:
+    def submit(
+        self, sql: str, args: Sequence[Any], lock_key: tuple[str, ...], done: Done, *, on_loop: bool = False
+    ) -> None:
         """Queue one statement; ``done(row, None)`` or ``done(None, error)`` follows on
-        the event loop. Thread-safe."""
+        the event loop. Thread-safe; ``on_loop``: called from the event loop itself."""
         with self._lock:
             self._pending.setdefault(sql, deque()).append(_Pending(sql, args, lock_key, done))
             if sql in self._writing:
                 return
             self._writing.add(sql)
+        if on_loop:
+            self._start_writer(sql)
+            return
         try:
+            # A hand-off only when no writer of this kind runs: under load, statements
+            # join the running writer's next batch without waking the loop.
+            metrics.handed_to_loop()
             self._loop.call_soon_threadsafe(self._start_writer, sql)
         except RuntimeError as exc:  # the loop is closed: shutting down, nothing will run it
             with self._lock:
@@ -99,7 +109,7 @@ class StatementBatcher:
             else:
                 future.set_exception(error or RuntimeError("a batched statement answered no row"))
 
-        self.submit(sql, args, lock_key, done)
+        self.submit(sql, args, lock_key, done, on_loop=True)
         return await future
 
     # --- writing ---------------------------------------------------------------------

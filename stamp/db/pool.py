@@ -10,6 +10,7 @@ import asyncpg
 import orjson
 import structlog
 
+from stamp import metrics
 from stamp.db.dsn import mask_dsn as mask_dsn
 
 log = structlog.get_logger(__name__)
@@ -29,8 +30,15 @@ def _encode_json(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
+def _count_round_trip(_query: object) -> None:
+    metrics.db_round_trip()
+
+
 async def init_connection(conn: asyncpg.Connection) -> None:
-    """Every pooled connection reads and writes json/jsonb as Python values."""
+    """Every pooled connection reads and writes json/jsonb as Python values and counts
+    the statements it sends (``stamp_db_round_trips_total``; a pipelined batch of the
+    group commit is one)."""
+    conn.add_query_logger(_count_round_trip)
     for typename in ("json", "jsonb"):
         await conn.set_type_codec(
             typename, schema="pg_catalog", encoder=_encode_json, decoder=orjson.loads, format="text"

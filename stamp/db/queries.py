@@ -1,4 +1,4 @@
-"""All of Stamp's SQL, as named, parameterised statements (STYLE.md "SQL as SQL").
+"""All of Stamp's SQL, as named, parameterised statements (docs/database.md).
 
 Every state change is a single statement: a compare-and-set ``UPDATE … WHERE version =
 $expected`` whose RETURNING feeds the ``INSERT`` of the history event in the same
@@ -25,6 +25,7 @@ from stamp.domain import (
     State,
     resume_state,
 )
+from stamp.lifecycle import Write, WriteKind
 
 ACTIVE = [s.value for s in ACTIVE_STATES]
 Conn = asyncpg.Pool | asyncpg.Connection
@@ -55,24 +56,6 @@ FROM stamp_allocate_positions($1, $2::text[], $3::uuid[], $4::int[], $5, $6) a
 
 # --- certificates: intake -----------------------------------------------------------
 
-INSERT_CERTIFICATE = """
-WITH inserted AS (
-    INSERT INTO certificates (
-        registry_name, id, recipient_id, metering_point_id, certificate_type, quantity,
-        period_start, period_end, grid_area, clear_attributes, hashed_attributes,
-        request_digest, state, lease_owner, lease_until)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'stored',
-            $13::text, CASE WHEN $13::text IS NULL THEN NULL ELSE now() + make_interval(secs => $14) END)
-    ON CONFLICT DO NOTHING
-    RETURNING registry_name, id, state, created_at
-),
-event AS (
-    INSERT INTO certificate_events (registry_name, certificate_id, event_type, state, detail, instance_id)
-    SELECT registry_name, id, 'CertificateStored', state, '{}'::jsonb, $13::text FROM inserted
-)
-SELECT (SELECT created_at FROM inserted) AS created_at
-"""
-
 COUNT_ACTIVE = """
 SELECT count(*) FROM certificates
 WHERE state IN ('stored', 'sent_to_registry', 'issued_in_registry', 'marked_as_issued')
@@ -91,6 +74,27 @@ def _record_columns(t: str) -> str:
 {t}.transaction_id, {t}.transaction, {t}.blinding, {t}.salts, {t}.failed_step
 """
 
+
+# Intake: the row and its CertificateStored event in one statement, answered with the
+# stored record (exactly one row: all NULL on any conflict, as the group commit needs
+# one row per statement).
+INSERT_CERTIFICATE = f"""
+WITH inserted AS (
+    INSERT INTO certificates (
+        registry_name, id, recipient_id, metering_point_id, certificate_type, quantity,
+        period_start, period_end, grid_area, clear_attributes, hashed_attributes,
+        request_digest, state, lease_owner, lease_until)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'stored',
+            $13::text, CASE WHEN $13::text IS NULL THEN NULL ELSE now() + make_interval(secs => $14) END)
+    ON CONFLICT DO NOTHING
+    RETURNING {_record_columns("certificates")}, certificates.created_at
+),
+event AS (
+    INSERT INTO certificate_events (registry_name, certificate_id, event_type, state, detail, instance_id)
+    SELECT registry_name, id::uuid, 'CertificateStored', state, '{{}}'::jsonb, $13::text FROM inserted
+)
+SELECT i.* FROM (VALUES (1)) AS one (n) LEFT JOIN inserted i ON true
+"""
 
 SELECT_RECORD = f"SELECT {_record_columns('c')} FROM certificates c WHERE registry_name = $1 AND id = $2"
 
@@ -183,6 +187,28 @@ RECORD_TRANSACTION = _TRANSITION.format(
 ADVANCE = _TRANSITION.format(assignments="attempts = 0")
 REJECT = _TRANSITION.format(assignments="rejection_reason = $9")
 FAIL = _TRANSITION.format(assignments="failed_step = $9, failure_reason = $10, attempts = $11")
+
+# The registry committed: issued_in_registry and marked_as_issued have no external
+# effect between them, so they are one statement; both events stay in the history,
+# in order (the history's sequence follows the ORDER BY of the insert).
+ISSUE_AND_MARK = """
+WITH changed AS (
+    UPDATE certificates
+    SET state = 'marked_as_issued', version = version + 1, updated_at = now(), attempts = 0,
+        lease_owner = $4, lease_until = now() + make_interval(secs => $5)
+    WHERE registry_name = $1 AND id = $2 AND version = $3
+    RETURNING registry_name, id, version
+),
+event AS (
+    INSERT INTO certificate_events (registry_name, certificate_id, event_type, state, detail, instance_id)
+    SELECT c.registry_name, c.id, e.event_type, e.state, '{}'::jsonb, $4::text
+    FROM changed c
+    CROSS JOIN (VALUES (1, 'CertificateIssuedInRegistry', 'issued_in_registry'),
+                       (2, 'CertificateMarkedAsIssued', 'marked_as_issued')) AS e(n, event_type, state)
+    ORDER BY e.n
+)
+SELECT (SELECT version FROM changed) AS version
+"""
 
 # Before every wallet delivery after the first: only the writer that moves the
 # version on may send, so two drivers of one certificate never both deliver.
@@ -283,13 +309,17 @@ class NewCertificateRow:
 
 async def insert_certificate(
     conn: Conn, new: NewCertificateRow, lease: Lease | None = None
-) -> datetime | None:
+) -> CertificateRecord | None:
     """Store a new certificate with its CertificateStored event; None on any conflict.
     With a lease, this instance drives it at once and no other instance claims it."""
-    created_at: datetime | None = await conn.fetchval(
-        INSERT_CERTIFICATE, *insert_certificate_args(new, lease)
-    )
-    return created_at
+    return stored_record(await conn.fetchrow(INSERT_CERTIFICATE, *insert_certificate_args(new, lease)))
+
+
+def stored_record(row: asyncpg.Record | None) -> CertificateRecord | None:
+    """The record an intake insert answered; None when it conflicted."""
+    if row is None or row["created_at"] is None:
+        return None
+    return record_from_row(row)
 
 
 def insert_certificate_args(new: NewCertificateRow, lease: Lease | None) -> tuple[Any, ...]:
@@ -527,3 +557,30 @@ async def retry_failed(conn: asyncpg.Connection | PoolConnectionProxy, key: Cert
         detail = {"from": row["failed_step"], "reason": row["failure_reason"], "attempts": row["attempts"]}
         await conn.fetchval(RETRY_FAILED, key.registry, key.certificate_id, resume.value, detail)
         return RetryOutcome(True, resume)
+
+
+_WRITES = {
+    WriteKind.RECORD_TRANSACTION: RECORD_TRANSACTION,
+    WriteKind.ADVANCE: ADVANCE,
+    WriteKind.REJECT: REJECT,
+    WriteKind.FAIL: FAIL,
+}
+
+
+def lifecycle_write(key: CertificateKey, write: Write, lease: Lease) -> tuple[str, tuple[Any, ...]]:
+    """The statement and arguments of one write of the lifecycle (stamp/lifecycle.py)."""
+    if write.kind is WriteKind.CLAIM_DELIVERY:
+        return CLAIM_DELIVERY, claim_delivery_args(key, write.expected, lease)
+    if write.kind is WriteKind.ISSUE_AND_MARK:
+        return ISSUE_AND_MARK, (key.registry, key.certificate_id, write.expected, lease.owner, lease.seconds)
+    assert write.event is not None
+    extra: tuple[Any, ...] = ()
+    if write.kind is WriteKind.RECORD_TRANSACTION:
+        c = write.changes
+        extra = (c["transaction"], c["transaction_id"], c["blinding"], list(c["salts"]))
+    elif write.kind is WriteKind.REJECT:
+        extra = (write.detail["reason"],)
+    elif write.kind is WriteKind.FAIL:
+        extra = (write.detail["step"], write.detail["reason"], write.detail["attempts"])
+    args = transition_args(key, write.expected, write.state, write.event, dict(write.detail), lease, *extra)
+    return _WRITES[write.kind], args

@@ -1,4 +1,4 @@
-"""The SQL of certificate withdrawal (STYLE.md "SQL as SQL").
+"""The SQL of certificate withdrawal (docs/database.md).
 
 A withdrawal record, its signed transaction, the certificate's ``withdrawn`` flag and
 the history event are written by one statement; every later change of a withdrawal

@@ -1,2 +1,3 @@
-"""The load test's parts (``stamp loadtest``, ``scripts/bench.py``): the load driver,
-the local stack it can start, the /metrics reader and the report."""
+"""The load test, in one package (``stamp loadtest``, ``scripts/bench.py``): the run
+itself and its report assembly (``run``), the load driver, the local stack it can
+start, the /metrics reader, the database helpers and the report."""

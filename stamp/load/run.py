@@ -318,6 +318,11 @@ async def _measure(
         cpu={k: cpu_after[k] - cpu_before.get(k, 0.0) for k in cpu_after},
         registry=registry,
         lag_buckets=metrics_scrape.bucket_delta(baseline, final, "stamp_event_loop_lag_seconds"),
+        counters={
+            name: final.total(f"stamp_{name}_total") - baseline.total(f"stamp_{name}_total")
+            for name in ("actor_handoffs", "db_round_trips")
+            if any(n == f"stamp_{name}_total" for n, _ in final.samples)
+        },
         intake_buckets=metrics_scrape.bucket_delta(
             baseline,
             final,
@@ -469,6 +474,7 @@ def build_report(
     registry: dict[str, Any] | None,
     lag_buckets: dict[float, float],
     intake_buckets: dict[float, float] | None = None,
+    counters: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     finished = live.finished()
     received = {s["certificateId"]: s["receivedAt"] for s in wallet["verified"] + wallet["invalid"]}
@@ -551,6 +557,9 @@ def build_report(
             "peak_live_actors_by_kind": {k: int(v) for k, v in sorted(live.peak_actors_by_kind.items())},
             "peak_mailbox_depth": int(live.peak_mailbox),
             "event_loop_lag_p99_seconds": lag_p99,
+            # From Stamp's own counters (absent on a Stamp that does not count them).
+            "actor_handoffs_per_delivered": _per(counters, "actor_handoffs", delivered),
+            "db_round_trips_per_certificate": _per(counters, "db_round_trips", len(accepted)),
             "db_commits": commits,
             "db_commits_per_certificate": commits / len(accepted)
             if commits is not None and accepted
@@ -593,3 +602,9 @@ __all__ = ["LoadOptions", "add_arguments", "cmd_loadtest", "main", "missing_fiel
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def _per(counters: dict[str, float] | None, name: str, count: int) -> float | None:
+    if not counters or name not in counters or not count:
+        return None
+    return counters[name] / count
