@@ -161,7 +161,7 @@ class CertificateActor(StampActor):
                 )
             case lc.Deliver(record=record, recipient=recipient):
                 self.deps.wallet_gateway.tell(
-                    DeliverSlice(slice_of(record, recipient), record.key, record.version, self.actor_ref)
+                    DeliverSlice(slice_of(record, recipient), record, self.actor_ref)
                 )
             case lc.Wait(step=step, attempt=attempt, reason=reason):
                 self._wait(step, attempt, reason)

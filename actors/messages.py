@@ -120,11 +120,10 @@ class SubmitTransaction:
 
 @dataclass(frozen=True, slots=True)
 class DeliverSlice:
-    """Deliver this slice and, on a 2xx, record the delivery at once (the lifecycle's
-    ``delivered_write`` against ``expected_version``); answered with
-    ``lifecycle.WalletAnswered``."""
+    """Deliver this slice to the recipient's endpoint as it is now and, on a 2xx,
+    record the delivery at once (the lifecycle's ``delivered_write`` of ``record``);
+    answered with ``lifecycle.WalletAnswered``."""
 
     slice: Slice
-    key: CertificateKey
-    expected_version: int
+    record: CertificateRecord
     reply_to: Ref

@@ -108,7 +108,8 @@ class Supervisor(StampActor):
                     ),
                 )
             case RecordReloaded(key=key, record=record):
-                if record is not None and not record.state.terminal and not self.draining:
+                driven = record is not None and (not record.state.terminal or record.redelivery)
+                if record is not None and driven and not self.draining:
                     self._spawn(record)
                 else:
                     self._forget(key)

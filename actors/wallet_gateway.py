@@ -7,6 +7,8 @@ recorded even while the asking actor is shutting down."""
 
 from __future__ import annotations
 
+import dataclasses
+
 from actors.base import StampActor
 from actors.bridge import LoopBridge, Reply, describe
 from actors.messages import DeliverSlice
@@ -55,18 +57,30 @@ class WalletGateway(StampActor):
             self.bridge.run(self._deliver(message), Reply(message.reply_to, _identity, _failed))
 
     async def _deliver(self, message: DeliverSlice) -> WalletAnswered:
-        result = await self.client.deliver(message.slice)
+        record = message.record
+        assert self.bridge.batcher is not None
+        # The endpoint is read when the slice is sent, not taken from a cache: a
+        # recipient moved (PATCH, by any Stamp process) gets the next attempt at its
+        # new address.
+        try:
+            endpoint = await self.bridge.batcher.fetch(
+                queries.SELECT_RECIPIENT_ENDPOINT, (record.recipient_id,), ("recipient", record.recipient_id)
+            )
+        except Exception as exc:
+            return _failed(f"recipient endpoint not read: {describe(exc)}")
+        url: str = endpoint["wallet_endpoint_url"] or message.slice.endpoint
+        result = await self.client.deliver(dataclasses.replace(message.slice, endpoint=url))
         outcome = Delivery(result.outcome.value)
         if result.outcome is not DeliveryOutcome.DELIVERED:
-            return WalletAnswered(outcome, result.status, result.reason)
-        key, expected = message.key, message.expected_version
-        sql, args = queries.lifecycle_write(key, delivered_write(expected, result.status), self.lease)
-        assert self.bridge.batcher is not None
+            return WalletAnswered(outcome, result.status, result.reason, endpoint=url)
+        key = record.key
+        write = delivered_write(record, result.status, url)
+        sql, args = queries.lifecycle_write(key, write, self.lease)
         recorded: Written | DatabaseFailed
         try:
             row = await self.bridge.batcher.fetch(sql, args, (key.registry, key.certificate_id))
         except Exception as exc:  # the 2xx stands; recording it is retried by the certificate
             recorded = DatabaseFailed(describe(exc))
         else:
-            recorded = Written(expected, row["version"])
-        return WalletAnswered(outcome, result.status, result.reason, recorded)
+            recorded = Written(record.version, row["version"])
+        return WalletAnswered(outcome, result.status, result.reason, recorded, url)

@@ -17,9 +17,9 @@ from stamp.domain import Recipient
 
 
 class RecipientCache:
-    """Recipients never change once created, so a bounded cache of them saves a
-    query per certificate. Filled and evicted on the event loop only; ``peek`` may
-    be called from any thread."""
+    """A recipient's key never changes and its endpoint is read again at each delivery
+    (a moved recipient), so a bounded cache of them saves a query per certificate.
+    Filled and evicted on the event loop only; ``peek`` may be called from any thread."""
 
     def __init__(self, pool: asyncpg.Pool, size: int = 50_000) -> None:
         self._pool = pool
@@ -31,6 +31,10 @@ class RecipientCache:
         """The cached recipient, without a hop to the loop (a single dict read, atomic
         under the GIL); None when it is not cached."""
         return self._entries.get(recipient_id)
+
+    def forget(self, recipient_id: str) -> None:
+        """Drop a recipient that changed (a moved endpoint); read again when next asked."""
+        self._entries.pop(recipient_id, None)
 
     async def get(self, recipient_id: str) -> Recipient | None:
         found = self._entries.get(recipient_id)

@@ -37,6 +37,10 @@ class Event(enum.StrEnum):
     SENT_TO_WALLET = "CertificateSentToWallet"
     FAILED = "CertificateFailed"
     RETRIED = "CertificateRetried"
+    WALLET_ATTEMPT_FAILED = "CertificateWalletAttemptFailed"
+    REDELIVERY_REQUESTED = "CertificateRedeliveryRequested"
+    REDELIVERED = "CertificateRedelivered"
+    REDELIVERY_FAILED = "CertificateRedeliveryFailed"
 
 
 class Step(enum.StrEnum):
@@ -122,6 +126,7 @@ class CertificateRecord:
     blinding: bytes | None = field(default=None, repr=False)
     salts: tuple[bytes, ...] | None = field(default=None, repr=False)
     failed_step: str | None = None
+    redelivery: bool = False  # delivered, and an operator asked to deliver it again
 
 
 # --- what a registry said about a transaction (issuance and withdrawal alike) ----------------

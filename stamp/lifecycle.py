@@ -19,6 +19,16 @@ the event(s) in brackets to the history):
     issued_in_registry    ─▶ MARK [CertificateMarkedAsIssued]  (only left over by older versions)
     marked_as_issued      ─ (CLAIM_DELIVERY unless this driver just entered the state)
                           ─ Deliver ─▶ wallet 2xx: DELIVER [CertificateSentToWallet]
+    delivered, re-delivery requested (an operator's, ``record.redelivery``)
+                          ─ CLAIM_REDELIVERY ─ Deliver ─▶ wallet 2xx: REDELIVERED
+                                        [CertificateRedelivered]
+                                    ─▶ rejected or attempts used up: REDELIVERED
+                                        [CertificateRedeliveryFailed] (still delivered)
+
+Every delivery goes to the endpoint the recipient has *when it is sent* (read by the
+wallet gateway), and the event recording it names that endpoint; a failed attempt is
+recorded, with its endpoint, by the claim before the next one
+[CertificateWalletAttemptFailed], so the history shows where each delivery went.
 
 Retry and failure rules, all of them:
 
@@ -119,6 +129,7 @@ class WalletAnswered:
     status: int | None
     reason: str
     recorded: Written | DatabaseFailed | None = None
+    endpoint: str = ""  # where the slice went (the recipient's endpoint when it was sent)
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +170,8 @@ class WriteKind(enum.Enum):
     REJECT = "reject"
     FAIL = "fail"
     CLAIM_DELIVERY = "claim_delivery"
+    CLAIM_REDELIVERY = "claim_redelivery"
+    REDELIVERED = "redelivered"  # the re-delivery ended (its event says how)
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,8 +224,8 @@ class Submit:
 @dataclass(frozen=True, slots=True)
 class Deliver:
     """Deliver the certificate's slice (position, R, salts: all persisted) to the
-    wallet and, on a 2xx, send ``delivered_write(record.version, status)`` at once
-    (nothing happens between the two, so they share one trip)."""
+    recipient's current endpoint and, on a 2xx, send ``delivered_write(record, status,
+    endpoint)`` at once (nothing happens between the two, so they share one trip)."""
 
     record: CertificateRecord
     recipient: Recipient
@@ -282,6 +295,9 @@ class Journey:
     fresh_transaction: bool = False  # persisted by this driver: never sent before
     draining: bool = False
     finished: bool = False
+    # The last wallet attempt that did not succeed (endpoint, reason, attempt): the
+    # claim before the next attempt records it in the history.
+    last_failure: Mapping[str, Any] | None = None
 
     @classmethod
     def resume(cls, record: CertificateRecord) -> Journey:
@@ -311,6 +327,8 @@ def advance(journey: Journey, event: LifecycleEvent, rules: Rules) -> tuple[Jour
             return _finish(
                 journey, None, "position not allocated: the certificate was changed by another writer"
             )
+        case RecipientFound(recipient=None) if record.redelivery:
+            return _end_redelivery(journey, Event.REDELIVERY_FAILED, {"reason": "recipient not found"})
         case RecipientFound(recipient=None):
             return _fail(journey, Step.POSITION, "recipient not found", 1)
         case RecipientFound(recipient=recipient):
@@ -353,16 +371,22 @@ def advance(journey: Journey, event: LifecycleEvent, rules: Rules) -> tuple[Jour
         case RegistryGaveUp(reason=reason, attempts=attempts):
             return _fail(journey, Step.REGISTRY, reason, attempts)
         case WalletAnswered(outcome=Delivery.DELIVERED, status=status, recorded=recorded):
-            write = delivered_write(record.version, status)
+            write = delivered_write(record, status, event.endpoint)
             journey = dataclasses.replace(journey, pending=write, awaiting=Awaiting.WRITE)
             if recorded is None:
                 return journey, (Persist(write),)
             return advance(journey, recorded, rules)  # the write went out with the delivery
-        case WalletAnswered(outcome=Delivery.REJECTED, reason=reason):
-            return _fail(journey, Step.WALLET, reason, journey.attempts + 1)
-        case WalletAnswered(reason=reason):
-            journey = dataclasses.replace(journey, claimed=False)
-            return _attempt_failed(journey, Step.WALLET, reason, rules.wallet_max_attempts)
+        case WalletAnswered(outcome=Delivery.REJECTED, reason=reason, endpoint=endpoint):
+            return _wallet_gave_up(journey, reason, journey.attempts + 1, endpoint)
+        case WalletAnswered(reason=reason, endpoint=endpoint):
+            attempts = journey.attempts + 1
+            if attempts >= rules.wallet_max_attempts:
+                return _wallet_gave_up(journey, reason, attempts, endpoint)
+            failure = {"endpoint": endpoint, "reason": reason, "attempt": attempts}
+            journey = dataclasses.replace(
+                journey, claimed=False, last_failure=failure, attempts=attempts, awaiting=Awaiting.TIMER
+            )
+            return journey, (Wait(Step.WALLET, attempts, reason),)
         case RetryDue():
             if journey.draining:
                 return _finish(journey, None, "left for restart")
@@ -372,9 +396,35 @@ def advance(journey: Journey, event: LifecycleEvent, rules: Rules) -> tuple[Jour
     raise AssertionError(f"unhandled event {event!r}")  # pragma: no cover
 
 
-def delivered_write(expected: int, status: int | None) -> Write:
-    """The write that records a wallet's 2xx."""
-    return Write(WriteKind.ADVANCE, expected, State.DELIVERED, Event.SENT_TO_WALLET, {"status": status})
+def delivered_write(record: CertificateRecord, status: int | None, endpoint: str) -> Write:
+    """The write that records a wallet's 2xx: the delivery, or a re-delivery of a
+    delivered certificate. The event names the endpoint the slice went to."""
+    detail = {"status": status, "endpoint": endpoint}
+    if record.state is State.DELIVERED:
+        return Write(
+            WriteKind.REDELIVERED, record.version, State.DELIVERED, Event.REDELIVERED, detail, _NO_REDELIVERY
+        )
+    return Write(WriteKind.ADVANCE, record.version, State.DELIVERED, Event.SENT_TO_WALLET, detail)
+
+
+_NO_REDELIVERY: Mapping[str, Any] = {"redelivery": False}
+
+
+def _wallet_gave_up(
+    journey: Journey, reason: str, attempts: int, endpoint: str
+) -> tuple[Journey, tuple[Effect, ...]]:
+    """A wallet refused the slice, or every attempt was used: a delivery fails; a
+    re-delivery ends, the certificate staying delivered."""
+    if journey.record.redelivery:
+        detail = {"endpoint": endpoint, "reason": reason, "attempts": attempts}
+        return _end_redelivery(journey, Event.REDELIVERY_FAILED, detail)
+    return _fail(journey, Step.WALLET, reason, attempts, endpoint=endpoint)
+
+
+def _end_redelivery(
+    journey: Journey, event: Event, detail: Mapping[str, Any]
+) -> tuple[Journey, tuple[Effect, ...]]:
+    return _persist(journey, WriteKind.REDELIVERED, State.DELIVERED, event, detail, _NO_REDELIVERY)
 
 
 def _awaited(journey: Journey, event: LifecycleEvent) -> bool:
@@ -410,11 +460,17 @@ def _next(journey: Journey, rules: Rules) -> tuple[Journey, tuple[Effect, ...]]:
     """The next step, derived from the persisted record alone: a fresh start and a
     resume after a crash take the same path."""
     record = journey.record
-    if record.state.terminal:
+    if record.state.terminal and not record.redelivery:
         return _finish(journey, record.state)
     if journey.draining:
         return _finish(journey, None, "left for restart")
     state = record.state
+    if state is State.DELIVERED:  # a re-delivery was requested
+        if journey.recipient is None:
+            return _await(journey, Awaiting.RECIPIENT), (LoadRecipient(record.recipient_id),)
+        if not journey.claimed:
+            return _claim(journey, WriteKind.CLAIM_REDELIVERY, State.DELIVERED)
+        return _await(journey, Awaiting.WALLET), (Deliver(record, journey.recipient),)
     if state is State.STORED and record.position is None:
         return _await(journey, Awaiting.ALLOCATION), (
             Allocate(record.key, record.recipient_id, record.version),
@@ -438,8 +494,16 @@ def _next(journey: Journey, rules: Rules) -> tuple[Journey, tuple[Effect, ...]]:
     if not journey.claimed:
         # Resumed or retried: move the version on first, so that only one driver of
         # this certificate can be delivering it.
-        return _persist(journey, WriteKind.CLAIM_DELIVERY, State.MARKED_AS_ISSUED, None)
+        return _claim(journey, WriteKind.CLAIM_DELIVERY, State.MARKED_AS_ISSUED)
     return _await(journey, Awaiting.WALLET), (Deliver(record, journey.recipient),)
+
+
+def _claim(journey: Journey, kind: WriteKind, state: State) -> tuple[Journey, tuple[Effect, ...]]:
+    """Claim the next wallet attempt; the claim records the last failed one, if any."""
+    failure = journey.last_failure
+    if failure is None:
+        return _persist(journey, kind, state, None)
+    return _persist(journey, kind, state, Event.WALLET_ATTEMPT_FAILED, failure)
 
 
 def _written(journey: Journey, event: Written, rules: Rules) -> tuple[Journey, tuple[Effect, ...]]:
@@ -458,7 +522,10 @@ def _written(journey: Journey, event: Written, rules: Rules) -> tuple[Journey, t
         record=record,
         pending=None,
         database_failures=0,
-        claimed=journey.claimed or write.state is State.MARKED_AS_ISSUED,
+        claimed=journey.claimed
+        or write.state is State.MARKED_AS_ISSUED
+        or write.kind is WriteKind.CLAIM_REDELIVERY,
+        last_failure=None if write.kind in _CLAIMS else journey.last_failure,
         fresh_transaction=journey.fresh_transaction or write.kind is WriteKind.RECORD_TRANSACTION,
     )
     moved: tuple[Effect, ...] = ()
@@ -472,6 +539,9 @@ def _written(journey: Journey, event: Written, rules: Rules) -> tuple[Journey, t
             moved = (Moved(record, previous.state),)
     journey, effects = _next(journey, rules)
     return journey, moved + effects
+
+
+_CLAIMS = (WriteKind.CLAIM_DELIVERY, WriteKind.CLAIM_REDELIVERY)
 
 
 def _persist(
@@ -497,13 +567,18 @@ def _attempt_failed(
     return journey, (Wait(step, attempts, reason),)
 
 
-def _fail(journey: Journey, step: Step, reason: str, attempts: int) -> tuple[Journey, tuple[Effect, ...]]:
+def _fail(
+    journey: Journey, step: Step, reason: str, attempts: int, *, endpoint: str | None = None
+) -> tuple[Journey, tuple[Effect, ...]]:
+    detail: dict[str, Any] = {"step": step.value, "reason": reason, "attempts": attempts}
+    if endpoint:  # empty: the attempt failed before a URL was known
+        detail["endpoint"] = endpoint
     return _persist(
         journey,
         WriteKind.FAIL,
         State.FAILED,
         Event.FAILED,
-        {"step": step.value, "reason": reason, "attempts": attempts},
+        detail,
         {"failed_step": step.value, "attempts": attempts},
     )
 

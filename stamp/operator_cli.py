@@ -37,7 +37,14 @@ import orjson
 import structlog
 
 from stamp.api.problems import ValidationProblem
-from stamp.api.requests import parse_limit, parse_new_recipient, parse_state_filter, parse_uuid
+from stamp.api.requests import (
+    parse_limit,
+    parse_new_recipient,
+    parse_recipient_patch,
+    parse_since,
+    parse_state_filter,
+    parse_uuid,
+)
 from stamp.api.views import certificate_detail, certificate_summary, decode_cursor, encode_cursor, rfc3339
 from stamp.config import ConfigError, Settings, load_settings
 from stamp.credentials import TOKEN_DIGEST_PREFIX, CredentialsError, parse_token_spec, token_digest
@@ -46,7 +53,7 @@ from stamp.db import queries
 from stamp.db.embedded import DataDirectoryInUse, EmbeddedPostgres, EmbeddedPostgresError
 from stamp.db.migrate import SchemaOutdated, ensure_current
 from stamp.db.pool import DatabaseUnavailable, init_connection, mask_dsn, wait_for_database
-from stamp.domain import CertificateKey, Recipient
+from stamp.domain import CertificateKey, Recipient, State
 from stamp.gateways.endpoint_allow import REFUSED_AT_CREATION, check_endpoint
 from stamp.terminal import printable
 
@@ -420,6 +427,32 @@ def cmd_recipients_show(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_recipients_move(args: argparse.Namespace) -> int:
+    recipient_id = _uuid_argument(args.id, "ID")
+    try:
+        patch = parse_recipient_patch({"walletEndpointReference": {"endpoint": args.endpoint}})
+    except ValidationProblem as problem:
+        raise _invalid(problem, _RECIPIENT_OPTIONS) from None
+    allow = _settings().wallet_endpoint_allow
+
+    async def work(conn: asyncpg.Connection) -> Recipient | None:
+        # The same rules as PATCH /v1/recipients/{id}.
+        if not await check_endpoint(allow, patch.wallet_endpoint_url):
+            refused = ValidationProblem.single("walletEndpointReference.endpoint", REFUSED_AT_CREATION)
+            raise _invalid(refused, _RECIPIENT_OPTIONS)
+        return await queries.move_recipient_endpoint(conn, recipient_id, patch.wallet_endpoint_url)
+
+    recipient, _ = _on_database(args, work)
+    if recipient is None:
+        raise CommandError(f"recipient {recipient_id} not found", EXIT_NOT_FOUND)
+    if args.json:
+        _print_json(_recipient_json(recipient))
+    else:
+        _say("moved; every later delivery attempt goes to the new endpoint")
+        _print_recipient(recipient)
+    return EXIT_OK
+
+
 # --- certificates ---------------------------------------------------------------------
 
 
@@ -552,6 +585,57 @@ def cmd_certificates_retry(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_certificates_redeliver(args: argparse.Namespace) -> int:
+    if (args.recipient is None) == (args.id is None):
+        raise CommandError("name one certificate (REGISTRY ID) or --recipient ID", EXIT_INVALID)
+    if args.since is not None and args.recipient is None:
+        raise CommandError("--since goes with --recipient", EXIT_INVALID)
+    key = None if args.id is None else CertificateKey(args.registry, _uuid_argument(args.id, "ID"))
+    recipient_id = None if args.recipient is None else _uuid_argument(args.recipient, "--recipient")
+    try:
+        since = parse_since(args.since)
+    except ValidationProblem as problem:
+        raise _invalid(problem, {"since": "--since"}) from None
+
+    async def work(conn: asyncpg.Connection) -> list[queries.RedeliveryRequested]:
+        # The same rules as POST …/redeliver.
+        if key is not None:
+            found = await queries.certificate_state(conn, key)
+            if found is None:
+                raise CommandError(f"certificate {key} not found", EXIT_NOT_FOUND)
+            state, withdrawn = found
+            if withdrawn or state is not State.DELIVERED:
+                why = "withdrawn" if withdrawn else state.value
+                raise CommandError(
+                    f"certificate {key} is {why}; only a delivered certificate can be re-delivered",
+                    EXIT_CONFLICT,
+                )
+        elif recipient_id is not None and await queries.get_recipient(conn, recipient_id) is None:
+            raise CommandError(f"recipient {recipient_id} not found", EXIT_NOT_FOUND)
+        return await queries.request_redelivery(
+            conn, recipient_id=recipient_id, key=key, delivered_since=since
+        )
+
+    outcomes, embedded = _on_database(args, work)
+    if args.json:
+        _print_json(
+            [
+                {"id": o.key.certificate_id, "registryName": o.key.registry, "redelivery": o.outcome.value}
+                for o in outcomes
+            ]
+        )
+        return EXIT_OK
+    for outcome in outcomes:
+        _say(f"{outcome.key} {outcome.outcome.value}")
+    requested = sum(o.outcome is queries.Redelivery.REQUESTED for o in outcomes)
+    _say(f"{requested} of {len(outcomes)} certificates to be delivered again")
+    if embedded:
+        _say("Stamp delivers them when it starts on this data directory.")
+    elif requested:
+        _say("A running Stamp delivers them within about a second; follow with `stamp certificates show`.")
+    return EXIT_OK
+
+
 # --- wiring ---------------------------------------------------------------------------
 
 
@@ -628,7 +712,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         "STAMP_AUTH_TOKENS (`sha256:<hex>`), so the token itself need not be configured.",
     )
 
-    recipients = _group(sub, "recipients", "create and show recipients (wallet endpoints)")
+    recipients = _group(sub, "recipients", "create, show and move recipients (wallet endpoints)")
     create = _parser(
         recipients,
         "create",
@@ -649,8 +733,20 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         recipients, "show", "show a recipient", cmd_recipients_show, on_database, "Show a recipient." + where
     )
     show_recipient.add_argument("id", metavar="ID", help="the recipient's id (UUID)")
+    move = _parser(
+        recipients,
+        "move",
+        "move a recipient's wallet endpoint (the URL only)",
+        cmd_recipients_move,
+        on_database,
+        "Point a recipient at a new wallet endpoint URL, checked as PATCH /v1/recipients/{id} does; "
+        "the public key never changes. Every later delivery attempt, by any running Stamp, goes to "
+        "the new URL." + where,
+    )
+    move.add_argument("id", metavar="ID", help="the recipient's id (UUID)")
+    move.add_argument("--endpoint", required=True, metavar="URL", help="the new slice endpoint URL")
 
-    certificates = _group(sub, "certificates", "inspect certificates and retry failed ones")
+    certificates = _group(sub, "certificates", "inspect certificates, retry failed ones, re-deliver")
     show = _parser(
         certificates,
         "show",
@@ -685,3 +781,24 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     )
     retry.add_argument("registry", metavar="REGISTRY", help="registry name")
     retry.add_argument("id", metavar="ID", help="certificate id (UUID)")
+    redeliver = _parser(
+        certificates,
+        "redeliver",
+        "deliver delivered certificates' slices again (a wallet restored from a backup)",
+        cmd_certificates_redeliver,
+        on_database,
+        "Deliver a delivered certificate's slice again (REGISTRY ID), or every delivered certificate "
+        "of a recipient (--recipient, optionally --since), as POST …/redeliver does: the same slice "
+        "(position, R, salts) to the recipient's current endpoint, with the retries of any delivery. "
+        "Withdrawn certificates are not delivered again. A running Stamp takes them up within "
+        "about a second." + where,
+    )
+    redeliver.add_argument("registry", metavar="REGISTRY", nargs="?", help="registry name")
+    redeliver.add_argument("id", metavar="ID", nargs="?", help="certificate id (UUID)")
+    redeliver.add_argument("--recipient", metavar="ID", help="every delivered certificate of this recipient")
+    redeliver.add_argument(
+        "--since",
+        metavar="TIME",
+        help="with --recipient: only those delivered at or after TIME (Unix seconds or RFC 3339, "
+        "e.g. 2026-12-01T00:00:00Z)",
+    )

@@ -274,7 +274,91 @@ def test_a_2xx_recorded_on_the_same_trip_needs_no_second_write() -> None:
     assert kinds(fx) == ["Wait"]
     j, fx = run(j, lc.RetryDue())
     (persist,) = fx
-    assert isinstance(persist, lc.Persist) and persist.write == lc.delivered_write(4, 202)
+    assert isinstance(persist, lc.Persist)
+    assert persist.write == lc.delivered_write(_delivering().record, 202, "")
+
+
+# --- re-delivery of a delivered certificate ------------------------------------------------
+
+DELIVERED = dataclasses.replace(MARKED, state=State.DELIVERED, version=5)
+REDELIVERY = dataclasses.replace(DELIVERED, redelivery=True)
+NEW_URL = "http://new-wallet/v1/slices"
+
+
+def _redelivering() -> lc.Journey:
+    j, fx = run(lc.Journey.resume(REDELIVERY), lc.Started())
+    assert fx == [lc.LoadRecipient(RECIPIENT.id)]
+    j, fx = run(j, lc.RecipientFound(RECIPIENT))
+    (claim,) = fx
+    assert isinstance(claim, lc.Persist) and claim.write.kind is lc.WriteKind.CLAIM_REDELIVERY
+    assert claim.write.state is State.DELIVERED and claim.write.event is None
+    j, fx = run(j, lc.Written(5, 6))
+    (deliver,) = fx
+    # The persisted slice, the same as the first delivery's.
+    assert isinstance(deliver, lc.Deliver) and deliver.record.blinding == R and deliver.record.position == 7
+    return j
+
+
+def test_a_delivered_certificate_without_a_request_is_left_alone() -> None:
+    _, fx = run(lc.Journey.resume(DELIVERED), lc.Started())
+    assert fx == [lc.Finish(State.DELIVERED)]
+
+
+def test_a_redelivery_is_claimed_sent_and_recorded_with_its_endpoint() -> None:
+    j, fx = run(_redelivering(), lc.WalletAnswered(Delivery.DELIVERED, 202, "", endpoint=NEW_URL))
+    (persist,) = fx
+    assert isinstance(persist, lc.Persist)
+    write = persist.write
+    assert write.kind is lc.WriteKind.REDELIVERED and write.event is Event.REDELIVERED
+    assert write.state is State.DELIVERED and dict(write.detail) == {"status": 202, "endpoint": NEW_URL}
+    assert write == lc.delivered_write(j.record, 202, NEW_URL)  # what the gateway records on its trip
+    j, fx = run(j, lc.Written(6, 7))
+    assert fx == [lc.Finish(State.DELIVERED)] and not j.record.redelivery
+
+
+def test_a_refused_redelivery_ends_and_the_certificate_stays_delivered() -> None:
+    j, fx = run(
+        _redelivering(), lc.WalletAnswered(Delivery.REJECTED, 404, "wallet answered 404", endpoint=NEW_URL)
+    )
+    (persist,) = fx
+    assert isinstance(persist, lc.Persist)
+    assert persist.write.kind is lc.WriteKind.REDELIVERED and persist.write.event is Event.REDELIVERY_FAILED
+    assert persist.write.state is State.DELIVERED
+    assert dict(persist.write.detail) == {"endpoint": NEW_URL, "reason": "wallet answered 404", "attempts": 1}
+    _, fx = run(j, lc.Written(6, 7))
+    assert fx == [lc.Finish(State.DELIVERED)]
+
+
+def test_a_failing_redelivery_is_retried_recording_each_attempt_then_given_up() -> None:
+    j = _redelivering()
+    failed = lc.WalletAnswered(Delivery.TRANSIENT, 503, "wallet answered 503", endpoint=NEW_URL)
+    j, fx = run(j, failed)
+    assert kinds(fx) == ["Wait"]
+    j, fx = run(j, lc.RetryDue())
+    (claim,) = fx
+    assert isinstance(claim, lc.Persist) and claim.write.kind is lc.WriteKind.CLAIM_REDELIVERY
+    assert claim.write.event is Event.WALLET_ATTEMPT_FAILED
+    assert dict(claim.write.detail) == {"endpoint": NEW_URL, "reason": "wallet answered 503", "attempt": 1}
+    j, fx = run(j, lc.Written(6, 7), failed, lc.RetryDue(), lc.Written(7, 8), failed)
+    (persist,) = [e for e in fx if isinstance(e, lc.Persist) and e.write.kind is lc.WriteKind.REDELIVERED]
+    assert persist.write.event is Event.REDELIVERY_FAILED and persist.write.detail["attempts"] == 3
+
+
+def test_a_delivery_failing_at_one_endpoint_records_where_each_attempt_went() -> None:
+    old = "http://old-wallet/v1/slices"
+    j, fx = run(
+        _delivering(), lc.WalletAnswered(Delivery.TRANSIENT, 503, "wallet answered 503", endpoint=old)
+    )
+    j, fx = run(j, lc.RetryDue())
+    (claim,) = fx
+    assert isinstance(claim, lc.Persist) and claim.write.kind is lc.WriteKind.CLAIM_DELIVERY
+    assert claim.write.event is Event.WALLET_ATTEMPT_FAILED and claim.write.detail["endpoint"] == old
+    j, fx = run(j, lc.Written(claim.write.expected, claim.write.expected + 1))
+    assert kinds(fx) == ["Deliver"] and j.last_failure is None
+    j, fx = run(j, lc.WalletAnswered(Delivery.DELIVERED, 202, "", endpoint=NEW_URL))
+    (persist,) = fx
+    assert isinstance(persist, lc.Persist) and persist.write.event is Event.SENT_TO_WALLET
+    assert persist.write.detail["endpoint"] == NEW_URL
 
 
 def test_draining_leaves_anything_else_for_the_restart() -> None:
@@ -454,7 +538,7 @@ class LifecycleMachine(RuleBasedStateMachine):
                     return [lc.WalletAnswered(Delivery.TRANSIENT, 503, "wallet answered 503")]
                 if same_trip:  # the gateway recorded the 2xx on the same trip
                     expected = effect.record.version
-                    written = lc.Written(expected, self.row.apply(lc.delivered_write(expected, 202)))
+                    written = lc.Written(expected, self.row.apply(lc.delivered_write(effect.record, 202, "")))
                     return [lc.WalletAnswered(Delivery.DELIVERED, 202, "", written)]
                 return [lc.WalletAnswered(Delivery.DELIVERED, 202, "")]
             case lc.Wait():

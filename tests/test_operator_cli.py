@@ -510,3 +510,79 @@ async def test_a_running_stamp_delivers_a_certificate_retried_from_the_cli(
         assert "within about a second" in retried.out
         assert await stack.wait_terminal([key], timeout=30) == {key[1]: "delivered"}
         await stack.wallet.wait_for([key[1]])
+
+
+async def test_certificates_redeliver_one_or_a_recipients(
+    cli: Any, cli_dsn: str, env: pytest.MonkeyPatch
+) -> None:
+    created = await asyncio.to_thread(
+        cli,
+        "recipients",
+        "create",
+        "--endpoint",
+        "https://w.example/",
+        "--public-key",
+        wallet_key(),
+        "--json",
+    )
+    recipient_id: str = created.json()["id"]
+    delivered = await insert_certificate(cli_dsn, recipient_id, state="delivered", failed_step=None)
+    failed = await insert_certificate(cli_dsn, recipient_id, state="failed", failed_step="wallet")
+
+    result = await asyncio.to_thread(cli, "certificates", "redeliver", REGISTRY, delivered, "--json")
+    assert result.code == 0, result.err
+    assert result.json() == [{"id": delivered, "registryName": REGISTRY, "redelivery": "requested"}]
+    view = (await asyncio.to_thread(cli, "certificates", "show", REGISTRY, delivered, "--json")).json()
+    assert view["state"] == "delivered"
+    assert view["events"][-1]["type"] == "CertificateRedeliveryRequested"
+    conn = await asyncpg.connect(cli_dsn)
+    try:
+        pending = await conn.fetchval(
+            "SELECT redelivery_requested_at IS NOT NULL FROM certificates WHERE id = $1", delivered
+        )
+    finally:
+        await conn.close()
+    assert pending  # durable before the command answered: a running Stamp's sweep takes it up
+
+    again = await asyncio.to_thread(cli, "certificates", "redeliver", "--recipient", recipient_id)
+    assert again.code == 0, again.err
+    assert f"{REGISTRY}/{delivered} alreadyRequested" in again.out and failed not in again.out
+    never = await asyncio.to_thread(cli, "certificates", "redeliver", REGISTRY, failed)
+    assert never.code == 4 and "only a delivered certificate" in never.err
+    later = await asyncio.to_thread(
+        cli,
+        "certificates",
+        "redeliver",
+        "--recipient",
+        recipient_id,
+        "--since",
+        "2100-01-01T00:00:00Z",
+        "--json",
+    )
+    assert later.code == 0 and later.json() == []
+    for bad in (
+        ("certificates", "redeliver"),
+        ("certificates", "redeliver", REGISTRY, delivered, "--recipient", recipient_id),
+        ("certificates", "redeliver", "--recipient", recipient_id, "--since", "last week"),
+    ):
+        assert (await asyncio.to_thread(cli, *bad)).code == 2, bad
+    unknown = await asyncio.to_thread(cli, "certificates", "redeliver", "--recipient", str(uuid.uuid4()))
+    assert unknown.code == 3
+
+
+def test_recipients_move_changes_the_endpoint_only(cli: Any, env: pytest.MonkeyPatch) -> None:
+    public_key = wallet_key()
+    created = cli(
+        "recipients", "create", "--endpoint", "https://old.example/s", "--public-key", public_key, "--json"
+    )
+    recipient_id = created.json()["id"]
+    moved = cli("recipients", "move", recipient_id, "--endpoint", "https://new.example/s", "--json")
+    assert moved.code == 0, moved.err
+    assert moved.json()["walletEndpointReference"] == {
+        "version": 1,
+        "endpoint": "https://new.example/s",
+        "publicKey": public_key,
+    }
+    bad = cli("recipients", "move", recipient_id, "--endpoint", "ftp://new.example/s")
+    assert bad.code == 2 and "--endpoint" in bad.err
+    assert cli("recipients", "move", str(uuid.uuid4()), "--endpoint", "https://x.example/").code == 3

@@ -20,13 +20,20 @@ import json
 import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Final
 from urllib.parse import urlsplit
 
 import orjson
 from aiohttp import web
 
-from stamp.api.problems import FieldError, PayloadTooLarge, UnsupportedMediaType, ValidationProblem
+from stamp.api.problems import (
+    FieldError,
+    PayloadTooLarge,
+    Problem,
+    UnsupportedMediaType,
+    ValidationProblem,
+)
 from stamp.crypto.hdkeys import ExtendedPublicKey
 from stamp.domain import CERTIFICATE_TYPE_NUMBERS, CERTIFICATE_TYPES, State
 
@@ -190,13 +197,21 @@ async def read_json_body(request: web.Request, max_bytes: int) -> dict[str, Any]
     if declared is not None and declared > max_bytes:
         raise PayloadTooLarge(max_bytes)
     data = bytearray()
-    while True:
-        chunk = await request.content.read(max_bytes + 1 - len(data))
-        if not chunk:
-            break
-        data += chunk
-        if len(data) > max_bytes:
-            raise PayloadTooLarge(max_bytes)
+    try:
+        while True:
+            chunk = await request.content.read(max_bytes + 1 - len(data))
+            if not chunk:
+                break
+            data += chunk
+            if len(data) > max_bytes:
+                raise PayloadTooLarge(max_bytes)
+    except ConnectionResetError:
+        # The connection closed under the read: the client left, or the body did not
+        # arrive within STAMP_HTTP_BODY_TIMEOUT_SECONDS. Nobody reads this answer;
+        # it keeps the request from counting as a database or server failure.
+        raise Problem(
+            "the request body did not arrive in full", status=408, title="Request Timeout"
+        ) from None
     return parse_json_object(bytes(data))
 
 
@@ -470,6 +485,44 @@ def parse_new_recipient(body: object) -> NewRecipient:
     return NewRecipient(version, url, public_key)
 
 
+@dataclass(frozen=True, slots=True)
+class RecipientPatch:
+    """A recipient's move: the new endpoint, and the key if the caller restated it
+    (it must be the stored one: a recipient's key never changes)."""
+
+    wallet_endpoint_url: str
+    wallet_public_key: bytes | None
+
+
+def parse_recipient_patch(body: object) -> RecipientPatch:
+    """``{"walletEndpointReference": {"endpoint": …}}``, with ``version`` and
+    ``publicKey`` allowed too, so a whole reference can be sent back as it was read."""
+    errors: list[FieldError] = []
+    m = _Members(_root(body), "", errors)
+    url = public_key = None
+    reference = m.object("walletEndpointReference")
+    if reference is not None:
+        w = _Members(reference, "walletEndpointReference", errors)
+        given = {_fold(k) for k in reference}
+        if "version" in given:
+            raw_version = w.required("version")
+            if raw_version is not _REPORTED and (
+                type(raw_version) is not int or raw_version != WALLET_ENDPOINT_VERSION
+            ):
+                w.error("version", f"must be {WALLET_ENDPOINT_VERSION}, the only wallet endpoint version")
+        url = w.string("endpoint", max_length=MAX_URL_LENGTH)
+        if url is not None and (problem := _endpoint_problem(url)):
+            w.error("endpoint", problem)
+        if "publickey" in given:
+            public_key = _public_key(w)
+        w.finish()
+    m.finish()
+    if errors:
+        raise ValidationProblem(errors)
+    assert url is not None
+    return RecipientPatch(url, public_key)
+
+
 # --- certificates --------------------------------------------------------------------
 
 
@@ -666,6 +719,25 @@ def parse_int_param(value: str | None, field: str, *, default: int, minimum: int
     if not _DIGITS.fullmatch(value) or not minimum <= int(value) <= maximum:
         raise ValidationProblem.single(field, f"must be an integer from {minimum} to {maximum}")
     return int(value)
+
+
+def parse_since(value: str | None) -> datetime | None:
+    """``since=``: Unix seconds, or an RFC 3339 time with its offset (``Z`` allowed)."""
+    if value is None or value == "":
+        return None
+    if _DIGITS.fullmatch(value):
+        if int(value) > MAX_UNIX_SECONDS:
+            raise ValidationProblem.single("since", f"must be at most {MAX_UNIX_SECONDS} (Unix seconds)")
+        return datetime.fromtimestamp(int(value), UTC)
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        parsed = None
+    if parsed is None or parsed.tzinfo is None or not value.isascii():
+        raise ValidationProblem.single(
+            "since", "must be Unix seconds or an RFC 3339 time with an offset, e.g. 2026-12-01T00:00:00Z"
+        )
+    return parsed
 
 
 def parse_limit(value: str | None, default: int, maximum: int) -> int:

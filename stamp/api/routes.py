@@ -19,6 +19,8 @@ from stamp.api.requests import (
     parse_limit,
     parse_new_certificate,
     parse_new_recipient,
+    parse_recipient_patch,
+    parse_since,
     parse_state_filter,
     parse_text_param,
     parse_uuid,
@@ -39,6 +41,8 @@ from stamp.gateways.endpoint_allow import REFUSED_AT_CREATION, check_endpoint
 log = structlog.get_logger(__name__)
 
 routes = web.RouteTableDef()
+operations = web.RouteTableDef()
+"""Health probes: open even when authentication is on."""
 
 
 def status_url(request: web.Request, registry: str, certificate_id: str) -> str:
@@ -83,16 +87,45 @@ async def get_recipient(request: web.Request) -> web.Response:
     recipient = await queries.get_recipient(runtime.pool, recipient_id)
     if recipient is None:
         raise problems.NotFound(f"recipient {recipient_id} not found")
-    return json_response(
-        {
-            "id": recipient.id,
-            "walletEndpointReference": {
-                "version": recipient.wallet_endpoint_version,
-                "endpoint": recipient.wallet_endpoint_url,
-                "publicKey": _b64(recipient.wallet_public_key),
-            },
-        }
-    )
+    return json_response(_recipient_view(recipient))
+
+
+@routes.patch("/v1/recipients/{id}")
+async def move_recipient(request: web.Request) -> web.Response:
+    """Move a recipient's wallet endpoint. Deliveries read the endpoint when they send,
+    so every later attempt, by any Stamp process, goes to the new one."""
+    runtime = request.app[RUNTIME]
+    recipient_id = parse_uuid(request.match_info["id"], "id")
+    body = await read_json_body(request, runtime.settings.max_body_bytes)
+    patch = parse_recipient_patch(body)
+    current = await queries.get_recipient(runtime.pool, recipient_id)
+    if current is None:
+        raise problems.NotFound(f"recipient {recipient_id} not found")
+    if patch.wallet_public_key is not None and patch.wallet_public_key != current.wallet_public_key:
+        raise problems.Conflict(
+            "a recipient's public key never changes; a wallet with another key is a new recipient",
+            differences=["walletEndpointReference.publicKey"],
+        )
+    if not await check_endpoint(runtime.settings.wallet_endpoint_allow, patch.wallet_endpoint_url):
+        raise problems.ValidationProblem.single("walletEndpointReference.endpoint", REFUSED_AT_CREATION)
+    moved = await queries.move_recipient_endpoint(runtime.pool, recipient_id, patch.wallet_endpoint_url)
+    if moved is None:
+        raise problems.NotFound(f"recipient {recipient_id} not found")
+    runtime.recipients.forget(recipient_id)
+    if moved.wallet_endpoint_url != current.wallet_endpoint_url:
+        log.info("recipient.moved", recipient_id=recipient_id)  # URLs may name hosts: not logged
+    return json_response(_recipient_view(moved))
+
+
+def _recipient_view(recipient: Recipient) -> dict[str, object]:
+    return {
+        "id": recipient.id,
+        "walletEndpointReference": {
+            "version": recipient.wallet_endpoint_version,
+            "endpoint": recipient.wallet_endpoint_url,
+            "publicKey": _b64(recipient.wallet_public_key),
+        },
+    }
 
 
 def _b64(data: bytes) -> str:
@@ -325,15 +358,89 @@ async def retry_certificate(request: web.Request) -> web.Response:
     return _accepted(request, key, outcome.state.value)
 
 
+@routes.post("/v1/certificates/{registry}/{id}/redeliver")
+async def redeliver_certificate(request: web.Request) -> web.Response:
+    """Deliver a delivered certificate's slice again, to its recipient's endpoint as it
+    is now. The request is stored before the 202; the certificate's actor then
+    delivers it with the retries of any delivery."""
+    runtime = request.app[RUNTIME]
+    key = CertificateKey(
+        parse_text_param(request.match_info["registry"], "registryName"),
+        parse_uuid(request.match_info["id"], "id"),
+    )
+    found = await queries.certificate_state(runtime.pool, key)
+    if found is None:
+        raise problems.NotFound(f"certificate {key} not found")
+    state, withdrawn = found
+    if withdrawn:
+        raise problems.Conflict(f"certificate {key} is withdrawn; its slice is not delivered again")
+    if state is not State.DELIVERED:
+        raise problems.Conflict(
+            f"certificate {key} is {state.value}; only a delivered certificate can be re-delivered"
+        )
+    outcomes = await queries.request_redelivery(runtime.pool, key=key)
+    if not outcomes or outcomes[0].outcome is queries.Redelivery.WITHDRAWN:
+        raise problems.Conflict(f"certificate {key} changed meanwhile; it is not delivered again")
+    await _drive_redeliveries(runtime, [o.key for o in outcomes if o.outcome is queries.Redelivery.REQUESTED])
+    return json_response(
+        _redelivery_view(request, outcomes[0]),
+        status=202,
+        headers={"Location": status_url(request, key.registry, key.certificate_id)},
+    )
+
+
+@routes.post("/v1/recipients/{id}/redeliver")
+async def redeliver_recipient(request: web.Request) -> web.Response:
+    """Deliver again every delivered certificate of a recipient (a wallet restored from
+    a backup), optionally only those delivered since a time; reported one by one."""
+    runtime = request.app[RUNTIME]
+    recipient_id = parse_uuid(request.match_info["id"], "id")
+    query = {k.lower(): v for k, v in request.query.items()}
+    since = parse_since(query.get("since"))
+    if await queries.get_recipient(runtime.pool, recipient_id) is None:
+        raise problems.NotFound(f"recipient {recipient_id} not found")
+    outcomes = await queries.request_redelivery(
+        runtime.pool, recipient_id=recipient_id, delivered_since=since
+    )
+    await _drive_redeliveries(runtime, [o.key for o in outcomes if o.outcome is queries.Redelivery.REQUESTED])
+    return json_response(
+        {"result": [_redelivery_view(request, o) for o in outcomes], "metadata": {"count": len(outcomes)}},
+        status=202,
+    )
+
+
+def _redelivery_view(request: web.Request, requested: queries.RedeliveryRequested) -> dict[str, object]:
+    key = requested.key
+    return {
+        "id": key.certificate_id,
+        "registryName": key.registry,
+        "redelivery": requested.outcome.value,
+        "statusUrl": status_url(request, key.registry, key.certificate_id),
+    }
+
+
+async def _drive_redeliveries(runtime: Runtime, keys: list[CertificateKey]) -> None:
+    """Start one re-delivery at once when a slot is free; the rest are rows nobody
+    drives, which the backlog sweep (of any Stamp process) takes up."""
+    if len(keys) == 1 and runtime.live.take_slots(runtime.settings.max_in_flight) == 1:
+        record = await queries.get_record(runtime.pool, keys[0])
+        if record is not None:
+            tell_from_loop(runtime.supervisor, AdmitCertificate(record))
+            return
+        runtime.live.release_slots()
+    if keys:
+        runtime.live.backlog_waiting = True
+
+
 # --- operations ---------------------------------------------------------------------
 
 
-@routes.get("/health/live")
+@operations.get("/health/live")
 async def live(request: web.Request) -> web.Response:
     return json_response({"status": "live"})
 
 
-@routes.get("/health/ready")
+@operations.get("/health/ready")
 async def ready(request: web.Request) -> web.Response:
     runtime: Runtime = request.app[RUNTIME]
     checks = await runtime.readiness()

@@ -16,12 +16,12 @@ from dataclasses import dataclass
 import asyncpg
 import orjson
 
-from stamp.db.queries import NewCertificateRow, record_from_row
+from stamp.db.queries import CERTIFICATE_RECORD_COLUMNS, NewCertificateRow, record_from_row
 from stamp.domain import CertificateKey, CertificateRecord
 
 # Rows go in in request order (ORDER BY n), so when two certificates of one batch
 # collide, the earlier one is stored and the later one is told what it collides with.
-INSERT_BATCH = """
+INSERT_BATCH = f"""
 WITH input AS (
     SELECT * FROM unnest($1::text[], $2::uuid[], $3::uuid[], $4::text[], $5::smallint[], $6::bigint[],
                          $7::bigint[], $8::bigint[], $9::text[], $10::text[], $11::text[], $12::bytea[],
@@ -41,14 +41,11 @@ inserted AS (
            CASE WHEN lease_owner IS NULL THEN NULL ELSE now() + make_interval(secs => $14) END
     FROM input ORDER BY n
     ON CONFLICT DO NOTHING
-    RETURNING registry_name, id::text AS id, recipient_id::text AS recipient_id, metering_point_id,
-              certificate_type, quantity, period_start, period_end, grid_area, clear_attributes,
-              hashed_attributes, state, version, position, attempts, transaction_id, transaction,
-              blinding, salts, failed_step, lease_owner
+    RETURNING {CERTIFICATE_RECORD_COLUMNS}, certificates.lease_owner
 ),
 event AS (
     INSERT INTO certificate_events (registry_name, certificate_id, event_type, state, detail, instance_id)
-    SELECT registry_name, id::uuid, 'CertificateStored', state, '{}'::jsonb, lease_owner FROM inserted
+    SELECT registry_name, id::uuid, 'CertificateStored', state, '{{}}'::jsonb, lease_owner FROM inserted
 )
 SELECT * FROM inserted
 """

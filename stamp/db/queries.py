@@ -8,6 +8,7 @@ nothing (invariant 5).
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -47,6 +48,18 @@ SELECT id::text, wallet_endpoint_version, wallet_endpoint_url, wallet_public_key
 FROM recipients WHERE id = ANY($1::uuid[])
 """
 
+# Exactly one row (the group commit needs one), the URL NULL for an unknown recipient.
+SELECT_RECIPIENT_ENDPOINT = """
+SELECT (SELECT wallet_endpoint_url FROM recipients WHERE id = $1::uuid) AS wallet_endpoint_url
+"""
+
+# Moving a recipient's endpoint: the public key is the recipient's identity and never
+# changes, so the statement answers the stored key for the caller to compare.
+UPDATE_RECIPIENT_ENDPOINT = """
+UPDATE recipients SET wallet_endpoint_url = $2 WHERE id = $1
+RETURNING id::text, wallet_endpoint_version, wallet_endpoint_url, wallet_public_key
+"""
+
 # Positions for a batch of certificates of one recipient, in one statement (the
 # function of migration 0003 locks the recipient row first, then numbers the
 # certificates in request order without gaps). Aggregated to exactly one row, as the
@@ -76,8 +89,13 @@ def _record_columns(t: str) -> str:
 {t}.registry_name, {t}.id::text AS id, {t}.recipient_id::text AS recipient_id, {t}.metering_point_id,
 {t}.certificate_type, {t}.quantity, {t}.period_start, {t}.period_end, {t}.grid_area,
 {t}.clear_attributes, {t}.hashed_attributes, {t}.state, {t}.version, {t}.position, {t}.attempts,
-{t}.transaction_id, {t}.transaction, {t}.blinding, {t}.salts, {t}.failed_step
+{t}.transaction_id, {t}.transaction, {t}.blinding, {t}.salts, {t}.failed_step,
+{t}.redelivery_requested_at IS NOT NULL AS redelivery
 """
+
+
+CERTIFICATE_RECORD_COLUMNS = _record_columns("certificates")
+"""The columns ``record_from_row`` reads, of the ``certificates`` table (for RETURNING)."""
 
 
 # Intake: the row and its CertificateStored event in one statement, answered with the
@@ -133,27 +151,42 @@ LIMIT $7
 
 # --- certificates: admission and leases --------------------------------------------
 
+# What a certificate actor drives: an unfinished certificate, or a delivered one whose
+# re-delivery was requested (never a withdrawn one: its slice is not sent again). Each
+# half matches a partial index (migrations 0001 and 0006).
+UNFINISHED = "state IN ('stored', 'sent_to_registry', 'issued_in_registry', 'marked_as_issued')"
+REDELIVERY_PENDING = "state = 'delivered' AND redelivery_requested_at IS NOT NULL AND NOT withdrawn"
+DRIVEN = f"(({UNFINISHED}) OR ({REDELIVERY_PENDING}))"
+
+
+def _unleased(condition: str) -> str:
+    return f"""SELECT registry_name, id, created_at FROM certificates
+    WHERE {condition} AND (lease_owner IS NULL OR lease_until < now())
+    ORDER BY created_at LIMIT $3 FOR UPDATE SKIP LOCKED"""
+
+
 # Certificates that nobody drives (never admitted, or their owner's lease ran out),
-# oldest first; SKIP LOCKED lets several instances claim side by side.
+# oldest first; SKIP LOCKED lets several instances claim side by side. One ordered,
+# limited scan per half, so a large backlog is never read whole.
 CLAIM_BACKLOG = f"""
+WITH unfinished AS ({_unleased(UNFINISHED)}),
+redelivering AS ({_unleased(REDELIVERY_PENDING)})
 UPDATE certificates c
 SET lease_owner = $1, lease_until = now() + make_interval(secs => $2)
 FROM (
-    SELECT registry_name, id FROM certificates
-    WHERE state IN ('stored', 'sent_to_registry', 'issued_in_registry', 'marked_as_issued')
-      AND (lease_owner IS NULL OR lease_until < now())
+    SELECT registry_name, id FROM (
+        SELECT * FROM unfinished UNION ALL SELECT * FROM redelivering
+    ) candidates
     ORDER BY created_at
     LIMIT $3
-    FOR UPDATE SKIP LOCKED
 ) picked
 WHERE c.registry_name = picked.registry_name AND c.id = picked.id
 RETURNING {_record_columns("c")}
 """
 
-RENEW_LEASES = """
+RENEW_LEASES = f"""
 UPDATE certificates SET lease_until = now() + make_interval(secs => $2)
-WHERE lease_owner = $1
-  AND state IN ('stored', 'sent_to_registry', 'issued_in_registry', 'marked_as_issued')
+WHERE lease_owner = $1 AND {DRIVEN}
 """
 
 # At start-up: whatever this instance drove before it stopped is up for grabs again.
@@ -192,6 +225,8 @@ RECORD_TRANSACTION = _TRANSITION.format(
 ADVANCE = _TRANSITION.format(assignments="attempts = 0")
 REJECT = _TRANSITION.format(assignments="rejection_reason = $9")
 FAIL = _TRANSITION.format(assignments="failed_step = $9, failure_reason = $10, attempts = $11")
+# A re-delivery ended, delivered or given up (the event says which): nothing pending.
+REDELIVERED = _TRANSITION.format(assignments="redelivery_requested_at = NULL, attempts = 0")
 
 # The registry committed: issued_in_registry and marked_as_issued have no external
 # effect between them, so they are one statement; both events stay in the history,
@@ -216,17 +251,26 @@ SELECT (SELECT version FROM changed) AS version
 """
 
 # Before every wallet delivery after the first: only the writer that moves the
-# version on may send, so two drivers of one certificate never both deliver.
-CLAIM_DELIVERY = """
+# version on may send, so two drivers of one certificate never both deliver. The claim
+# records the attempt that failed before it, if any ($6 the event, $7 its detail).
+_CLAIM = """
 WITH claimed AS (
     UPDATE certificates
     SET version = version + 1, attempts = attempts + 1, updated_at = now(),
         lease_owner = $4, lease_until = now() + make_interval(secs => $5)
-    WHERE registry_name = $1 AND id = $2 AND version = $3 AND state = 'marked_as_issued'
-    RETURNING version
+    WHERE registry_name = $1 AND id = $2 AND version = $3 AND {condition}
+    RETURNING registry_name, id, version, state
+),
+event AS (
+    INSERT INTO certificate_events (registry_name, certificate_id, event_type, state, detail, instance_id)
+    SELECT registry_name, id, $6::text, state, $7::jsonb, $4 FROM claimed WHERE $6::text IS NOT NULL
 )
 SELECT (SELECT version FROM claimed) AS version
 """
+CLAIM_DELIVERY = _CLAIM.format(condition="state = 'marked_as_issued'")
+CLAIM_REDELIVERY = _CLAIM.format(
+    condition="state = 'delivered' AND redelivery_requested_at IS NOT NULL AND NOT withdrawn"
+)
 
 RETRY_FAILED = """
 WITH changed AS (
@@ -268,6 +312,7 @@ def record_from_row(row: asyncpg.Record) -> CertificateRecord:
         blinding=row["blinding"],
         salts=tuple(row["salts"]) if row["salts"] is not None else None,
         failed_step=row["failed_step"],
+        redelivery=row["redelivery"],
     )
 
 
@@ -513,8 +558,22 @@ async def claim_delivery(conn: Conn, key: CertificateKey, expected_version: int,
     return version
 
 
-def claim_delivery_args(key: CertificateKey, expected_version: int, lease: Lease) -> tuple[Any, ...]:
-    return (key.registry, key.certificate_id, expected_version, lease.owner, lease.seconds)
+def claim_delivery_args(
+    key: CertificateKey,
+    expected_version: int,
+    lease: Lease,
+    event: Event | None = None,
+    detail: dict[str, Any] | None = None,
+) -> tuple[Any, ...]:
+    return (
+        key.registry,
+        key.certificate_id,
+        expected_version,
+        lease.owner,
+        lease.seconds,
+        event.value if event else None,
+        detail or {},
+    )
 
 
 FAIL_AFTER_CRASHES = """
@@ -578,13 +637,16 @@ _WRITES = {
     WriteKind.ADVANCE: ADVANCE,
     WriteKind.REJECT: REJECT,
     WriteKind.FAIL: FAIL,
+    WriteKind.REDELIVERED: REDELIVERED,
 }
+_CLAIMS = {WriteKind.CLAIM_DELIVERY: CLAIM_DELIVERY, WriteKind.CLAIM_REDELIVERY: CLAIM_REDELIVERY}
 
 
 def lifecycle_write(key: CertificateKey, write: Write, lease: Lease) -> tuple[str, tuple[Any, ...]]:
     """The statement and arguments of one write of the lifecycle (stamp/lifecycle.py)."""
-    if write.kind is WriteKind.CLAIM_DELIVERY:
-        return CLAIM_DELIVERY, claim_delivery_args(key, write.expected, lease)
+    if write.kind in _CLAIMS:
+        args = claim_delivery_args(key, write.expected, lease, write.event, dict(write.detail))
+        return _CLAIMS[write.kind], args
     if write.kind is WriteKind.ISSUE_AND_MARK:
         return ISSUE_AND_MARK, (key.registry, key.certificate_id, write.expected, lease.owner, lease.seconds)
     assert write.event is not None
@@ -598,3 +660,101 @@ def lifecycle_write(key: CertificateKey, write: Write, lease: Lease) -> tuple[st
         extra = (write.detail["step"], write.detail["reason"], write.detail["attempts"])
     args = transition_args(key, write.expected, write.state, write.event, dict(write.detail), lease, *extra)
     return _WRITES[write.kind], args
+
+
+# --- re-delivery and moved endpoints -------------------------------------------------------
+
+# Re-delivery requests: every delivered certificate the filters select ($1 a recipient,
+# $2/$3 one certificate, $4 delivered at or after), locked, and those not withdrawn nor
+# already pending marked, each with its CertificateRedeliveryRequested event, in one
+# statement: the request is durable before it is answered.
+REQUEST_REDELIVERY = """
+WITH candidates AS (
+    SELECT c.registry_name, c.id, c.withdrawn, c.redelivery_requested_at IS NOT NULL AS pending
+    FROM certificates c
+    WHERE c.state = 'delivered'
+      AND ($1::uuid IS NULL OR c.recipient_id = $1::uuid)
+      AND ($2::text IS NULL OR (c.registry_name = $2::text AND c.id = $3::uuid))
+      AND ($4::timestamptz IS NULL OR EXISTS (
+          SELECT 1 FROM certificate_events e
+          WHERE e.registry_name = c.registry_name AND e.certificate_id = c.id
+            AND e.event_type IN ('CertificateSentToWallet', 'CertificateRedelivered')
+            AND e.at >= $4::timestamptz))
+    FOR UPDATE OF c
+),
+changed AS (
+    UPDATE certificates c
+    SET redelivery_requested_at = now(), version = c.version + 1, updated_at = now(), attempts = 0
+    FROM candidates k
+    WHERE c.registry_name = k.registry_name AND c.id = k.id AND NOT k.withdrawn AND NOT k.pending
+    RETURNING c.registry_name, c.id, c.state
+),
+event AS (
+    INSERT INTO certificate_events (registry_name, certificate_id, event_type, state, detail)
+    SELECT registry_name, id, 'CertificateRedeliveryRequested', state, '{}'::jsonb FROM changed
+)
+SELECT registry_name, id::text AS id, withdrawn, pending FROM candidates ORDER BY registry_name, id
+"""
+
+SELECT_STATE = """
+SELECT state, withdrawn FROM certificates WHERE registry_name = $1 AND id = $2
+"""
+
+
+class Redelivery(enum.StrEnum):
+    """What a re-delivery request did to one certificate."""
+
+    REQUESTED = "requested"
+    ALREADY_REQUESTED = "alreadyRequested"  # pending from an earlier request: left as it is
+    WITHDRAWN = "withdrawn"  # never re-delivered
+
+
+@dataclass(frozen=True, slots=True)
+class RedeliveryRequested:
+    key: CertificateKey
+    outcome: Redelivery
+
+
+async def request_redelivery(
+    conn: Conn,
+    *,
+    recipient_id: str | None = None,
+    key: CertificateKey | None = None,
+    delivered_since: datetime | None = None,
+) -> list[RedeliveryRequested]:
+    """Ask for the re-delivery of delivered certificates (one, or a recipient's);
+    each certificate selected, with what the request did to it."""
+    rows = await conn.fetch(
+        REQUEST_REDELIVERY,
+        recipient_id,
+        key.registry if key else None,
+        key.certificate_id if key else None,
+        delivered_since,
+    )
+    return [
+        RedeliveryRequested(
+            CertificateKey(r["registry_name"], r["id"]),
+            Redelivery.WITHDRAWN
+            if r["withdrawn"]
+            else Redelivery.ALREADY_REQUESTED
+            if r["pending"]
+            else Redelivery.REQUESTED,
+        )
+        for r in rows
+    ]
+
+
+async def certificate_state(conn: Conn, key: CertificateKey) -> tuple[State, bool] | None:
+    """The certificate's state and whether it is withdrawn; None when it is unknown."""
+    row = await conn.fetchrow(SELECT_STATE, key.registry, key.certificate_id)
+    return None if row is None else (State(row["state"]), row["withdrawn"])
+
+
+async def move_recipient_endpoint(conn: Conn, recipient_id: str, url: str) -> Recipient | None:
+    """Point the recipient at a new wallet endpoint; None when it is unknown."""
+    row = await conn.fetchrow(UPDATE_RECIPIENT_ENDPOINT, recipient_id, url)
+    if row is None:
+        return None
+    return Recipient(
+        row["id"], row["wallet_endpoint_version"], row["wallet_endpoint_url"], row["wallet_public_key"]
+    )

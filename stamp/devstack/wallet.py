@@ -454,6 +454,13 @@ class WalletSimulator:
         wanted = certificate_id.lower()
         return [r.slice for r in self._received if r.slice.certificate_id == wanted]
 
+    def forget_received(self) -> None:
+        """Lose every accepted slice, as a wallet restored from a backup taken before
+        them does; its endpoints and keys stay."""
+        self._received.clear()
+        self._deliveries.clear()
+        self._positions.clear()
+
     def received_count(self) -> int:
         """Accepted deliveries (202, or accepted and then dropped by a fault)."""
         return len(self._received)
