@@ -5,6 +5,7 @@
                                                  # 10,000 over 10,000 and two Stamp processes
     .venv/bin/python scripts/bench.py --quick    # the same, smaller (2,000 over 200): a few minutes
     .venv/bin/python scripts/bench.py --full     # adds 100,000 certificates over 10,000 recipients
+    .venv/bin/python scripts/bench.py --batch-only -n 5000   # batch intake against the single route only
 
 Ceilings, each measured here and now:
 
@@ -18,6 +19,10 @@ Ceilings, each measured here and now:
   the group commit);
 - HTTP intake: 202s/s of a trivial aiohttp handler (reads and parses the JSON body)
   in its own process, driven by the same load driver and concurrency as Stamp.
+
+Batch intake: the main run again as batches of 1,000 (``POST /v1/certificates/batch``,
+2 batches in flight), with its intake/s, its ratio to the single route's intake/s in the
+same run and the p99 of a batch against the targets (≥ 10,000 certificates/s, < 1 s).
 
 Then Stamp (``stamp.loadtest``: simulators in a child process, Stamp processes as
 ``stamp serve``, a fresh database each), and the ratios Stamp/ceiling. PostgreSQL is
@@ -69,6 +74,10 @@ from stamp.load.run import LoadOptions, quiet_logs, run_loadtest
 
 STAMP_POOL_SIZE = 20  # stamp.app.database_ctx: max_size
 INTAKE_CONCURRENCY = 64
+BATCH_SIZE = 1000
+BATCH_CONCURRENCY = 2  # batches in flight: an issuing body's importer, not a crowd
+BATCH_TARGET_PER_SECOND = 10_000
+BATCH_TARGET_P99_SECONDS = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +92,7 @@ class Plan:
     wide_recipients: int
     full: bool
     two_instances: bool
+    batch_only: bool = False
 
 
 # --- crypto ceiling -----------------------------------------------------------------------
@@ -353,6 +363,8 @@ async def bench(args: argparse.Namespace, plan: Plan) -> dict[str, Any]:
         "stamp": [],
     }
     ceilings = results["ceilings"]
+    if plan.batch_only:
+        return await batch_comparison(args, plan, results, note)
     note(f"crypto ceiling: {plan.crypto_bundles} bundles on {os.cpu_count()} cores")
     ceilings["crypto"] = await asyncio.to_thread(crypto_ceiling, plan.crypto_bundles, True)
     ceilings["crypto_without_self_verification"] = await asyncio.to_thread(
@@ -386,6 +398,13 @@ async def bench(args: argparse.Namespace, plan: Plan) -> dict[str, Any]:
             runs.append((name, functools.partial(stamp_run, server_dsn, name, options, note)))
 
         closed(f"{plan.certificates} over {plan.recipients}", plan.certificates, plan.recipients)
+        batch_options = batch_run_options(plan, common)
+        runs.append(
+            (
+                "batches",
+                functools.partial(stamp_run, server_dsn, batch_run_name(plan), batch_options, note),
+            )
+        )
 
         async def open_arrivals(rate: float, seconds: float, what: str) -> dict[str, Any]:
             count = int(rate * seconds)
@@ -435,8 +454,91 @@ async def bench(args: argparse.Namespace, plan: Plan) -> dict[str, Any]:
     note("crypto ceiling again")
     ceilings["crypto_at_end"] = await asyncio.to_thread(crypto_ceiling, plan.crypto_bundles, True)
     results["ratios"] = ratios(results)
+    results["batch_intake"] = batch_figures(results["stamp"][0], results["stamp"][1])
     results["machine"]["load_average_end"] = list(os.getloadavg())
     return results
+
+
+def batch_run_name(plan: Plan) -> str:
+    return f"{plan.certificates} in batches of {BATCH_SIZE} over {plan.recipients}"
+
+
+def batch_run_options(plan: Plan, common: dict[str, Any]) -> LoadOptions:
+    return LoadOptions(
+        certificates=plan.certificates,
+        recipients=plan.recipients,
+        schedule=Schedule.closed(plan.certificates, BATCH_CONCURRENCY),
+        batch=BATCH_SIZE,
+        **common,
+    )
+
+
+async def batch_comparison(
+    args: argparse.Namespace, plan: Plan, results: dict[str, Any], note: Callable[[str], None]
+) -> dict[str, Any]:
+    """Only the two runs batch intake is judged by: the single route, then batches, on
+    one database server, one after the other (a shared machine moves both alike)."""
+    async with postgres(args.database_url) as (server_dsn, postgres_pid):
+        common: dict[str, Any] = {
+            "commit_delay": args.commit_delay,
+            "proof_sample": args.proof_sample,
+            "progress": not args.no_progress,
+            "postgres_pid": postgres_pid,
+        }
+        single = LoadOptions(
+            certificates=plan.certificates,
+            recipients=plan.recipients,
+            schedule=Schedule.closed(plan.certificates, INTAKE_CONCURRENCY),
+            **common,
+        )
+        name = f"{plan.certificates} over {plan.recipients}"
+        results["stamp"].append(await stamp_run(server_dsn, name, single, note))
+        batched = batch_run_options(plan, common)
+        results["stamp"].append(await stamp_run(server_dsn, batch_run_name(plan), batched, note))
+    results["batch_intake"] = batch_figures(results["stamp"][0], results["stamp"][1])
+    results["machine"]["load_average_end"] = list(os.getloadavg())
+    return results
+
+
+def batch_figures(single: dict[str, Any], batched: dict[str, Any]) -> dict[str, Any]:
+    single_rate = single["intake"]["accepted_per_second"]
+    batch_rate = batched["intake"]["accepted_per_second"]
+    p99 = batched["intake"]["batches"]["latency_seconds"]["p99"]
+    return {
+        "batch_size": BATCH_SIZE,
+        "batches_in_flight": BATCH_CONCURRENCY,
+        "single_accepted_per_second": single_rate,
+        "batch_accepted_per_second": batch_rate,
+        "batch_per_single": batch_rate / single_rate if single_rate else None,
+        "batch_latency_seconds": batched["intake"]["batches"]["latency_seconds"],
+        "meets_intake_target": batch_rate >= BATCH_TARGET_PER_SECOND,
+        "meets_latency_target": p99 is not None and p99 < BATCH_TARGET_P99_SECONDS,
+        "invariants_ok": bool(single["invariants"]["ok"] and batched["invariants"]["ok"]),
+    }
+
+
+def batch_markdown(results: dict[str, Any]) -> str:
+    b = results["batch_intake"]
+    lat = b["batch_latency_seconds"]
+    ratio = "–" if b["batch_per_single"] is None else f"{b['batch_per_single']:.1f}×"
+    return (
+        "\n".join(
+            [
+                f"Batch intake ({b['batch_size']} per request, {b['batches_in_flight']} in flight), "
+                "against the single route in the same run:",
+                "",
+                "| single route accepted/s | batch accepted/s | batch / single | batch p50 / p99 / max ms "
+                f"| ≥ {BATCH_TARGET_PER_SECOND}/s | p99 < {BATCH_TARGET_P99_SECONDS:g} s | invariants |",
+                "| --- | --- | --- | --- | --- | --- | --- |",
+                f"| {b['single_accepted_per_second']:.0f} | {b['batch_accepted_per_second']:.0f} | {ratio} "
+                f"| {_ms(lat['p50'])} / {_ms(lat['p99'])} / {_ms(lat['max'])} "
+                f"| {'yes' if b['meets_intake_target'] else 'no'} "
+                f"| {'yes' if b['meets_latency_target'] else 'no'} "
+                f"| {'ok' if b['invariants_ok'] else 'FAILED'} |",
+            ]
+        )
+        + "\n"
+    )
 
 
 def crypto_ceiling_per_second(ceilings: dict[str, Any]) -> float:
@@ -541,6 +643,8 @@ def markdown(results: dict[str, Any]) -> str:
     for run in results["stamp"]:
         per = run["resources"]["cpu_seconds_per_certificate"]
         lines.append(f"- {run['name']}: " + ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in per.items()))
+    if "batch_intake" in results:
+        lines += ["", batch_markdown(results)]
     return "\n".join(lines) + "\n"
 
 
@@ -553,7 +657,14 @@ def main() -> int:
     parser.add_argument(
         "--no-two-instances", action="store_true", help="skip the run with two Stamp processes"
     )
-    parser.add_argument("--certificates", type=int, help="certificates of the main run (default 10,000)")
+    parser.add_argument(
+        "--batch-only",
+        action="store_true",
+        help="only the single route and batch intake runs, without the ceilings and the other runs",
+    )
+    parser.add_argument(
+        "-n", "--certificates", type=int, help="certificates of the main run (default 10,000)"
+    )
     parser.add_argument("--recipients", type=int, help="recipients of the main runs (default 1,000)")
     parser.add_argument("--commit-delay", type=float, default=0.2, help="registry commit delay, s (0.2)")
     parser.add_argument(
@@ -580,10 +691,11 @@ def main() -> int:
         wide_recipients=0 if quick else 10_000,
         full=args.full,
         two_instances=not args.no_two_instances,
+        batch_only=args.batch_only,
     )
     quiet_logs()
     results = asyncio.run(bench(args, plan))
-    text = markdown(results)
+    text = batch_markdown(results) if plan.batch_only else markdown(results)
     print(text)
     if args.json:
         args.json.write_text(orjson.dumps(results, option=orjson.OPT_INDENT_2).decode() + "\n")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -46,6 +47,25 @@ class RecipientCache:
             if len(self._entries) > self._size:
                 self._entries.popitem(last=False)
         return recipient
+
+    async def get_many(self, recipient_ids: Iterable[str]) -> dict[str, Recipient]:
+        """The known recipients among ``recipient_ids``, by id: those not cached in one query."""
+        found: dict[str, Recipient] = {}
+        missing: list[str] = []
+        for recipient_id in set(recipient_ids):
+            cached = self._entries.get(recipient_id)
+            if cached is None:
+                missing.append(recipient_id)
+            else:
+                self._entries.move_to_end(recipient_id)
+                found[recipient_id] = cached
+        if missing:
+            for recipient in await queries.get_recipients(self._pool, missing):
+                found[recipient.id] = recipient
+                self._entries[recipient.id] = recipient
+            while len(self._entries) > self._size:
+                self._entries.popitem(last=False)
+        return found
 
 
 @dataclass(slots=True)
@@ -92,8 +112,8 @@ class Backlog:
     def full(self) -> bool:
         return self.count >= self.limit
 
-    def added(self) -> None:
-        self.count += 1
+    def added(self, count: int = 1) -> None:
+        self.count += count
 
     async def refresh(self, pool: asyncpg.Pool) -> None:
         self.count = await queries.count_active(pool)

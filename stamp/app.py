@@ -34,7 +34,7 @@ from actors.supervisor import Supervisor
 from actors.wallet_gateway import WalletGateway
 from stamp import metrics
 from stamp.admission import Backlog, LiveCounts, RecipientCache
-from stamp.api import auth, metrics_http, openapi, withdrawals
+from stamp.api import auth, batch, metrics_http, openapi, withdrawals
 from stamp.api import routes as certificate_routes
 from stamp.api.problems import problem_middleware
 from stamp.api.runtime import RUNTIME, Runtime
@@ -252,13 +252,13 @@ def build_app(settings: Settings) -> web.Application:
     check_path_base(settings.path_base)
     app = web.Application(
         middlewares=[metrics_http.metrics_middleware, problem_middleware, auth.auth_middleware],
-        client_max_size=settings.max_body_bytes + 1024,
+        client_max_size=max(settings.max_body_bytes, settings.max_batch_body_bytes) + 1024,
     )
     app[SETTINGS] = settings
     app.cleanup_ctx.extend([database_ctx, crypto_pool_ctx, clients_ctx, actors_ctx, metrics_http.sampler_ctx])
     # Whether a route needs a token is decided here, once, by the table it comes from;
     # the auth middleware asks the route that matched (never the path's text).
-    protected = [*withdrawals.routes, *certificate_routes.routes]
+    protected = [*withdrawals.routes, *batch.routes, *certificate_routes.routes]
     open_to_all = [*certificate_routes.operations, *openapi.routes, *metrics_http.routes]
     opened: set[AbstractResource] = set()
     guarded: set[AbstractResource] = set()

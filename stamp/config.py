@@ -79,6 +79,10 @@ class Settings:
     max_in_flight: int = 512
     max_backlog: int = 200_000
     max_body_bytes: int = 64 * 1024
+    # POST /v1/certificates/batch: items per request, and its own body limit (a
+    # thousand certificates with attributes are about a megabyte).
+    max_batch: int = 1000
+    max_batch_body_bytes: int = 8 * 1024 * 1024
     max_attributes: int = 50
     max_attribute_length: int = 512
     crypto_workers: int = field(default_factory=lambda: os.cpu_count() or 1)
@@ -465,6 +469,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         max_in_flight=_read(env, problems, "STAMP_MAX_IN_FLIGHT", _positive_int, d.max_in_flight),
         max_backlog=_read(env, problems, "STAMP_MAX_BACKLOG", _positive_int, d.max_backlog),
         max_body_bytes=_read(env, problems, "STAMP_MAX_BODY_BYTES", _positive_int, d.max_body_bytes),
+        max_batch=_read(env, problems, "STAMP_MAX_BATCH", _positive_int, d.max_batch),
+        max_batch_body_bytes=_read(
+            env, problems, "STAMP_MAX_BATCH_BODY_BYTES", _positive_int, d.max_batch_body_bytes
+        ),
         max_attributes=_read(env, problems, "STAMP_MAX_ATTRIBUTES", _positive_int, d.max_attributes),
         max_attribute_length=_read(
             env, problems, "STAMP_MAX_ATTRIBUTE_LENGTH", _positive_int, d.max_attribute_length

@@ -139,6 +139,43 @@ def _wallet(**overrides: Any) -> dict[str, Any]:
     return wallet
 
 
+@pytest.mark.slow
+async def test_batch_loadtest_posts_batches_and_everything_is_delivered(
+    loadtest_dsn: str, tmp_path: Path
+) -> None:
+    report_path = tmp_path / "report.json"
+    command = [
+        sys.executable,
+        "-m",
+        "stamp.cli",
+        "loadtest",
+        "-n",
+        "120",
+        "-r",
+        "10",
+        "--batch",
+        "50",
+        "--commit-delay",
+        "0.05",
+        "--database-url",
+        loadtest_dsn,
+        "--no-progress",
+        "--json",
+        str(report_path),
+    ]
+    process = await asyncio.create_subprocess_exec(*command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    output, _ = await asyncio.wait_for(process.communicate(), 300)
+    text = output.decode(errors="replace")
+    assert process.returncode == 0, text
+    assert "result      OK" in text and "batches     3 of 50 certificates" in text
+    report = orjson.loads(report_path.read_bytes())
+    assert missing_fields(report) == []
+    assert report["intake"]["accepted"] == 120 and report["intake"]["refused"] == 0
+    assert report["intake"]["batches"]["sent"] == 3 and report["intake"]["batches"]["by_status"] == {"200": 3}
+    assert report["invariants"]["database_states"] == {"delivered": 120}
+    assert report["invariants"]["wallet_verified"] == 120
+
+
 def test_report_of_a_clean_run_is_ok_with_its_figures() -> None:
     report = _report(
         _wallet(), {"states": {"delivered": 2}, "duplicate_positions": 0, "recipients_with_gaps": 0}

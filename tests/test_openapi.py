@@ -312,6 +312,22 @@ def test_a_certificates_life_is_answered_as_documented(live: ThreadedStamp) -> N
     assert call(live, "GET", "/metrics").status_code == 200
 
 
+def test_a_mixed_batch_is_answered_as_documented(live: ThreadedStamp) -> None:
+    recipient_id = live.run(lambda stack: stack.create_recipient())
+    good = certificate_body(recipient_id)
+    items = [
+        good,
+        good,
+        {**good, "certificate": {**good["certificate"], "quantity": 7}},
+        {**good, "certificate": {**good["certificate"], "id": "0b6c4a52-8f53-4c3e-9a51-2f0f4d7c9e11"}},
+        certificate_body(recipient_id, certificate={"quantity": 0}),
+        certificate_body("3f1e8a4e-53c0-4a8b-9f0e-6d2d7b1c2a90"),
+    ]
+    answer = call(live, "POST", "/v1/certificates/batch", body={"certificates": items})
+    assert answer.status_code == 200
+    assert [i["status"] for i in answer.json()["items"]] == [202, 202, 409, 409, 400, 404]
+
+
 # Found by schemathesis and by hand: values a route passes on to PostgreSQL unchecked.
 # A request Stamp cannot serve is a 400 (documented), never a 500.
 _NUL = "Nar\x00nia"

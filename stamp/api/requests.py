@@ -666,6 +666,27 @@ def parse_new_certificate(
     )
 
 
+def parse_batch(body: object, *, max_items: int) -> list[object]:
+    """The items of a batch body, ``{"certificates": [ … ]}``, unparsed: each is judged
+    on its own by ``parse_new_certificate``, so one bad item does not refuse the rest."""
+    errors: list[FieldError] = []
+    m = _Members(_root(body), "", errors)
+    items = m.required("certificates")
+    m.finish()
+    if items is not _REPORTED:
+        if not isinstance(items, list):
+            m.error("certificates", f"must be an array of certificate requests, got {_kind(items)}")
+        elif not items:
+            m.error("certificates", "must not be empty")
+        elif len(items) > max_items:
+            m.error(
+                "certificates", f"has {len(items)} items; at most {max_items} are allowed (STAMP_MAX_BATCH)"
+            )
+    if errors:
+        raise ValidationProblem(errors)
+    return list(items)
+
+
 # --- query parameters ----------------------------------------------------------------
 
 

@@ -45,17 +45,17 @@ operations = web.RouteTableDef()
 """Health probes: open even when authentication is on."""
 
 
-def _status_url(request: web.Request, registry: str, certificate_id: str) -> str:
+def status_url(request: web.Request, registry: str, certificate_id: str) -> str:
     return f"{request.app[RUNTIME].settings.path_base}/v1/certificates/{registry}/{certificate_id}"
 
 
 def _accepted(request: web.Request, key: CertificateKey, state: str) -> web.Response:
     """202 with the certificate's current state; Location is where to follow it."""
-    status_url = _status_url(request, key.registry, key.certificate_id)
+    url = status_url(request, key.registry, key.certificate_id)
     return json_response(
-        {"id": key.certificate_id, "registryName": key.registry, "state": state, "statusUrl": status_url},
+        {"id": key.certificate_id, "registryName": key.registry, "state": state, "statusUrl": url},
         status=202,
-        headers={"Location": status_url},
+        headers={"Location": url},
     )
 
 
@@ -149,7 +149,7 @@ async def create_certificate(request: web.Request) -> web.Response:
         max_attributes=settings.max_attributes,
         max_attribute_length=settings.max_attribute_length,
     )
-    row = _new_row(new)
+    row = new_row(new)
     if runtime.backlog.full:
         existing = await withdrawals.find_conflicting(runtime.pool, row)
         if existing is None:
@@ -207,7 +207,7 @@ async def create_certificate(request: web.Request) -> web.Response:
     return _accepted(request, CertificateKey(new.registry_name, new.certificate_id), State.STORED.value)
 
 
-def _new_row(new: NewCertificate) -> queries.NewCertificateRow:
+def new_row(new: NewCertificate) -> queries.NewCertificateRow:
     return queries.NewCertificateRow(
         registry_name=new.registry_name,
         certificate_id=new.certificate_id,
@@ -241,8 +241,15 @@ def _stored_as_new(existing: asyncpg.Record) -> NewCertificate:
 
 
 def _answer_existing(request: web.Request, new: NewCertificate, existing: asyncpg.Record) -> web.Response:
-    """An identical re-post is answered like the first post; anything else is a 409.
-    A withdrawn certificate is never issued again, not even for an identical re-post."""
+    """An identical re-post is answered like the first post; anything else is a 409."""
+    state = judge_existing(new, existing)
+    return _accepted(request, CertificateKey(new.registry_name, new.certificate_id), state)
+
+
+def judge_existing(new: NewCertificate, existing: asyncpg.Record) -> str:
+    """The state of the stored certificate ``new`` repeats identically; else raises the
+    409 that says why not. A withdrawn certificate is never issued again, not even for
+    an identical re-post."""
     same_key = existing["registry_name"] == new.registry_name and existing["id"] == new.certificate_id
     if same_key and existing["withdrawn"]:
         raise problems.Conflict(
@@ -250,7 +257,8 @@ def _answer_existing(request: web.Request, new: NewCertificate, existing: asyncp
             "certify the period again with a new certificate id"
         )
     if same_key and bytes(existing["request_digest"]) == new.canonical_digest():
-        return _accepted(request, CertificateKey(new.registry_name, new.certificate_id), existing["state"])
+        state: str = existing["state"]
+        return state
     if same_key:
         differences = new.differences(_stored_as_new(existing))
         raise problems.Conflict(
@@ -377,7 +385,7 @@ async def redeliver_certificate(request: web.Request) -> web.Response:
     return json_response(
         _redelivery_view(request, outcomes[0]),
         status=202,
-        headers={"Location": _status_url(request, key.registry, key.certificate_id)},
+        headers={"Location": status_url(request, key.registry, key.certificate_id)},
     )
 
 
@@ -407,7 +415,7 @@ def _redelivery_view(request: web.Request, requested: queries.RedeliveryRequeste
         "id": key.certificate_id,
         "registryName": key.registry,
         "redelivery": requested.outcome.value,
-        "statusUrl": _status_url(request, key.registry, key.certificate_id),
+        "statusUrl": status_url(request, key.registry, key.certificate_id),
     }
 
 

@@ -43,6 +43,11 @@ SELECT id::text, wallet_endpoint_version, wallet_endpoint_url, wallet_public_key
 FROM recipients WHERE id = $1
 """
 
+SELECT_RECIPIENTS = """
+SELECT id::text, wallet_endpoint_version, wallet_endpoint_url, wallet_public_key
+FROM recipients WHERE id = ANY($1::uuid[])
+"""
+
 # Exactly one row (the group commit needs one), the URL NULL for an unknown recipient.
 SELECT_RECIPIENT_ENDPOINT = """
 SELECT (SELECT wallet_endpoint_url FROM recipients WHERE id = $1::uuid) AS wallet_endpoint_url
@@ -87,6 +92,10 @@ def _record_columns(t: str) -> str:
 {t}.transaction_id, {t}.transaction, {t}.blinding, {t}.salts, {t}.failed_step,
 {t}.redelivery_requested_at IS NOT NULL AS redelivery
 """
+
+
+CERTIFICATE_RECORD_COLUMNS = _record_columns("certificates")
+"""The columns ``record_from_row`` reads, of the ``certificates`` table (for RETURNING)."""
 
 
 # Intake: the row and its CertificateStored event in one statement, answered with the
@@ -324,6 +333,15 @@ async def get_recipient(conn: Conn, recipient_id: str) -> Recipient | None:
     return Recipient(
         row["id"], row["wallet_endpoint_version"], row["wallet_endpoint_url"], row["wallet_public_key"]
     )
+
+
+async def get_recipients(conn: Conn, recipient_ids: Sequence[str]) -> list[Recipient]:
+    """The recipients among ``recipient_ids`` that exist, in one query."""
+    rows = await conn.fetch(SELECT_RECIPIENTS, list(recipient_ids))
+    return [
+        Recipient(r["id"], r["wallet_endpoint_version"], r["wallet_endpoint_url"], r["wallet_public_key"])
+        for r in rows
+    ]
 
 
 @dataclass(frozen=True, slots=True)

@@ -198,6 +198,77 @@ async def _drive_open(
         await asyncio.gather(*tasks)
 
 
+@dataclass(slots=True)
+class BatchOutcome:
+    """One batch POST: its HTTP status (0: no answer), size and latency."""
+
+    status: int
+    size: int
+    latency: float
+
+
+async def post_batch(
+    http: aiohttp.ClientSession, url: str, items: Sequence[tuple[str, int, bytes]]
+) -> tuple[BatchOutcome, list[Outcome]]:
+    """POST one batch; the batch's outcome and one Outcome per item, with the item's
+    own status from the answer (or the batch's status when it was refused whole)."""
+    body = b'{"certificates":[' + b",".join(item for _, _, item in items) + b"]}"
+    started = time.monotonic()
+    statuses: list[int] = []
+    try:
+        async with http.post(url, data=body, headers=JSON_HEADERS) as response:
+            data = await response.read()
+            status = response.status
+        if status == 200:
+            statuses = [entry["status"] for entry in orjson.loads(data)["items"]]
+    except (aiohttp.ClientError, TimeoutError, OSError, orjson.JSONDecodeError, KeyError, TypeError):
+        status = 0
+    latency = time.monotonic() - started
+    answered_at = time.time()
+    if len(statuses) != len(items):
+        statuses = [status if status != 200 else 0] * len(items)
+    outcomes = [
+        Outcome(certificate_id, recipient, item_status, latency, answered_at)
+        for (certificate_id, recipient, _), item_status in zip(items, statuses, strict=True)
+    ]
+    return BatchOutcome(status, len(items), latency), outcomes
+
+
+async def drive_batches(
+    http: aiohttp.ClientSession,
+    targets: Sequence[str],
+    total: int,
+    batch_size: int,
+    concurrency: int,
+    make_body: Callable[[int], tuple[str, int, bytes]],
+    on_outcome: Callable[[Outcome], None] | None = None,
+) -> tuple[list[Outcome], list[BatchOutcome]]:
+    """Post ``total`` certificates in batches of ``batch_size`` to the batch route, as
+    fast as possible with ``concurrency`` batches in flight, round robin over ``targets``."""
+    urls = [t.rstrip("/") + "/v1/certificates/batch" for t in targets]
+    outcomes: list[Outcome] = []
+    batches: list[BatchOutcome] = []
+    starts = list(range(0, max(0, total), max(1, batch_size)))
+    next_batch = 0
+
+    async def worker() -> None:
+        nonlocal next_batch
+        while next_batch < len(starts):
+            number = next_batch
+            next_batch += 1
+            first = starts[number]
+            items = [make_body(i) for i in range(first, min(total, first + batch_size))]
+            batch, item_outcomes = await post_batch(http, urls[number % len(urls)], items)
+            batches.append(batch)
+            for outcome in item_outcomes:
+                outcomes.append(outcome)
+                if on_outcome is not None:
+                    on_outcome(outcome)
+
+    await asyncio.gather(*(worker() for _ in range(min(max(1, concurrency), max(1, len(starts))))))
+    return outcomes, batches
+
+
 async def create_recipients(
     http: aiohttp.ClientSession, wallet_url: str, stamp_url: str, count: int, concurrency: int = 32
 ) -> list[str]:

@@ -100,6 +100,17 @@ def missing_fields(report: Mapping[str, Any]) -> list[str]:
     return missing
 
 
+def _batch_lines(intake: Mapping[str, Any]) -> list[str]:
+    batches = intake.get("batches")
+    if not batches:
+        return []
+    lat = batches["latency_seconds"]
+    return [
+        f"  batches     {batches['sent']} of {batches['size']} certificates; "
+        f"latency p50 {_ms(lat['p50'])} ms  p99 {_ms(lat['p99'])} ms  max {_ms(lat['max'])} ms"
+    ]
+
+
 def _ms(value: float | None) -> str:
     return "   n/a" if value is None else f"{value * 1000:6.0f}"
 
@@ -135,6 +146,7 @@ def render(report: Mapping[str, Any]) -> str:
         f"  202 latency p50 {_ms(lat['p50'])} ms  p95 {_ms(lat['p95'])} ms  p99 {_ms(lat['p99'])} ms  "
         f"max {_ms(lat['max'])} ms  (in Stamp's handlers: p99 "
         f"{_ms(intake.get('server_latency_p99_seconds'))} ms)",
+        *_batch_lines(intake),
         f"  pipeline    {pipeline['delivered']} delivered, {pipeline['rejected']} rejected, "
         f"{pipeline['failed']} failed in {pipeline['seconds']:.1f} s = "
         f"{pipeline['delivered_per_second']:.1f} delivered/s",

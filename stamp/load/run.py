@@ -32,7 +32,15 @@ import psutil
 import structlog
 
 from stamp.load import scrape as metrics_scrape
-from stamp.load.driver import CertificateFactory, Outcome, Schedule, create_recipients, drive
+from stamp.load.driver import (
+    BatchOutcome,
+    CertificateFactory,
+    Outcome,
+    Schedule,
+    create_recipients,
+    drive,
+    drive_batches,
+)
 from stamp.load.report import machine, missing_fields, percentiles, render
 from stamp.load.stack import (
     LocalStack,
@@ -64,6 +72,9 @@ class LoadOptions:
     work_dir: Path | None = None
     progress: bool = True
     postgres_pid: int | None = None  # a given server's postmaster: its CPU time is reported
+    # Certificates per POST /v1/certificates/batch (0: one per POST /v1/certificates);
+    # then ``schedule.concurrency`` counts batches in flight.
+    batch: int = 0
 
 
 # --- CLI -------------------------------------------------------------------------------
@@ -86,7 +97,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="stepped open arrivals, e.g. 20x60,40x60,80x60 (overrides -n and --rate)",
     )
     load.add_argument(
-        "-c", "--concurrency", type=int, default=64, help="requests in flight when as fast as possible (64)"
+        "-c",
+        "--concurrency",
+        type=int,
+        help="requests in flight when as fast as possible (64; with --batch: batches in flight, 2)",
+    )
+    load.add_argument(
+        "--batch",
+        type=int,
+        default=0,
+        metavar="N",
+        help="post N certificates per request to POST /v1/certificates/batch (as fast as possible only)",
     )
     where = parser.add_argument_group("where Stamp runs (default: a local stack started here)")
     where.add_argument(
@@ -133,7 +154,14 @@ def options_from_args(args: argparse.Namespace) -> LoadOptions:
     elif args.rate:
         schedule = Schedule.constant(args.rate, args.certificates)
     else:
-        schedule = Schedule.closed(args.certificates, args.concurrency)
+        default_concurrency = 2 if args.batch else 64
+        schedule = Schedule.closed(args.certificates, args.concurrency or default_concurrency)
+    if args.batch and schedule.open:
+        raise SystemExit(
+            "stamp loadtest: --batch posts as fast as possible; it does not take --rate or --steps"
+        )
+    if args.batch < 0:
+        raise SystemExit("stamp loadtest: --batch must be a positive number of certificates")
     if args.target and not args.wallet:
         raise SystemExit("stamp loadtest: --target needs --wallet (the wallet simulator's URL)")
     stamp_env = {}
@@ -156,6 +184,7 @@ def options_from_args(args: argparse.Namespace) -> LoadOptions:
         drain_timeout=args.drain_timeout,
         work_dir=args.work_dir,
         progress=not args.no_progress,
+        batch=args.batch,
     )
 
 
@@ -282,7 +311,19 @@ async def _measure(
         _say(options, f"posting: {options.schedule.describe()}")
         started_wall, started = time.time(), time.monotonic()
         try:
-            outcomes = await drive(http, targets, options.schedule, factory.body, on_outcome)
+            batches: list[BatchOutcome] | None = None
+            if options.batch:
+                outcomes, batches = await drive_batches(
+                    http,
+                    targets,
+                    options.schedule.total,
+                    options.batch,
+                    options.schedule.concurrency,
+                    factory.body,
+                    on_outcome,
+                )
+            else:
+                outcomes = await drive(http, targets, options.schedule, factory.body, on_outcome)
             intake_seconds = time.monotonic() - started
             await _drain(live, accepted, options.drain_timeout)
             wallet = await _wallet_slices(http, wallet_url, set(accepted))
@@ -328,9 +369,10 @@ async def _measure(
             final,
             "stamp_http_request_duration_seconds",
             method="POST",
-            route="/v1/certificates",
-            status="202",
+            route="/v1/certificates/batch" if options.batch else "/v1/certificates",
+            status="200" if options.batch else "202",
         ),
+        batches=batches,
     )
 
 
@@ -475,6 +517,7 @@ def build_report(
     lag_buckets: dict[float, float],
     intake_buckets: dict[float, float] | None = None,
     counters: dict[str, float] | None = None,
+    batches: list[BatchOutcome] | None = None,
 ) -> dict[str, Any]:
     finished = live.finished()
     received = {s["certificateId"]: s["receivedAt"] for s in wallet["verified"] + wallet["invalid"]}
@@ -540,6 +583,17 @@ def build_report(
             # the answer: the rest of the client's figure is waiting for a CPU or for
             # the event loop to read the request.
             "server_latency_p99_seconds": metrics_scrape.histogram_quantile(0.99, intake_buckets or {}),
+            # With --batch: each POST /v1/certificates/batch (an item's latency is its batch's).
+            "batches": None
+            if batches is None
+            else {
+                "size": options.batch,
+                "sent": len(batches),
+                "by_status": {
+                    str(b): sum(1 for x in batches if x.status == b) for b in {x.status for x in batches}
+                },
+                "latency_seconds": percentiles([b.latency for b in batches if b.status == 200]),
+            },
         },
         "pipeline": {
             "delivered": delivered,
