@@ -19,6 +19,14 @@ the event(s) in brackets to the history):
     issued_in_registry    ─▶ MARK [CertificateMarkedAsIssued]  (only left over by older versions)
     marked_as_issued      ─ (CLAIM_DELIVERY unless this driver just entered the state)
                           ─ Deliver ─▶ wallet 2xx: DELIVER [CertificateSentToWallet]
+    marked_as_issued, withdrawn ─▶ WITHHOLD → withheld [CertificateNotDelivered]
+
+A withdrawn certificate still goes through its issuance (the registry can only
+withdraw a stream it holds) but its slice is never delivered (``withheld_from_wallet``).
+Every write answers the ``withdrawn`` flag with the new version, so a withdrawal
+recorded while the certificate was being driven is seen at the next write; one
+recorded after the last write before the delivery cannot stop the delivery already
+on its way, and the history then shows the withdrawal before CertificateSentToWallet.
 
 Retry and failure rules, all of them:
 
@@ -101,6 +109,7 @@ class Written:
 
     expected: int
     version: int | None
+    withdrawn: bool = False  # the row's flag as the write found it
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +165,7 @@ class WriteKind(enum.Enum):
     RECORD_TRANSACTION = "record_transaction"
     ISSUE_AND_MARK = "issue_and_mark"
     ADVANCE = "advance"
+    WITHHOLD = "withhold"
     REJECT = "reject"
     FAIL = "fail"
     CLAIM_DELIVERY = "claim_delivery"
@@ -372,6 +382,22 @@ def advance(journey: Journey, event: LifecycleEvent, rules: Rules) -> tuple[Jour
     raise AssertionError(f"unhandled event {event!r}")  # pragma: no cover
 
 
+WITHHELD_REASON = "withdrawn before its slice was delivered: the slice is not delivered to the wallet"
+
+
+def withheld_from_wallet(record: CertificateRecord) -> bool:
+    """Whether the certificate's slice must not go to the wallet: it is withdrawn and
+    not yet delivered. The wallet would otherwise hold a certificate the issuing body
+    has already withdrawn (it learns of the withdrawal from the feed only if it knew
+    the certificate)."""
+    return record.withdrawn and record.state in (
+        State.STORED,
+        State.SENT_TO_REGISTRY,
+        State.ISSUED_IN_REGISTRY,
+        State.MARKED_AS_ISSUED,
+    )
+
+
 def delivered_write(expected: int, status: int | None) -> Write:
     """The write that records a wallet's 2xx."""
     return Write(WriteKind.ADVANCE, expected, State.DELIVERED, Event.SENT_TO_WALLET, {"status": status})
@@ -419,6 +445,10 @@ def _next(journey: Journey, rules: Rules) -> tuple[Journey, tuple[Effect, ...]]:
         return _await(journey, Awaiting.ALLOCATION), (
             Allocate(record.key, record.recipient_id, record.version),
         )
+    if state is State.MARKED_AS_ISSUED and withheld_from_wallet(record):
+        return _persist(
+            journey, WriteKind.WITHHOLD, State.WITHHELD, Event.NOT_DELIVERED, {"reason": WITHHELD_REASON}
+        )
     if state in (State.STORED, State.MARKED_AS_ISSUED) and journey.recipient is None:
         return _await(journey, Awaiting.RECIPIENT), (LoadRecipient(record.recipient_id),)
     if state is State.STORED:
@@ -452,7 +482,13 @@ def _written(journey: Journey, event: Written, rules: Rules) -> tuple[Journey, t
             f"stale transition to {write.state}: the certificate was changed by another writer",
         )
     previous = journey.record
-    record = dataclasses.replace(previous, state=write.state, version=event.version, **write.changes)
+    record = dataclasses.replace(
+        previous,
+        state=write.state,
+        version=event.version,
+        withdrawn=previous.withdrawn or event.withdrawn,
+        **write.changes,
+    )
     journey = dataclasses.replace(
         journey,
         record=record,
