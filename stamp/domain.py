@@ -54,7 +54,6 @@ class Delivery(enum.Enum):
     """How a wallet took a slice."""
 
     DELIVERED = "delivered"
-    WITHHELD = "withheld"  # issued, then withdrawn before delivery: the slice is not delivered
     REJECTED = "rejected"  # permanent for this delivery
     TRANSIENT = "transient"  # retry the same body
 

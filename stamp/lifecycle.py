@@ -398,6 +398,19 @@ def withheld_from_wallet(record: CertificateRecord) -> bool:
     )
 
 
+def _withhold(journey: Journey) -> tuple[Journey, tuple[Effect, ...]]:
+    # Earlier wallet attempts that got no 2xx may still have reached the wallet (a
+    # timeout): the history says so rather than claim the wallet holds nothing.
+    earlier = max(journey.attempts, journey.record.attempts)
+    detail: dict[str, Any] = {"reason": WITHHELD_REASON, "failedDeliveryAttempts": earlier}
+    if earlier:
+        detail["note"] = (
+            "an earlier delivery attempt got no answer and may have reached the wallet; "
+            "the wallet drops the certificate when it reads the withdrawal feed"
+        )
+    return _persist(journey, WriteKind.WITHHOLD, State.WITHHELD, Event.NOT_DELIVERED, detail)
+
+
 def delivered_write(expected: int, status: int | None) -> Write:
     """The write that records a wallet's 2xx."""
     return Write(WriteKind.ADVANCE, expected, State.DELIVERED, Event.SENT_TO_WALLET, {"status": status})
@@ -446,9 +459,7 @@ def _next(journey: Journey, rules: Rules) -> tuple[Journey, tuple[Effect, ...]]:
             Allocate(record.key, record.recipient_id, record.version),
         )
     if state is State.MARKED_AS_ISSUED and withheld_from_wallet(record):
-        return _persist(
-            journey, WriteKind.WITHHOLD, State.WITHHELD, Event.NOT_DELIVERED, {"reason": WITHHELD_REASON}
-        )
+        return _withhold(journey)
     if state in (State.STORED, State.MARKED_AS_ISSUED) and journey.recipient is None:
         return _await(journey, Awaiting.RECIPIENT), (LoadRecipient(record.recipient_id),)
     if state is State.STORED:
