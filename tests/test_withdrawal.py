@@ -299,6 +299,37 @@ async def test_a_certificate_failed_at_the_registry_step_is_withdrawn_once_retri
     await wait_withheld_and_withdrawn(stack, certificate_id)
 
 
+async def test_a_certificate_that_failed_before_its_transaction_was_built_is_moot_at_once(
+    stack: Stack,
+) -> None:
+    # A certificate left failed at the crypto step by an earlier run (e.g. its grid
+    # area's key was missing then): the row as that failure wrote it, in the real schema.
+    recipient = await stack.create_recipient()
+    certificate_id = str(uuid.uuid4())
+    await stack.pool.execute(
+        "INSERT INTO certificates (registry_name, id, recipient_id, metering_point_id, certificate_type, "
+        "quantity, period_start, period_end, grid_area, request_digest, state, failed_step, failure_reason, "
+        "attempts) VALUES ($1, $2, $3, '571234567890999999', 2, 10, 1700000000, 1700003600, $4, "
+        "'\\x00', 'failed', 'crypto', 'signing failed', 5)",
+        REGISTRY,
+        certificate_id,
+        recipient,
+        GRID_AREA,
+    )
+    status, answer = await withdraw(stack, certificate_id)
+    assert status == 201, answer
+    row = await withdrawals.get_withdrawal(stack.pool, CertificateKey(REGISTRY, certificate_id))
+    assert row is not None and row["state"] == "moot"  # in the same transaction as the 201
+    assert "never sent to the registry" in row["reason"]
+    _, page = await feed(stack, f"?lastWithdrawnId={answer['id'] - 1}")
+    assert answer["id"] not in [w["id"] for w in page["result"]]
+    assert await event_types(stack, certificate_id) == ["CertificateWithdrawn", "CertificateWithdrawalMoot"]
+    async with stack.http.post(f"{stack.base}/v1/certificates/{REGISTRY}/{certificate_id}/retry") as response:
+        assert response.status == 409  # never issued now: the withdrawal stays moot
+    await asyncio.sleep(0.6)
+    assert stack.registry.stream(certificate_id) is None
+
+
 async def test_a_withdrawal_is_moot_when_the_registry_rejects_the_issuance(stack: Stack) -> None:
     body = certificate_body(await stack.create_recipient())
     certificate_id = body["certificate"]["id"]
