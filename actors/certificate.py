@@ -97,7 +97,10 @@ class CertificateActor(StampActor):
         self.supervisor = supervisor
         self.recipients = recipients
         self.rules = rules or rules_of(deps)
-        self.holds_recipient = False  # counted as a user of the recipient's actor
+        # Counted as a user of the recipient's actor from its allocation until it stops:
+        # the actor then lives while a certificate of its recipient is in flight, and a
+        # busy recipient keeps one thread instead of starting one per allocation.
+        self.holds_recipient = False
         self.step_started = time.monotonic()
         self.queue: deque[lc.LifecycleEvent] = deque()
         self.finished: CertificateFinished | None = None  # told to the supervisor on stop
@@ -143,7 +146,6 @@ class CertificateActor(StampActor):
                 self.holds_recipient = True
                 self.recipients.allocate(recipient_id, AllocatePosition(key, version, self.actor_ref))
             case lc.LoadRecipient(recipient_id=recipient_id):
-                self._release_recipient()  # the position is persisted: its actor is not needed
                 self._load_recipient(recipient_id)
             case lc.Build(record=record, recipient=recipient):
                 self._build(record, recipient)

@@ -5,10 +5,11 @@ next one, so a busy recipient costs one statement per batch, not per certificate
 The counter itself lives in the recipient row and is advanced under its row lock, so
 positions stay unique even across processes; the actor only saves contention.
 
-A recipient's actor lives only while one of its certificates waits for a position
+A recipient's actor lives only while one of its certificates is in flight
 (``RecipientDirectory``): certificate actors reach it directly, count themselves in
-and out, and the last one out stops it. Live recipient actors are therefore never
-more than live certificate actors, under any load.
+when they ask for a position and out when they stop, and the last one out stops it.
+Live recipient actors are therefore never more than live certificate actors, under
+any load.
 """
 
 from __future__ import annotations
@@ -126,8 +127,9 @@ class _Entry:
 
 
 class RecipientDirectory:
-    """The live recipient actors, one per recipient with a certificate waiting for a
-    position. Thread-safe: certificate actors call it from their own threads."""
+    """The live recipient actors, one per recipient with a certificate in flight that
+    asked it for a position. Thread-safe: certificate actors call it from their own
+    threads."""
 
     def __init__(self, start: Callable[[str], Ref]) -> None:
         self._start = start
@@ -148,8 +150,8 @@ class RecipientDirectory:
             tell_quietly(entry.ref, request)
 
     def release(self, recipient_id: str) -> None:
-        """The certificate no longer needs the actor (answered, finished or crashed);
-        the last one out stops it. Whatever it still has under way answers nobody who
+        """The certificate no longer needs the actor (finished or crashed); the last
+        one out stops it. Whatever it still has under way answers nobody who
         waits (every user has left), and a position it persists stays persisted."""
         with self._lock:
             entry = self._entries.get(recipient_id)

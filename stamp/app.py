@@ -24,6 +24,7 @@ import asyncpg
 import pykka
 import structlog
 from aiohttp import web
+from aiohttp.web_urldispatcher import AbstractResource
 
 from actors.bridge import LoopBridge, tell_from_loop
 from actors.deps import ActorDeps
@@ -37,7 +38,7 @@ from stamp.api import auth, metrics_http, openapi, withdrawals
 from stamp.api import routes as certificate_routes
 from stamp.api.problems import problem_middleware
 from stamp.api.runtime import RUNTIME, Runtime
-from stamp.config import Settings
+from stamp.config import Settings, check_path_base
 from stamp.crypto import backend
 from stamp.db import queries
 from stamp.db.batcher import StatementBatcher
@@ -248,16 +249,28 @@ async def _refresh_backlog(runtime: Runtime) -> None:
 
 
 def build_app(settings: Settings) -> web.Application:
+    check_path_base(settings.path_base)
     app = web.Application(
         middlewares=[metrics_http.metrics_middleware, problem_middleware, auth.auth_middleware],
         client_max_size=settings.max_body_bytes + 1024,
     )
     app[SETTINGS] = settings
     app.cleanup_ctx.extend([database_ctx, crypto_pool_ctx, clients_ctx, actors_ctx, metrics_http.sampler_ctx])
+    # Whether a route needs a token is decided here, once, by the table it comes from;
+    # the auth middleware asks the route that matched (never the path's text).
+    protected = [*withdrawals.routes, *certificate_routes.routes]
+    open_to_all = [*certificate_routes.operations, *openapi.routes, *metrics_http.routes]
+    opened: set[AbstractResource] = set()
+    guarded: set[AbstractResource] = set()
     # Like the existing Stamp, every route answers with and without the path base.
     bases = [""] if not settings.path_base else ["", settings.path_base]
     for base in bases:
-        for route in [*withdrawals.routes, *certificate_routes.routes, *openapi.routes, *metrics_http.routes]:
+        for route in [*protected, *open_to_all]:
             assert isinstance(route, web.RouteDef)
-            app.router.add_route(route.method, base + route.path, route.handler)
+            resource = app.router.add_route(route.method, base + route.path, route.handler).resource
+            assert resource is not None
+            (opened if route in open_to_all else guarded).add(resource)
+    if opened & guarded:
+        raise ValueError("a path serves both open and protected routes")
+    app[auth.OPEN_RESOURCES] = frozenset(opened)
     return app

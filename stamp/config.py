@@ -37,6 +37,12 @@ from stamp.gateways.endpoint_allow import EndpointAllowList
 
 T = TypeVar("T")
 
+ROUTE_PREFIXES = ("/v1", "/health", "/metrics", "/openapi.json", "/docs")
+"""The first path segment of every route Stamp serves (a test holds the routes to it).
+A path base may not be one of them: ``STAMP_PATH_BASE=/v1`` would make ``/v1/v1/…``
+and ``/v1/…`` two spellings of different routes, and protection must never depend on
+which one a reader had in mind."""
+
 LEGACY_ISSUER_KEY_PREFIX = "IssuerPrivateKeyPems__"
 """The existing Stamp's form: one variable per grid area holding Base64 of the PEM."""
 
@@ -104,6 +110,13 @@ class Settings:
     shutdown_timeout_seconds: float = 20.0
     log_format: str = "json"
     log_level: str = "info"
+    # Slow and idle HTTP clients (stamp/api/connections.py, docs/security.md).
+    http_header_timeout_seconds: float = 10.0
+    http_body_timeout_seconds: float = 30.0
+    # Longer than a load balancer's idle timeout (AWS ALB 60 s), so that the balancer,
+    # not Stamp, closes an idle pooled connection and never sends on a closing one.
+    http_keepalive_timeout_seconds: float = 75.0
+    http_max_connections: int = 1024
     # Bearer authentication of /v1 (docs/authentication.md); off when both are empty.
     # SHA-256 digests of the static tokens: the tokens themselves are never kept.
     auth_tokens: tuple[bytes, ...] = field(default=(), repr=False)
@@ -177,6 +190,13 @@ def _non_negative_float(raw: str) -> float:
     return value
 
 
+def _positive_float(raw: str) -> float:
+    value = float(raw)
+    if not value > 0:  # also refuses nan
+        raise ValueError("must be a positive number")
+    return value
+
+
 def _bool(raw: str) -> bool:
     lowered = raw.lower()
     if lowered in {"1", "true", "yes", "on"}:
@@ -199,7 +219,20 @@ def _path_base(raw: str) -> str:
         return ""
     if not re.fullmatch(r"(/[A-Za-z0-9._~-]+)+", base):
         raise ValueError("must be a URL path such as /api")
+    check_path_base(base)
     return base
+
+
+def check_path_base(base: str) -> None:
+    """ValueError if the path base begins with the first segment of a route of Stamp's."""
+    if not base:
+        return
+    first = "/" + base.split("/")[1].lower()
+    if first in ROUTE_PREFIXES:
+        raise ValueError(
+            f"collides with Stamp's own routes under {first}; choose another prefix, such as /api "
+            f"(reserved: {', '.join(ROUTE_PREFIXES)})"
+        )
 
 
 def _pairs(raw: str) -> list[tuple[str, str]]:
@@ -486,6 +519,22 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         ),
         log_format=log_format,
         log_level=log_level,
+        http_header_timeout_seconds=_read(
+            env, problems, "STAMP_HTTP_HEADER_TIMEOUT_SECONDS", _positive_float, d.http_header_timeout_seconds
+        ),
+        http_body_timeout_seconds=_read(
+            env, problems, "STAMP_HTTP_BODY_TIMEOUT_SECONDS", _positive_float, d.http_body_timeout_seconds
+        ),
+        http_keepalive_timeout_seconds=_read(
+            env,
+            problems,
+            "STAMP_HTTP_KEEPALIVE_TIMEOUT_SECONDS",
+            _positive_float,
+            d.http_keepalive_timeout_seconds,
+        ),
+        http_max_connections=_read(
+            env, problems, "STAMP_HTTP_MAX_CONNECTIONS", _positive_int, d.http_max_connections
+        ),
         auth_tokens=_auth_tokens(env, problems),
         auth_jwt=_auth_jwt(env, problems),
     )

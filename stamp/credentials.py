@@ -90,6 +90,18 @@ def parse_token_spec(spec: str) -> bytes:
     return token_digest(spec)
 
 
+def check_token_syntax(token: str) -> None:
+    """InvalidCredentials unless the token is an RFC 6750 b64token of sane length: what
+    a client can lawfully send after "Bearer ". Anything else (bytes aiohttp decoded as
+    surrogates, spaces, control characters) is refused before it is hashed or parsed."""
+    if not token:
+        raise InvalidCredentials("empty token")
+    if len(token) > MAX_TOKEN_LENGTH:
+        raise InvalidCredentials("token too long")
+    if not _B64TOKEN.fullmatch(token):
+        raise InvalidCredentials("malformed token")
+
+
 def match_token(digests: Sequence[bytes], token: str) -> int | None:
     """The index of the configured digest the token hashes to, or None. Every digest
     is compared, in constant time, so the answer time does not depend on which one
@@ -315,15 +327,34 @@ def verify_jwt(policy: JwtPolicy, token: str) -> dict[str, Any]:
             # The signature checked out (PyJWT verifies it before the claims): the
             # claims are what is wrong, and no other key would change that.
             raise InvalidCredentials(type(exc).__name__) from None
+        _check_time_claims(claims)
         return claims
     raise InvalidCredentials("signature does not verify")
 
 
+TIME_CLAIMS: Final = ("exp", "nbf", "iat")
+
+
+def _check_time_claims(claims: Mapping[str, Any]) -> None:
+    """RFC 7519 §2 NumericDate: a JSON number. PyJWT also takes ``"1700000000"`` (it
+    calls int() on it), and a value one verifier reads as a number and another as
+    garbage is how two services come to disagree on a token's validity."""
+    for name in TIME_CLAIMS:
+        if name in claims:
+            value = claims[name]
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise InvalidCredentials(f"claim {name} is not a number")
+
+
 def _candidates(keys: Iterable[JwtKey], alg: str, kid: str | None) -> list[JwtKey]:
-    usable = [k for k in keys if alg in k.algorithms]
+    """The keys that may have signed a token with this ``alg`` and ``kid``. A ``kid``
+    some configured key carries selects exactly the keys with that id, whatever the
+    algorithm: a token naming one key is never verified by another. Only a ``kid`` no
+    key carries falls back to the keys configured without one."""
+    keys = list(keys)
     if kid is not None:
-        named = [k for k in usable if k.kid == kid]
+        named = [k for k in keys if k.kid == kid]
         if named:
-            return named
-        return [k for k in usable if k.kid is None]
-    return usable
+            return [k for k in named if alg in k.algorithms]
+        return [k for k in keys if k.kid is None and alg in k.algorithms]
+    return [k for k in keys if alg in k.algorithms]

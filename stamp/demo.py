@@ -22,6 +22,7 @@ import orjson
 import structlog
 from aiohttp import web
 
+from stamp.api.connections import make_runner
 from stamp.app import POOL, build_app
 from stamp.config import Settings
 from stamp.crypto.issuer_keys import IssuerKey
@@ -122,7 +123,7 @@ async def _run(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
         instance_id="demo",
     )
     app = build_app(settings)
-    runner = web.AppRunner(app, access_log=None)
+    runner = make_runner(app, settings)
     print("starting embedded PostgreSQL, simulators and Stamp …")
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", settings.port)

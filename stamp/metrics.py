@@ -92,6 +92,11 @@ HTTP_REQUESTS = Histogram(
     ["method", "route", "status"],
     buckets=_HTTP_BUCKETS,
 )
+HTTP_CONNECTIONS_CLOSED = Counter(
+    "stamp_http_connections_closed",
+    "Connections Stamp cut off: too slow with the headers or the body, or over the connection limit",
+    ["reason"],
+)
 
 HANDOFFS = Counter(
     "stamp_actor_handoffs",
@@ -124,6 +129,12 @@ def set_crypto_backend(name: str, requested: str) -> None:
     """One series at 1: the backend this Stamp's crypto workers run."""
     CRYPTO_BACKEND.clear()
     CRYPTO_BACKEND.labels(backend=name, requested=requested).set(1)
+
+
+def http_connection_closed(reason: str) -> None:
+    """A connection was closed by a guard (``header_timeout``, ``body_timeout``,
+    ``connection_limit``)."""
+    HTTP_CONNECTIONS_CLOSED.labels(reason).inc()
 
 
 def certificate_received(key: CertificateKey | None = None) -> None:

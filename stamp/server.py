@@ -17,6 +17,7 @@ import signal
 import structlog
 from aiohttp import web
 
+from stamp.api.connections import make_runner
 from stamp.api.runtime import RUNTIME
 from stamp.app import build_app, drain
 from stamp.config import Settings
@@ -27,8 +28,8 @@ EXIT_AT_ONCE = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 async def serve(settings: Settings) -> int:
     app = build_app(settings)
-    runner = web.AppRunner(
-        app, handle_signals=False, access_log=None, shutdown_timeout=settings.shutdown_timeout_seconds
+    runner = make_runner(
+        app, settings, handle_signals=False, shutdown_timeout=settings.shutdown_timeout_seconds
     )
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port)

@@ -18,6 +18,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from stamp.api.connections import make_runner
 from stamp.app import POOL, build_app
 from stamp.config import RetryPolicy, Settings
 from stamp.crypto.issuer_keys import IssuerKey
@@ -130,7 +131,7 @@ async def serving(
 ) -> AsyncIterator[Stack]:
     """One Stamp (in-process) on running simulators; leaving it and serving again is a restart."""
     app = build_app(settings)
-    runner = web.AppRunner(app, access_log=None)
+    runner = make_runner(app, settings)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()

@@ -21,7 +21,6 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
-from stamp.api.auth import is_protected
 from stamp.config import ConfigError, Settings, load_settings
 from stamp.credentials import token_digest
 from stamp.crypto.hdkeys import ExtendedPrivateKey
@@ -437,13 +436,3 @@ def test_an_ec_key_from_a_jwks_gets_only_its_curve_algorithm(tmp_path: Path) -> 
     assert policy is not None
     [only] = policy.keys  # the encryption key is left out
     assert only.kid == "ec" and only.algorithms == ("ES256",)
-
-
-def test_protected_paths_are_exactly_those_under_v1() -> None:
-    assert is_protected("/v1/recipients", "")
-    assert is_protected("/api/v1/certificates/{registry}/{id}", "/api")
-    assert is_protected("/v1", "/api")
-    assert not is_protected("/v10/x", "")
-    assert not is_protected("/api/health/live", "/api")
-    assert not is_protected("/metrics", "/api")
-    assert not is_protected("/v1x", "")

@@ -1,5 +1,5 @@
-"""Bounded threads: a recipient's actor lives only while a certificate of it waits for
-a position (actors/recipient.py ``RecipientDirectory``)."""
+"""Bounded threads: a recipient's actor lives only while a certificate of it is in
+flight (actors/recipient.py ``RecipientDirectory``)."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def _request(n: int) -> AllocatePosition:
     return AllocatePosition(CertificateKey("Narnia", f"cert-{n}"), 0, reply_to=None)  # type: ignore[arg-type]
 
 
-def test_a_recipient_actor_lives_while_one_of_its_certificates_waits() -> None:
+def test_a_recipient_actor_lives_while_one_of_its_certificates_is_in_flight() -> None:
     started: list[pykka.ActorRef[Any]] = []
     received: dict[str, list[object]] = {}
 

@@ -1,12 +1,12 @@
-"""Optional bearer authentication of the /v1 routes (docs/authentication.md).
+"""Optional bearer authentication of the API (docs/authentication.md).
 
-Off unless static tokens or a JWT policy are configured. When on, every route under
-``/v1`` (with or without ``STAMP_PATH_BASE``) needs ``Authorization: Bearer <token>``;
-health, metrics and the API description stay open so probes and scrapers need no
-credentials. Whether a route is protected is decided from the route that matched
-(its template), not from the raw path, so no spelling of a path slips past; paths
-that match no route are judged by their text, so an unauthenticated caller cannot
-probe which /v1 paths exist.
+Off unless static tokens or a JWT policy are configured. When on, every route needs
+``Authorization: Bearer <token>`` except those ``build_app`` registers as open —
+health, metrics and the API description, so probes and scrapers need no
+credentials. Protection is decided from the route object that matched, never from
+the path's text: no path base, spelling or prefix can make a protected route look
+open (issue 11, finding 1). A request that matches no route is treated as protected,
+so an unauthenticated caller cannot probe which paths exist.
 
 A refusal is a 401 whose body says only "missing token" or "invalid token": why a
 token failed (expired, wrong audience, unknown key …) goes to the log, where the
@@ -19,15 +19,24 @@ from dataclasses import dataclass
 
 import structlog
 from aiohttp import web
+from aiohttp.web_urldispatcher import AbstractResource
 
 from stamp.api.problems import PROBLEM_BASE, Handler, Problem, Unavailable
 from stamp.api.runtime import RUNTIME
 from stamp.config import Settings
-from stamp.credentials import InvalidCredentials, looks_like_jwt, match_token, verify_jwt
+from stamp.credentials import (
+    InvalidCredentials,
+    check_token_syntax,
+    looks_like_jwt,
+    match_token,
+    verify_jwt,
+)
 
 REALM = "stamp"
-PROTECTED_PREFIX = "/v1"
 MAX_PRINCIPAL_LENGTH = 128
+
+OPEN_RESOURCES = web.AppKey("open_resources", frozenset[AbstractResource])
+"""The resources (route objects) anyone may call; set once by ``build_app``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,17 +67,10 @@ class Unauthorized(Problem):
         )
 
 
-def is_protected(path: str, path_base: str) -> bool:
-    """Whether a route path (a template such as ``/api/v1/certificates/{registry}/{id}``,
-    or a request path) is under /v1, with or without the path base."""
-    if path_base and (path == path_base or path.startswith(path_base + "/")):
-        path = path[len(path_base) :]
-    return path == PROTECTED_PREFIX or path.startswith(PROTECTED_PREFIX + "/")
-
-
-def _route_path(request: web.Request) -> str:
+def is_open(request: web.Request) -> bool:
+    """Whether the route that matched is one of the open ones."""
     resource = request.match_info.route.resource
-    return resource.canonical if resource is not None else request.path
+    return resource is not None and resource in request.app.get(OPEN_RESOURCES, frozenset())
 
 
 def bearer_token(request: web.Request) -> str | None:
@@ -87,8 +89,7 @@ def bearer_token(request: web.Request) -> str | None:
 
 def authenticate(settings: Settings, token: str) -> Principal:
     """The caller the token identifies; InvalidCredentials if it identifies nobody."""
-    if not token:
-        raise InvalidCredentials("empty token")
+    check_token_syntax(token)
     index = match_token(settings.auth_tokens, token)
     if index is not None:
         return Principal(f"token#{index + 1}")
@@ -106,11 +107,11 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if runtime is None:
         # Requests are served only after start-up, when the runtime exists; if one
         # came earlier, refusing is the safe answer for a route that may be protected.
-        if is_protected(_route_path(request), ""):
+        if not is_open(request):
             raise Unavailable("Stamp is starting", retry_after=1)
         return await handler(request)
     settings = runtime.settings
-    if not settings.auth_enabled or not is_protected(_route_path(request), settings.path_base):
+    if not settings.auth_enabled or is_open(request):
         return await handler(request)
     log = structlog.get_logger(__name__)
     token = bearer_token(request)

@@ -26,7 +26,13 @@ from urllib.parse import urlsplit
 import orjson
 from aiohttp import web
 
-from stamp.api.problems import FieldError, PayloadTooLarge, UnsupportedMediaType, ValidationProblem
+from stamp.api.problems import (
+    FieldError,
+    PayloadTooLarge,
+    Problem,
+    UnsupportedMediaType,
+    ValidationProblem,
+)
 from stamp.crypto.hdkeys import ExtendedPublicKey
 from stamp.domain import CERTIFICATE_TYPE_NUMBERS, CERTIFICATE_TYPES, State
 
@@ -190,13 +196,21 @@ async def read_json_body(request: web.Request, max_bytes: int) -> dict[str, Any]
     if declared is not None and declared > max_bytes:
         raise PayloadTooLarge(max_bytes)
     data = bytearray()
-    while True:
-        chunk = await request.content.read(max_bytes + 1 - len(data))
-        if not chunk:
-            break
-        data += chunk
-        if len(data) > max_bytes:
-            raise PayloadTooLarge(max_bytes)
+    try:
+        while True:
+            chunk = await request.content.read(max_bytes + 1 - len(data))
+            if not chunk:
+                break
+            data += chunk
+            if len(data) > max_bytes:
+                raise PayloadTooLarge(max_bytes)
+    except ConnectionResetError:
+        # The connection closed under the read: the client left, or the body did not
+        # arrive within STAMP_HTTP_BODY_TIMEOUT_SECONDS. Nobody reads this answer;
+        # it keeps the request from counting as a database or server failure.
+        raise Problem(
+            "the request body did not arrive in full", status=408, title="Request Timeout"
+        ) from None
     return parse_json_object(bytes(data))
 
 

@@ -39,6 +39,8 @@ from stamp.gateways.endpoint_allow import REFUSED_AT_CREATION, check_endpoint
 log = structlog.get_logger(__name__)
 
 routes = web.RouteTableDef()
+operations = web.RouteTableDef()
+"""Health probes: open even when authentication is on."""
 
 
 def _status_url(request: web.Request, registry: str, certificate_id: str) -> str:
@@ -320,12 +322,12 @@ async def retry_certificate(request: web.Request) -> web.Response:
 # --- operations ---------------------------------------------------------------------
 
 
-@routes.get("/health/live")
+@operations.get("/health/live")
 async def live(request: web.Request) -> web.Response:
     return json_response({"status": "live"})
 
 
-@routes.get("/health/ready")
+@operations.get("/health/ready")
 async def ready(request: web.Request) -> web.Response:
     runtime: Runtime = request.app[RUNTIME]
     checks = await runtime.readiness()
