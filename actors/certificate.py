@@ -79,7 +79,7 @@ def _built(bundle: IssueBundle) -> lc.BundleBuilt:
 
 
 def _version(expected: int, row: object) -> lc.Written:
-    return lc.Written(expected, row["version"])  # type: ignore[index]
+    return lc.Written(expected, row["version"], bool(row["withdrawn"]))  # type: ignore[index]
 
 
 class CertificateActor(StampActor):

@@ -82,5 +82,5 @@ class WalletGateway(StampActor):
         except Exception as exc:  # the 2xx stands; recording it is retried by the certificate
             recorded = DatabaseFailed(describe(exc))
         else:
-            recorded = Written(record.version, row["version"])
+            recorded = Written(record.version, row["version"], bool(row["withdrawn"]))
         return WalletAnswered(outcome, result.status, result.reason, recorded, url)

@@ -1,5 +1,10 @@
 """WithdrawalActor: gets every pending withdrawal committed in the registry.
 
+A withdrawal is accepted at any time after intake, but the registry refuses to
+withdraw a stream it does not hold: a withdrawal whose certificate's issuance is not
+committed yet waits, unleased; the sweep claims it once it is (``stamp.withdrawal.course``)
+and marks it moot if the certificate never will be in the registry.
+
 The HTTP edge persists a withdrawal (record, signed ``WithdrawnEvent`` transaction and
 the certificate's flag, in one DB transaction) and then tells this actor to drive it.
 The actor hands the persisted bytes to the RegistryGateway, which sends, re-sends only
@@ -34,6 +39,7 @@ from stamp.withdrawal import Withdrawal, WithdrawalEvent, WithdrawalState
 
 log = structlog.get_logger(__name__)
 CLAIM_LIMIT = 1000
+WAITING_SWEEP_SECONDS = 0.5
 
 # --- protocol ------------------------------------------------------------------------------
 
@@ -55,6 +61,7 @@ class _Sweep:
 @dataclass(frozen=True, slots=True)
 class _Claimed:
     withdrawals: tuple[Withdrawal, ...]
+    waiting: int  # withdrawals waiting for their certificate's issuance
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,10 +111,18 @@ class _Entry:
     settling: bool = False
 
 
-async def _sweep(deps: ActorDeps, active: list[int]) -> tuple[Withdrawal, ...]:
+async def _sweep(deps: ActorDeps, active: list[int]) -> _Claimed:
     await withdrawals.renew_leases(deps.pool, lease=deps.lease, ids=active)
+    moot = await withdrawals.settle_moot(deps.pool)
+    if moot:
+        log.info("withdrawal.moot", withdrawals=moot)
     claimed = await withdrawals.claim_pending(deps.pool, lease=deps.lease, exclude=active, limit=CLAIM_LIMIT)
-    return tuple(claimed)
+    waiting = await withdrawals.count_waiting(deps.pool) if len(claimed) < CLAIM_LIMIT else 0
+    return _Claimed(tuple(claimed), waiting)
+
+
+def _identity(claimed: _Claimed) -> _Claimed:
+    return claimed
 
 
 class WithdrawalActor(StampActor):
@@ -129,13 +144,16 @@ class WithdrawalActor(StampActor):
                 self._drive(withdrawal, check_first)
             case _Sweep():
                 self._sweep()
-            case _Claimed(withdrawals=claimed):
+            case _Claimed(withdrawals=claimed, waiting=waiting):
                 if claimed:
                     log.info("withdrawal.claimed", withdrawals=len(claimed))
                 for withdrawal in claimed:
                     if withdrawal.key not in self.active:
                         self._drive(withdrawal, check_first=True)
-                self.deps.bridge.later(self.sweep_seconds, self.actor_ref, _Sweep())
+                # A withdrawal waiting for its issuance goes out soon after the registry
+                # commits it: the sweep comes back sooner while any wait.
+                delay = min(self.sweep_seconds, WAITING_SWEEP_SECONDS) if waiting else self.sweep_seconds
+                self.deps.bridge.later(delay, self.actor_ref, _Sweep())
             case _SweepFailed(reason=reason):
                 log.warning("withdrawal.sweep_failed", reason=reason)
                 self.deps.bridge.later(self.sweep_seconds, self.actor_ref, _Sweep())
@@ -172,7 +190,7 @@ class WithdrawalActor(StampActor):
 
     def _sweep(self) -> None:
         active = [entry.withdrawal.id for entry in self.active.values()]
-        self.deps.bridge.run(_sweep(self.deps, active), Reply(self.actor_ref, _Claimed, _SweepFailed))
+        self.deps.bridge.run(_sweep(self.deps, active), Reply(self.actor_ref, _identity, _SweepFailed))
 
     # --- outcomes ---------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ class State(enum.StrEnum):
     ISSUED_IN_REGISTRY = "issued_in_registry"
     MARKED_AS_ISSUED = "marked_as_issued"
     DELIVERED = "delivered"
+    WITHHELD = "withheld"  # issued, then withdrawn before delivery: the slice is not delivered
     REJECTED = "rejected"
     FAILED = "failed"
 
@@ -22,7 +23,7 @@ class State(enum.StrEnum):
         return self in TERMINAL_STATES
 
 
-TERMINAL_STATES = frozenset({State.DELIVERED, State.REJECTED, State.FAILED})
+TERMINAL_STATES = frozenset({State.DELIVERED, State.WITHHELD, State.REJECTED, State.FAILED})
 ACTIVE_STATES = tuple(s for s in State if s not in TERMINAL_STATES)
 
 
@@ -35,6 +36,7 @@ class Event(enum.StrEnum):
     FAILED_IN_REGISTRY = "CertificateFailedInRegistry"
     MARKED_AS_ISSUED = "CertificateMarkedAsIssued"
     SENT_TO_WALLET = "CertificateSentToWallet"
+    NOT_DELIVERED = "CertificateNotDelivered"  # withdrawn before its slice was delivered
     FAILED = "CertificateFailed"
     RETRIED = "CertificateRetried"
     WALLET_ATTEMPT_FAILED = "CertificateWalletAttemptFailed"
@@ -127,6 +129,7 @@ class CertificateRecord:
     salts: tuple[bytes, ...] | None = field(default=None, repr=False)
     failed_step: str | None = None
     redelivery: bool = False  # delivered, and an operator asked to deliver it again
+    withdrawn: bool = False  # a withdrawal is recorded: the slice is never delivered
 
 
 # --- what a registry said about a transaction (issuance and withdrawal alike) ----------------

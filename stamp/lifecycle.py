@@ -19,6 +19,7 @@ the event(s) in brackets to the history):
     issued_in_registry    ─▶ MARK [CertificateMarkedAsIssued]  (only left over by older versions)
     marked_as_issued      ─ (CLAIM_DELIVERY unless this driver just entered the state)
                           ─ Deliver ─▶ wallet 2xx: DELIVER [CertificateSentToWallet]
+    marked_as_issued, withdrawn ─▶ WITHHOLD → withheld [CertificateNotDelivered]
     delivered, re-delivery requested (an operator's, ``record.redelivery``)
                           ─ CLAIM_REDELIVERY ─ Deliver ─▶ wallet 2xx: REDELIVERED
                                         [CertificateRedelivered]
@@ -29,6 +30,13 @@ Every delivery goes to the endpoint the recipient has *when it is sent* (read by
 wallet gateway), and the event recording it names that endpoint; a failed attempt is
 recorded, with its endpoint, by the claim before the next one
 [CertificateWalletAttemptFailed], so the history shows where each delivery went.
+
+A withdrawn certificate still goes through its issuance (the registry can only
+withdraw a stream it holds) but its slice is never delivered (``withheld_from_wallet``).
+Every write answers the ``withdrawn`` flag with the new version, so a withdrawal
+recorded while the certificate was being driven is seen at the next write; one
+recorded after the last write before the delivery cannot stop the delivery already
+on its way, and the history then shows the withdrawal before CertificateSentToWallet.
 
 Retry and failure rules, all of them:
 
@@ -111,6 +119,7 @@ class Written:
 
     expected: int
     version: int | None
+    withdrawn: bool = False  # the row's flag as the write found it
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +176,7 @@ class WriteKind(enum.Enum):
     RECORD_TRANSACTION = "record_transaction"
     ISSUE_AND_MARK = "issue_and_mark"
     ADVANCE = "advance"
+    WITHHOLD = "withhold"
     REJECT = "reject"
     FAIL = "fail"
     CLAIM_DELIVERY = "claim_delivery"
@@ -427,6 +437,35 @@ def _end_redelivery(
     return _persist(journey, WriteKind.REDELIVERED, State.DELIVERED, event, detail, _NO_REDELIVERY)
 
 
+WITHHELD_REASON = "withdrawn before its slice was delivered: the slice is not delivered to the wallet"
+
+
+def withheld_from_wallet(record: CertificateRecord) -> bool:
+    """Whether the certificate's slice must not go to the wallet: it is withdrawn and
+    not yet delivered. The wallet would otherwise hold a certificate the issuing body
+    has already withdrawn (it learns of the withdrawal from the feed only if it knew
+    the certificate)."""
+    return record.withdrawn and record.state in (
+        State.STORED,
+        State.SENT_TO_REGISTRY,
+        State.ISSUED_IN_REGISTRY,
+        State.MARKED_AS_ISSUED,
+    )
+
+
+def _withhold(journey: Journey) -> tuple[Journey, tuple[Effect, ...]]:
+    # Earlier wallet attempts that got no 2xx may still have reached the wallet (a
+    # timeout): the history says so rather than claim the wallet holds nothing.
+    earlier = max(journey.attempts, journey.record.attempts)
+    detail: dict[str, Any] = {"reason": WITHHELD_REASON, "failedDeliveryAttempts": earlier}
+    if earlier:
+        detail["note"] = (
+            "an earlier delivery attempt got no answer and may have reached the wallet; "
+            "the wallet drops the certificate when it reads the withdrawal feed"
+        )
+    return _persist(journey, WriteKind.WITHHOLD, State.WITHHELD, Event.NOT_DELIVERED, detail)
+
+
 def _awaited(journey: Journey, event: LifecycleEvent) -> bool:
     """Whether the driver is waiting for this kind of answer (and, for a write, this one)."""
     awaiting = journey.awaiting
@@ -475,6 +514,8 @@ def _next(journey: Journey, rules: Rules) -> tuple[Journey, tuple[Effect, ...]]:
         return _await(journey, Awaiting.ALLOCATION), (
             Allocate(record.key, record.recipient_id, record.version),
         )
+    if state is State.MARKED_AS_ISSUED and withheld_from_wallet(record):
+        return _withhold(journey)
     if state in (State.STORED, State.MARKED_AS_ISSUED) and journey.recipient is None:
         return _await(journey, Awaiting.RECIPIENT), (LoadRecipient(record.recipient_id),)
     if state is State.STORED:
@@ -516,7 +557,13 @@ def _written(journey: Journey, event: Written, rules: Rules) -> tuple[Journey, t
             f"stale transition to {write.state}: the certificate was changed by another writer",
         )
     previous = journey.record
-    record = dataclasses.replace(previous, state=write.state, version=event.version, **write.changes)
+    record = dataclasses.replace(
+        previous,
+        state=write.state,
+        version=event.version,
+        withdrawn=previous.withdrawn or event.withdrawn,
+        **write.changes,
+    )
     journey = dataclasses.replace(
         journey,
         record=record,

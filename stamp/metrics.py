@@ -36,6 +36,9 @@ ISSUED = Counter(
     ["type"],
 )
 REJECTED = Counter("stamp_certificates_rejected", "Certificates the registry rejected (FAILED)")
+WITHHELD = Counter(
+    "stamp_certificates_withheld", "Certificates withdrawn before delivery: issued, the slice not delivered"
+)
 FAILED = Counter("stamp_certificates_failed", "Certificates that failed at a step", ["step"])
 IN_STATE = Gauge(
     "stamp_certificates_in_state",
@@ -160,6 +163,8 @@ def certificate_transitioned(
             END_TO_END.observe(time.monotonic() - accepted_at)
     elif new is State.REJECTED:
         REJECTED.inc()
+    elif new is State.WITHHELD:
+        WITHHELD.inc()
     else:
         FAILED.labels(record.failed_step or step_of(previous, record.position).value).inc()
 

@@ -1,6 +1,6 @@
 """Withdrawal routes (docs/api.md "Withdrawal", docs/withdrawal.md), compatible with the
-existing Stamp: withdraw an issued certificate, and the feed of withdrawals that
-wallets poll.
+existing Stamp: withdraw a certificate at any time after intake, and the feed of
+withdrawals that wallets poll.
 
 The handler decides and persists under the feed lock (a withdrawal id is visible
 only after every smaller one), signs the ``WithdrawnEvent`` in between (an Ed25519
@@ -23,7 +23,7 @@ from stamp.crypto.transactions import build_withdrawn_transaction
 from stamp.db import withdrawals
 from stamp.db.queries import Lease
 from stamp.domain import CertificateKey
-from stamp.withdrawal import Withdrawal, WithdrawalState, withdrawal_refusal
+from stamp.withdrawal import Course, Withdrawal, WithdrawalState, course, withdrawal_refusal
 
 routes = web.RouteTableDef()
 
@@ -64,9 +64,9 @@ async def withdraw_certificate(request: web.Request) -> web.Response:
                 conn, target.withdrawal_id, lease, target.withdrawal_reason
             )
             assert redriven is not None  # failed, and the row is locked
-            withdrawal, check_first = redriven, True
+            withdrawal, check_first, drive = redriven, True, True
         else:
-            refusal = withdrawal_refusal(key, target.state, target.failed_step)
+            refusal = withdrawal_refusal(key, target.state)
             if refusal is not None:
                 raise problems.Conflict(refusal)
             issuer_key = settings.issuer_keys.get(target.grid_area)
@@ -76,12 +76,21 @@ async def withdraw_certificate(request: web.Request) -> web.Response:
                     "Stamp cannot sign the withdrawal",
                     retry_after=60,
                 )
+            # Signed and persisted now, whatever the state: every later send (once the
+            # issuance is committed, after any restart) sends these very bytes.
             signed = build_withdrawn_transaction(key.registry, key.certificate_id, issuer_key)
+            now = course(target.state, target.failed_step, target.has_transaction)
             withdrawal = await withdrawals.insert_withdrawal(
-                conn, key, signed.transaction, signed.transaction_id, lease
+                conn, key, signed.transaction, signed.transaction_id, lease if now is Course.SEND else None
             )
+            if now is Course.MOOT:
+                await withdrawals.settle_moot(conn, withdrawal.id)
             check_first = False
-    _drive(request, withdrawal, check_first)
+            drive = now is Course.SEND
+    if drive:
+        _drive(request, withdrawal, check_first)
+    # Otherwise the withdrawal waits, unleased, for the issuance: the withdrawal actor's
+    # sweep claims it once the registry committed the certificate.
     return json_response(_withdrawal_json(withdrawal.id, key, withdrawal.withdrawn_at), status=201)
 
 

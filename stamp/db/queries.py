@@ -89,7 +89,7 @@ def _record_columns(t: str) -> str:
 {t}.registry_name, {t}.id::text AS id, {t}.recipient_id::text AS recipient_id, {t}.metering_point_id,
 {t}.certificate_type, {t}.quantity, {t}.period_start, {t}.period_end, {t}.grid_area,
 {t}.clear_attributes, {t}.hashed_attributes, {t}.state, {t}.version, {t}.position, {t}.attempts,
-{t}.transaction_id, {t}.transaction, {t}.blinding, {t}.salts, {t}.failed_step,
+{t}.transaction_id, {t}.transaction, {t}.blinding, {t}.salts, {t}.failed_step, {t}.withdrawn,
 {t}.redelivery_requested_at IS NOT NULL AS redelivery
 """
 
@@ -205,18 +205,18 @@ _TRANSITION = """
 WITH changed AS (
     UPDATE certificates
     SET state = $4, version = version + 1, updated_at = now(),
-        lease_owner = CASE WHEN $4 IN ('delivered', 'rejected', 'failed') THEN NULL ELSE $5 END,
-        lease_until = CASE WHEN $4 IN ('delivered', 'rejected', 'failed') THEN NULL
+        lease_owner = CASE WHEN $4 IN ('delivered', 'withheld', 'rejected', 'failed') THEN NULL ELSE $5 END,
+        lease_until = CASE WHEN $4 IN ('delivered', 'withheld', 'rejected', 'failed') THEN NULL
                            ELSE now() + make_interval(secs => $6) END,
         {assignments}
     WHERE registry_name = $1 AND id = $2 AND version = $3
-    RETURNING registry_name, id, version, state
+    RETURNING registry_name, id, version, state, withdrawn
 ),
 event AS (
     INSERT INTO certificate_events (registry_name, certificate_id, event_type, state, detail, instance_id)
     SELECT registry_name, id, $7, state, $8, $5 FROM changed
 )
-SELECT (SELECT version FROM changed) AS version
+SELECT (SELECT version FROM changed) AS version, (SELECT withdrawn FROM changed) AS withdrawn
 """
 
 RECORD_TRANSACTION = _TRANSITION.format(
@@ -237,7 +237,7 @@ WITH changed AS (
     SET state = 'marked_as_issued', version = version + 1, updated_at = now(), attempts = 0,
         lease_owner = $4, lease_until = now() + make_interval(secs => $5)
     WHERE registry_name = $1 AND id = $2 AND version = $3
-    RETURNING registry_name, id, version
+    RETURNING registry_name, id, version, withdrawn
 ),
 event AS (
     INSERT INTO certificate_events (registry_name, certificate_id, event_type, state, detail, instance_id)
@@ -247,7 +247,7 @@ event AS (
                        (2, 'CertificateMarkedAsIssued', 'marked_as_issued')) AS e(n, event_type, state)
     ORDER BY e.n
 )
-SELECT (SELECT version FROM changed) AS version
+SELECT (SELECT version FROM changed) AS version, (SELECT withdrawn FROM changed) AS withdrawn
 """
 
 # Before every wallet delivery after the first: only the writer that moves the
@@ -259,13 +259,13 @@ WITH claimed AS (
     SET version = version + 1, attempts = attempts + 1, updated_at = now(),
         lease_owner = $4, lease_until = now() + make_interval(secs => $5)
     WHERE registry_name = $1 AND id = $2 AND version = $3 AND {condition}
-    RETURNING registry_name, id, version, state
+    RETURNING registry_name, id, version, state, withdrawn
 ),
 event AS (
     INSERT INTO certificate_events (registry_name, certificate_id, event_type, state, detail, instance_id)
     SELECT registry_name, id, $6::text, state, $7::jsonb, $4 FROM claimed WHERE $6::text IS NOT NULL
 )
-SELECT (SELECT version FROM claimed) AS version
+SELECT (SELECT version FROM claimed) AS version, (SELECT withdrawn FROM claimed) AS withdrawn
 """
 CLAIM_DELIVERY = _CLAIM.format(condition="state = 'marked_as_issued'")
 CLAIM_REDELIVERY = _CLAIM.format(
@@ -313,6 +313,7 @@ def record_from_row(row: asyncpg.Record) -> CertificateRecord:
         salts=tuple(row["salts"]) if row["salts"] is not None else None,
         failed_step=row["failed_step"],
         redelivery=row["redelivery"],
+        withdrawn=row["withdrawn"],
     )
 
 
@@ -622,7 +623,8 @@ async def retry_failed(conn: asyncpg.Connection | PoolConnectionProxy, key: Cert
         row = await conn.fetchrow(SELECT_FAILED_FOR_RETRY, key.registry, key.certificate_id)
         if row is None:
             return RetryOutcome(False, None)
-        if row["withdrawn"]:
+        if row["withdrawn"] and not row["has_transaction"]:
+            # Its withdrawal is moot because it never reached the registry: it stays so.
             return RetryOutcome(True, None, "withdrawn")
         if row["state"] != State.FAILED:
             return RetryOutcome(True, None, row["state"])
@@ -635,6 +637,7 @@ async def retry_failed(conn: asyncpg.Connection | PoolConnectionProxy, key: Cert
 _WRITES = {
     WriteKind.RECORD_TRANSACTION: RECORD_TRANSACTION,
     WriteKind.ADVANCE: ADVANCE,
+    WriteKind.WITHHOLD: ADVANCE,
     WriteKind.REJECT: REJECT,
     WriteKind.FAIL: FAIL,
     WriteKind.REDELIVERED: REDELIVERED,

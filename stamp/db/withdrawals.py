@@ -18,7 +18,7 @@ from asyncpg.pool import PoolConnectionProxy
 
 from stamp.db.queries import Conn, Lease, NewCertificateRow
 from stamp.domain import CertificateKey, State
-from stamp.withdrawal import Withdrawal, WithdrawalEvent, WithdrawalState
+from stamp.withdrawal import ISSUED_STATES, Withdrawal, WithdrawalEvent, WithdrawalState
 
 Connection = asyncpg.Connection | PoolConnectionProxy
 
@@ -29,7 +29,7 @@ FEED_LOCK_KEY = 0x5354414D50_0002  # "STAMP", 2
 LOCK_FEED = "SELECT pg_advisory_xact_lock($1)"
 
 SELECT_TARGET = """
-SELECT c.grid_area, c.state, c.failed_step, c.withdrawn,
+SELECT c.grid_area, c.state, c.failed_step, c.withdrawn, c.transaction IS NOT NULL AS has_transaction,
        w.id AS withdrawal_id, w.state AS withdrawal_state, w.reason AS withdrawal_reason,
        w.withdrawn_at
 FROM certificates c
@@ -42,11 +42,15 @@ INSERT_WITHDRAWAL = """
 WITH withdrawal AS (
     INSERT INTO withdrawn_certificates (
         registry_name, certificate_id, transaction, transaction_id, lease_owner, lease_until)
-    VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6))
+    VALUES ($1, $2, $3, $4, $5::text,
+            CASE WHEN $5::text IS NULL THEN NULL ELSE now() + make_interval(secs => $6) END)
     RETURNING id, registry_name, certificate_id, transaction_id, withdrawn_at
 ),
+-- The version is not moved on: a driver of the certificate keeps its writes (a
+-- delivery already on its way is recorded as it happened) and learns of the flag
+-- from the answer of its next write (stamp/lifecycle.py).
 flagged AS (
-    UPDATE certificates c SET withdrawn = true, version = c.version + 1, updated_at = now()
+    UPDATE certificates c SET withdrawn = true, updated_at = now()
     FROM withdrawal w
     WHERE c.registry_name = w.registry_name AND c.id = w.certificate_id
     RETURNING c.registry_name, c.id, c.state
@@ -91,24 +95,60 @@ REDRIVE_FAILED = _WITH_EVENT.format(
     WHERE id = $1 AND state = 'failed'"""
 )
 
-# Pending withdrawals that nobody drives: never leased, leased by this instance (a
-# previous run of it, or a tell that got lost) or with an expired lease.
+# Pending withdrawals that nobody drives and whose certificate's issuance is committed:
+# never leased, leased by this instance (a previous run of it, or a tell that got
+# lost) or with an expired lease. A withdrawal waiting for its issuance stays unleased.
 CLAIM_PENDING = """
 UPDATE withdrawn_certificates w
 SET lease_owner = $1, lease_until = now() + make_interval(secs => $2)
 FROM (
-    SELECT id FROM withdrawn_certificates
-    WHERE state = 'pending'
-      AND (lease_owner IS NULL OR lease_owner = $1 OR lease_until < now())
-      AND NOT (id = ANY($3::bigint[]))
-    ORDER BY id
+    SELECT p.id FROM withdrawn_certificates p
+    JOIN certificates c ON c.registry_name = p.registry_name AND c.id = p.certificate_id
+    WHERE p.state = 'pending'
+      AND (p.lease_owner IS NULL OR p.lease_owner = $1 OR p.lease_until < now())
+      AND NOT (p.id = ANY($3::bigint[]))
+      -- stamp.withdrawal.course is SEND ($5: ISSUED_STATES)
+      AND (c.state = ANY($5::text[]) OR (c.state = 'failed' AND c.failed_step = 'wallet'))
+    ORDER BY p.id
     LIMIT $4
-    FOR UPDATE SKIP LOCKED
+    FOR UPDATE OF p SKIP LOCKED
 ) picked
 WHERE w.id = picked.id
 RETURNING w.id, w.registry_name, w.certificate_id::text AS certificate_id, w.transaction,
           w.transaction_id, w.withdrawn_at
 """
+
+# Pending withdrawals whose certificate will never be in the registry: moot, with the
+# history event, in one statement ($1: one withdrawal, or NULL for all of them).
+SETTLE_MOOT = """
+WITH changed AS (
+    UPDATE withdrawn_certificates w
+    SET state = 'moot', reason = CASE WHEN c.state = 'rejected' THEN $2 ELSE $3 END,
+        lease_owner = NULL, lease_until = NULL, updated_at = now()
+    FROM certificates c
+    WHERE c.registry_name = w.registry_name AND c.id = w.certificate_id
+      AND w.state = 'pending' AND ($1::bigint IS NULL OR w.id = $1)
+      -- stamp.withdrawal.course is MOOT
+      AND (c.state = 'rejected' OR (c.state = 'failed' AND c.transaction IS NULL))
+    RETURNING w.id, w.registry_name, w.certificate_id, w.reason, c.state
+),
+event AS (
+    INSERT INTO certificate_events (registry_name, certificate_id, event_type, state, detail)
+    SELECT registry_name, certificate_id, $4, state,
+           jsonb_build_object('withdrawalId', id, 'reason', reason)
+    FROM changed
+)
+SELECT count(*) FROM changed
+"""
+MOOT_REJECTED = "the registry rejected the certificate's issuance: there is no stream to withdraw"
+MOOT_NEVER_SENT = (
+    "the certificate failed before its transaction was built and was never sent to the registry: "
+    "there is no stream to withdraw"
+)
+
+# Withdrawals waiting for their certificate's issuance (never leased): the sweep
+# comes back sooner while there are any.
+COUNT_WAITING = "SELECT count(*) FROM withdrawn_certificates WHERE state = 'pending' AND lease_owner IS NULL"
 
 RENEW_LEASES = """
 UPDATE withdrawn_certificates SET lease_until = now() + make_interval(secs => $2)
@@ -118,12 +158,12 @@ WHERE lease_owner = $1 AND state = 'pending' AND id = ANY($3::bigint[])
 FEED_PAGE = """
 SELECT id, registry_name, certificate_id::text AS certificate_id, withdrawn_at
 FROM withdrawn_certificates
-WHERE id > $1
+WHERE id > $1 AND state <> 'moot'
 ORDER BY id
 LIMIT $2 OFFSET $3
 """
 
-FEED_TOTAL = "SELECT count(*) FROM withdrawn_certificates WHERE id > $1"
+FEED_TOTAL = "SELECT count(*) FROM withdrawn_certificates WHERE id > $1 AND state <> 'moot'"
 
 SELECT_WITHDRAWAL = """
 SELECT id, state, reason, attempts, transaction, transaction_id, withdrawn_at
@@ -160,6 +200,7 @@ class WithdrawalTarget:
     state: State
     failed_step: str | None
     withdrawn: bool
+    has_transaction: bool
     withdrawal_id: int | None
     withdrawal_state: WithdrawalState | None
     withdrawal_reason: str | None
@@ -197,6 +238,7 @@ async def lock_target(conn: Connection, key: CertificateKey) -> WithdrawalTarget
         state=State(row["state"]),
         failed_step=row["failed_step"],
         withdrawn=row["withdrawn"],
+        has_transaction=row["has_transaction"],
         withdrawal_id=row["withdrawal_id"],
         withdrawal_state=WithdrawalState(row["withdrawal_state"]) if row["withdrawal_state"] else None,
         withdrawal_reason=row["withdrawal_reason"],
@@ -205,18 +247,19 @@ async def lock_target(conn: Connection, key: CertificateKey) -> WithdrawalTarget
 
 
 async def insert_withdrawal(
-    conn: Connection, key: CertificateKey, transaction: bytes, transaction_id: str, lease: Lease
+    conn: Connection, key: CertificateKey, transaction: bytes, transaction_id: str, lease: Lease | None
 ) -> Withdrawal:
     """Store the withdrawal with its transaction, flag the certificate withdrawn and
-    append ``CertificateWithdrawn``: one statement, after ``lock_target``."""
+    append ``CertificateWithdrawn``: one statement, after ``lock_target``. Without a
+    lease it waits, unleased, for the certificate's issuance."""
     row = await conn.fetchrow(
         INSERT_WITHDRAWAL,
         key.registry,
         key.certificate_id,
         transaction,
         transaction_id,
-        lease.owner,
-        lease.seconds,
+        lease.owner if lease else None,
+        lease.seconds if lease else 0.0,
         WithdrawalEvent.WITHDRAWN.value,
     )
     assert row is not None  # the insert either returns its row or raises
@@ -282,8 +325,25 @@ async def record_outcome(
 
 
 async def claim_pending(conn: Conn, *, lease: Lease, exclude: Sequence[int], limit: int) -> list[Withdrawal]:
-    rows = await conn.fetch(CLAIM_PENDING, lease.owner, lease.seconds, list(exclude), limit)
+    """Lease pending withdrawals whose certificate's issuance is committed."""
+    rows = await conn.fetch(
+        CLAIM_PENDING, lease.owner, lease.seconds, list(exclude), limit, [s.value for s in ISSUED_STATES]
+    )
     return [_withdrawal(r) for r in rows]
+
+
+async def settle_moot(conn: Conn | Connection, withdrawal_id: int | None = None) -> int:
+    """Mark moot the pending withdrawals (or the one) whose certificate will never be
+    in the registry; how many."""
+    return int(
+        await conn.fetchval(
+            SETTLE_MOOT, withdrawal_id, MOOT_REJECTED, MOOT_NEVER_SENT, WithdrawalEvent.MOOT.value
+        )
+    )
+
+
+async def count_waiting(conn: Conn) -> int:
+    return int(await conn.fetchval(COUNT_WAITING))
 
 
 async def renew_leases(conn: Conn, *, lease: Lease, ids: Sequence[int]) -> None:

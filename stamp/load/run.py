@@ -52,7 +52,7 @@ from stamp.load.stack import (
 )
 from stamp.progress import ProgressBar
 
-TERMINAL = ("delivered", "rejected", "failed")
+TERMINAL = ("delivered", "withheld", "rejected", "failed")
 SCRAPE_SECONDS = 1.0
 
 
