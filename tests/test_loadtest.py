@@ -33,35 +33,27 @@ async def loadtest_dsn(pg_server_dsn: str) -> AsyncIterator[str]:
         await drop_database(pg_server_dsn, name)
 
 
-@pytest.mark.slow
-async def test_small_loadtest_passes_the_invariant_check_and_reports_every_field(
-    loadtest_dsn: str, tmp_path: Path
-) -> None:
-    report_path = tmp_path / "report.json"
+async def run_loadtest(dsn: str, report_path: Path, *options: str) -> tuple[str, int]:
+    """`stamp loadtest` as a child process on a fresh database beside ``dsn``: its
+    output and process id, after asserting it exited 0 with a passed invariant check."""
     command = [
-        sys.executable,
-        "-m",
-        "stamp.cli",
-        "loadtest",
-        "-n",
-        "100",
-        "-r",
-        "10",
-        "--concurrency",
-        "16",
-        "--commit-delay",
-        "0.05",
-        "--database-url",
-        loadtest_dsn,
-        "--no-progress",
-        "--json",
-        str(report_path),
-    ]
+        sys.executable, "-m", "stamp.cli", "loadtest", *options, "--commit-delay", "0.05",
+        "--database-url", dsn, "--no-progress", "--json", str(report_path),
+    ]  # fmt: skip
     process = await asyncio.create_subprocess_exec(*command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     output, _ = await asyncio.wait_for(process.communicate(), 300)
     text = output.decode(errors="replace")
     assert process.returncode == 0, text
     assert "result      OK" in text
+    return text, process.pid
+
+
+@pytest.mark.slow
+async def test_small_loadtest_passes_the_invariant_check_and_reports_every_field(
+    loadtest_dsn: str, tmp_path: Path
+) -> None:
+    report_path = tmp_path / "report.json"
+    _, pid = await run_loadtest(loadtest_dsn, report_path, "-n", "100", "-r", "10", "--concurrency", "16")
     report = orjson.loads(report_path.read_bytes())
     assert missing_fields(report) == []
     assert report["run"]["certificates"] == 100 and report["run"]["recipients"] == 10
@@ -91,7 +83,7 @@ async def test_small_loadtest_passes_the_invariant_check_and_reports_every_field
             "the given database is untouched"
         )
         leftovers = await conn.fetchval(
-            "SELECT count(*) FROM pg_database WHERE datname LIKE $1", f"stamp_loadtest_{process.pid}_%"
+            "SELECT count(*) FROM pg_database WHERE datname LIKE $1", f"stamp_loadtest_{pid}_%"
         )
         assert leftovers == 0, "the run's own database is dropped"
     finally:
@@ -144,30 +136,8 @@ async def test_batch_loadtest_posts_batches_and_everything_is_delivered(
     loadtest_dsn: str, tmp_path: Path
 ) -> None:
     report_path = tmp_path / "report.json"
-    command = [
-        sys.executable,
-        "-m",
-        "stamp.cli",
-        "loadtest",
-        "-n",
-        "120",
-        "-r",
-        "10",
-        "--batch",
-        "50",
-        "--commit-delay",
-        "0.05",
-        "--database-url",
-        loadtest_dsn,
-        "--no-progress",
-        "--json",
-        str(report_path),
-    ]
-    process = await asyncio.create_subprocess_exec(*command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    output, _ = await asyncio.wait_for(process.communicate(), 300)
-    text = output.decode(errors="replace")
-    assert process.returncode == 0, text
-    assert "result      OK" in text and "batches     3 of 50 certificates" in text
+    text, _ = await run_loadtest(loadtest_dsn, report_path, "-n", "120", "-r", "10", "--batch", "50")
+    assert "batches     3 of 50 certificates" in text
     report = orjson.loads(report_path.read_bytes())
     assert missing_fields(report) == []
     assert report["intake"]["accepted"] == 120 and report["intake"]["refused"] == 0
