@@ -73,7 +73,10 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
         log.info("database.embedded_started", data_dir=str(settings.data_dir / "pg"))
     try:
         await wait_for_database(dsn, timeout=30)
-        pool = await create_pool(dsn, min_size=2, max_size=20)
+        # Named for the instance, so an operator (or a test) can tell in
+        # pg_stat_activity which Stamp holds which connection; PostgreSQL keeps 63 bytes.
+        application_name = f"stamp:{settings.instance_id}"[:63]
+        pool = await create_pool(dsn, min_size=2, max_size=20, application_name=application_name)
         async with pool.acquire() as conn:
             if settings.auto_migrate:
                 applied = await apply_migrations(conn)

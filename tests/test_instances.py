@@ -88,7 +88,13 @@ async def test_survivors_take_over_a_killed_instance_after_its_leases_expire(
         kill_at = rng.randint(5, CERTIFICATES // 4)
         print(f"killing {victim} once {kill_at} certificates are delivered")
         await wait_until(lambda: _at_least(conn, ids, kill_at), what=f"{kill_at} delivered", timeout=120)
+        assert not await _no_connections_of(conn, victim), "connections are named for their instance"
         instances[victim_index].kill()
+        # A statement the victim sent before it died may still commit: its leases are
+        # read once PostgreSQL has ended every connection of the victim.
+        await wait_until(
+            lambda: _no_connections_of(conn, victim), what=f"{victim}'s connections closed", timeout=30
+        )
         held = {
             r["id"]: r["lease_until"]
             for r in await conn.fetch(
@@ -166,3 +172,10 @@ async def test_survivors_take_over_a_killed_instance_after_its_leases_expire(
 
 async def _at_least(conn: asyncpg.Connection, ids: list[str], count: int) -> bool:
     return await _delivered(conn, ids) >= count
+
+
+async def _no_connections_of(conn: asyncpg.Connection, instance_id: str) -> bool:
+    count = await conn.fetchval(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", f"stamp:{instance_id}"
+    )
+    return bool(count == 0)
