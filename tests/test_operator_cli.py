@@ -334,17 +334,7 @@ async def insert_certificate(
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def failed_certificate(cli_dsn: str, env: pytest.MonkeyPatch, cli: Any) -> tuple[str, str]:
-    created = await asyncio.to_thread(
-        cli,
-        "recipients",
-        "create",
-        "--endpoint",
-        "https://w.example/",
-        "--public-key",
-        wallet_key(),
-        "--json",
-    )
-    recipient_id: str = created.json()["id"]
+    recipient_id = await _created_recipient(cli)
     return recipient_id, await insert_certificate(cli_dsn, recipient_id, state="failed", failed_step="wallet")
 
 
@@ -515,17 +505,7 @@ async def test_a_running_stamp_delivers_a_certificate_retried_from_the_cli(
 async def test_certificates_redeliver_one_or_a_recipients(
     cli: Any, cli_dsn: str, env: pytest.MonkeyPatch
 ) -> None:
-    created = await asyncio.to_thread(
-        cli,
-        "recipients",
-        "create",
-        "--endpoint",
-        "https://w.example/",
-        "--public-key",
-        wallet_key(),
-        "--json",
-    )
-    recipient_id: str = created.json()["id"]
+    recipient_id = await _created_recipient(cli)
     delivered = await insert_certificate(cli_dsn, recipient_id, state="delivered", failed_step=None)
     failed = await insert_certificate(cli_dsn, recipient_id, state="failed", failed_step="wallet")
 
@@ -586,3 +566,19 @@ def test_recipients_move_changes_the_endpoint_only(cli: Any, env: pytest.MonkeyP
     bad = cli("recipients", "move", recipient_id, "--endpoint", "ftp://new.example/s")
     assert bad.code == 2 and "--endpoint" in bad.err
     assert cli("recipients", "move", str(uuid.uuid4()), "--endpoint", "https://x.example/").code == 3
+
+
+async def _created_recipient(cli: Any) -> str:
+    """A recipient made through `stamp recipients create`; its id."""
+    created = await asyncio.to_thread(
+        cli,
+        "recipients",
+        "create",
+        "--endpoint",
+        "https://w.example/",
+        "--public-key",
+        wallet_key(),
+        "--json",
+    )
+    recipient_id: str = created.json()["id"]
+    return recipient_id
