@@ -188,9 +188,9 @@ class StampActor(pykka.Actor):
                 self._handle_failure(*sys.exc_info())
                 try:
                     self.on_failure(*sys.exc_info())
-                except Exception:  # noqa: BLE001 (as pykka: a failing hook stops the actor)
+                except Exception:  # as pykka: a failing hook stops the actor
                     self._handle_failure(*sys.exc_info())
-        except BaseException:  # noqa: BLE001 (as pykka: stop everything, without blocking a shared thread)
+        except BaseException:  # as pykka: stop everything, without blocking a shared thread
             logger.debug(f"{sys.exc_info()[1]!r} in {self}. Stopping all actors.")
             self._stop()
             ActorRegistry.stop_all(block=False)
