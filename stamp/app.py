@@ -56,8 +56,8 @@ EXECUTOR = web.AppKey("executor", ProcessPoolExecutor)
 REGISTRY_CLIENT = web.AppKey("registry_client", RegistryClient)
 WALLET_CLIENT = web.AppKey("wallet_client", WalletClient)
 
-# Many actor threads at once: their stacks are small (messages are handled in
-# shallow calls), so a smaller stack keeps the resident memory low.
+# Actor and helper threads run shallow calls: a smaller stack than the default
+# keeps their resident memory low.
 ACTOR_THREAD_STACK_BYTES = 512 * 1024
 PR_SET_PDEATHSIG = 1
 INTAKE_WRITERS = 4
