@@ -28,7 +28,6 @@ from actors.messages import (
     SubmitTransaction,
 )
 from actors.recipient import RecipientDirectory
-from actors.wallet_gateway import slice_of
 from stamp import lifecycle as lc
 from stamp import metrics
 from stamp.crypto.bundle import IssueBundle, IssueRequest, build_issue_bundle
@@ -107,7 +106,7 @@ class CertificateActor(StampActor):
         key = record.key
         self.lock_key = (key.registry, key.certificate_id)
         self.log = log.bind(
-            certificate_id=key.certificate_id, registry=key.registry, recipient_id=record.recipient_id
+            certificate_id=key.certificate_id, registry=key.registry, recipient_id=record.content.recipient_id
         )
 
     # --- protocol ---------------------------------------------------------------------
@@ -160,9 +159,7 @@ class CertificateActor(StampActor):
                     SubmitTransaction(key, transaction, transaction_id, self.actor_ref, check)
                 )
             case lc.Deliver(record=record, recipient=recipient):
-                self.deps.wallet_gateway.tell(
-                    DeliverSlice(slice_of(record, recipient), record, self.actor_ref)
-                )
+                self.deps.wallet_gateway.tell(DeliverSlice(record, recipient, self.actor_ref))
             case lc.Wait(step=step, attempt=attempt, reason=reason):
                 self._wait(step, attempt, reason)
             case lc.Moved(record=record, previous=previous):
@@ -186,18 +183,10 @@ class CertificateActor(StampActor):
     def _build(self, record: CertificateRecord, recipient: Recipient) -> None:
         assert record.position is not None
         request = IssueRequest(
-            registry=record.key.registry,
-            certificate_id=record.key.certificate_id,
-            certificate_type=record.certificate_type,
-            quantity=record.quantity,
-            start=record.start,
-            end=record.end,
-            grid_area=record.grid_area,
-            clear_attributes=record.clear_attributes,
-            hashed_attributes=record.hashed_attributes,
+            content=record.content,
             recipient_public_key=recipient.wallet_public_key,
             position=record.position,
-            issuer_private_pem=self.deps.issuer_pems[record.grid_area],
+            issuer_private_pem=self.deps.issuer_pems[record.content.grid_area],
             verify_proof=self.deps.settings.verify_own_proofs,
         )
         self.deps.bridge.compute(build_issue_bundle, request, Reply(self.actor_ref, _built, lc.BuildFailed))
@@ -223,7 +212,7 @@ class CertificateActor(StampActor):
     def _release_recipient(self) -> None:
         if self.holds_recipient:
             self.holds_recipient = False
-            self.recipients.release(self.journey.record.recipient_id)
+            self.recipients.release(self.journey.record.content.recipient_id)
 
     def _finish(self, state: State | None, reason: str) -> None:
         self._release_recipient()

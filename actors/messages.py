@@ -11,8 +11,7 @@ from typing import Any
 
 import pykka
 
-from stamp.domain import CertificateKey, CertificateRecord, State
-from stamp.gateways.wallet_client import Slice
+from stamp.domain import CertificateKey, CertificateRecord, Recipient, State
 
 Ref = pykka.ActorRef[Any]
 
@@ -120,10 +119,10 @@ class SubmitTransaction:
 
 @dataclass(frozen=True, slots=True)
 class DeliverSlice:
-    """Deliver this slice to the recipient's endpoint as it is now and, on a 2xx,
-    record the delivery at once (the lifecycle's ``delivered_write`` of ``record``);
-    answered with ``lifecycle.WalletAnswered``."""
+    """Deliver the slice of ``record`` (``domain.slice_of``) to the recipient's
+    endpoint as it is now and, on a 2xx, record the delivery at once (the lifecycle's
+    ``delivered_write`` of ``record``); answered with ``lifecycle.WalletAnswered``."""
 
-    slice: Slice
     record: CertificateRecord
+    recipient: Recipient
     reply_to: Ref

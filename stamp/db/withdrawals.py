@@ -286,8 +286,9 @@ async def redrive_failed(
 async def find_conflicting(conn: Conn, new: NewCertificateRow) -> asyncpg.Record | None:
     """The stored certificate a new one collides with: the same (registry, id), even
     withdrawn, or one of the same metering point, not withdrawn, whose period overlaps."""
+    c = new.content
     return await conn.fetchrow(
-        SELECT_CONFLICTING, new.registry_name, new.certificate_id, new.metering_point_id, new.start, new.end
+        SELECT_CONFLICTING, c.key.registry, c.key.certificate_id, c.metering_point_id, c.start, c.end
     )
 
 
