@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Callable
 from functools import partial
 
 import structlog
@@ -30,6 +31,7 @@ from actors.messages import (
 from actors.recipient import RecipientDirectory
 from stamp import lifecycle as lc
 from stamp import metrics
+from stamp.config import RetryPolicy, Settings
 from stamp.crypto.bundle import IssueBundle, IssueRequest, build_issue_bundle
 from stamp.db import queries
 from stamp.domain import (
@@ -68,9 +70,19 @@ def rules_of(deps: ActorDeps) -> lc.Rules:
     return lc.Rules(
         registry_max_attempts=settings.registry_retry.max_attempts,
         wallet_max_attempts=settings.wallet_retry.max_attempts,
-        crypto_max_attempts=settings.registry_retry.max_attempts,
+        crypto_max_attempts=settings.crypto_retry.max_attempts,
         grid_areas=frozenset(deps.issuer_pems),
     )
+
+
+# The backoff of each step the lifecycle waits at (None: a database statement failed).
+_RETRY_POLICIES: dict[Step | None, Callable[[Settings], RetryPolicy]] = {
+    None: lambda settings: settings.database_retry,
+    Step.POSITION: lambda settings: settings.database_retry,
+    Step.CRYPTO: lambda settings: settings.crypto_retry,
+    Step.REGISTRY: lambda settings: settings.registry_retry,
+    Step.WALLET: lambda settings: settings.wallet_retry,
+}
 
 
 def _built(bundle: IssueBundle) -> lc.BundleBuilt:
@@ -193,12 +205,7 @@ class CertificateActor(StampActor):
 
     def _wait(self, step: Step | None, attempt: int, reason: str) -> None:
         settings = self.deps.settings
-        if step is None:
-            policy = settings.database_retry
-        elif step is Step.WALLET:
-            policy = settings.wallet_retry
-        else:
-            policy = settings.registry_retry
+        policy = _RETRY_POLICIES[step](settings)
         delay = backoff_delay(policy, attempt)
         self.log.warning(
             "certificate.step_retry",
