@@ -135,7 +135,6 @@ class Supervisor(StampActor):
                 for ref in self.certificates.values():
                     tell_quietly(ref, lifecycle.Drain())
         self.deps.live.certificate_actors = len(self.certificates)
-        self.deps.live.recipient_actors = len(self.recipients)
         return None
 
     def _forget(self, key: CertificateKey) -> None:
