@@ -12,6 +12,7 @@ from typing import Any
 import pykka
 
 from stamp.domain import CertificateKey, CertificateRecord, Recipient, State
+from stamp.withdrawal import Withdrawal
 
 Ref = pykka.ActorRef[Any]
 
@@ -69,8 +70,42 @@ class SupervisorTick:
 
 
 @dataclass(frozen=True, slots=True)
+class LeasesSwept:
+    """The lease sweep renewed this instance's leases (if due) and claimed the pending
+    withdrawals nobody drives; ``waiting``: withdrawals waiting for their issuance."""
+
+    withdrawals: tuple[Withdrawal, ...]
+    waiting: int
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseSweepFailed:
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Drain:
     """Stop admitting work (graceful shutdown)."""
+
+
+# --- to the WithdrawalActor --------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DriveWithdrawal:
+    """A withdrawal was persisted (or re-driven) and leased to this instance.
+    check_first: ask the registry for its status before sending."""
+
+    withdrawal: Withdrawal
+    check_first: bool
+
+
+@dataclass(frozen=True, slots=True)
+class WithdrawalsClaimed:
+    """The lease sweep leased these pending withdrawals to this instance: drive those
+    not driven yet, asking their status first (they may have been sent already)."""
+
+    withdrawals: tuple[Withdrawal, ...]
 
 
 # --- to a RecipientActor ------------------------------------------------------------
