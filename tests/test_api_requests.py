@@ -1,4 +1,4 @@
-"""The HTTP edge's request parsing and error shape (api.md, STYLE.md "Errors have a shape").
+"""The HTTP edge's request parsing and error shape (docs/api.md, "Errors").
 
 Bad input goes through a real aiohttp server on loopback with the real middleware, so
 each case checks what a client sees: the status, ``application/problem+json`` and the

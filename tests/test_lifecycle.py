@@ -1,7 +1,7 @@
 """The lifecycle of a certificate as a pure function (stamp/lifecycle.py): tables of
 (record, event) → (record, effects), and a state machine that feeds random outcome
 orders — duplicates, late answers, stale writes, crashes replayed from the persisted
-record, a second driver — and checks the invariants of DESIGN.md §2. No actors, no
+record, a second driver — and checks the invariants of docs/architecture.md. No actors, no
 database, no network."""
 
 from __future__ import annotations
@@ -397,7 +397,7 @@ def test_answers_nobody_waits_for_change_nothing(late: lc.LifecycleEvent) -> Non
     assert fx == [] and j2 == j
 
 
-# --- random outcome orders against DESIGN.md §2 ------------------------------------------------
+# --- random outcome orders against the invariants (docs/architecture.md) ------------------------
 
 
 class Row:

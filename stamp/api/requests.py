@@ -621,7 +621,7 @@ def parse_new_certificate(
         start = c.integer("start", 0, MAX_UNIX_SECONDS)
         end = c.integer("end", 0, MAX_UNIX_SECONDS)
         if start is not None and end is not None:
-            # The registry's rule (crypto.md §7): refuse now what it would reject later.
+            # The registry's rule (docs/registry.md): refuse now what it would reject later.
             if start >= end:
                 c.error("end", "must be after start")
             elif not MIN_PERIOD_SECONDS <= end - start <= MAX_PERIOD_SECONDS:

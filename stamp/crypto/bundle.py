@@ -109,7 +109,7 @@ def prove_quantity(
 
 def check_proof(proof: bytes, commitment: bytes, certificate_id: str) -> None:
     """Verify as the registry will. A proof it cannot parse would leave the transaction PENDING
-    for ever (crypto.md §7), so nothing unverified should be sent."""
+    for ever (docs/registry.md), so nothing unverified should be sent."""
     if len(proof) != rangeproof.PROOF_SIZE or len(commitment) != 32:
         raise BundleError("the range proof or commitment has the wrong size")
     label = certificate_id.encode("utf-8")

@@ -1,4 +1,4 @@
-"""Signed registry transactions (crypto.md §6, registry.md).
+"""Signed registry transactions (docs/registry.md, "The messages").
 
 The serialized bytes returned here are what Stamp persists and resends: protobuf output is not
 promised to be stable across library versions, so nothing downstream re-serializes.
@@ -23,10 +23,12 @@ from stamp.domain import CERTIFICATE_TYPES
 ISSUED_EVENT_TYPE = "project_origin.electricity.v1.IssuedEvent"
 WITHDRAWN_EVENT_TYPE = "project_origin.electricity.v1.WithdrawnEvent"
 
-CONSUMPTION = electricity_pb2.CONSUMPTION
-PRODUCTION = electricity_pb2.PRODUCTION
-# The registry's GranularCertificateType numbers are the domain's table (one table).
-assert {CONSUMPTION: "consumption", PRODUCTION: "production"} == CERTIFICATE_TYPES
+# The registry's GranularCertificateType numbers are the domain's table (one table):
+# each name of it is the registry's name of its number.
+assert all(
+    electricity_pb2.GranularCertificateType.Value(name.upper()) == number
+    for number, name in CERTIFICATE_TYPES.items()
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,5 @@
-"""What the Project Origin registry rejects, as a pure function (spec/crypto.md §7).
+"""What the Project Origin registry rejects, as a pure function (docs/registry.md,
+"What the registry rejects").
 
 ``verify_transaction`` decides one transaction against a snapshot of its stream, in the
 registry's exact order: registry-level checks (registry name, stream id, payload type
@@ -17,8 +18,8 @@ Two real behaviours are kept on purpose:
   checked, and the signature is checked over the re-serialized header.
 
 A stream id that is not a UUID and an unconfigured payload family make the real
-registry throw too (PENDING for ever); spec/crypto.md §7 lists them as FAILED, and the
-simulator follows the spec there, with messages of its own.
+registry throw too (PENDING for ever); Stamp's contract with the registry lists them as
+FAILED (docs/registry.md), and the simulator follows it there, with messages of its own.
 """
 
 from __future__ import annotations
