@@ -154,10 +154,10 @@ class CertificateRecord:
 
 @dataclass(frozen=True, slots=True)
 class Slice:
-    """What a recipient's wallet receives for one certificate (the wallet's "receive
-    slice"; ``gateways.wallet_client.slice_body`` writes it): the content the wallet
-    checks against the registry, and the secrets that open it. R and the salts are
-    secrets."""
+    """What a recipient's wallet receives for one certificate (docs/wallet.md,
+    "Receive slice"; ``gateways.wallet_client.slice_body`` writes it): the content the
+    wallet checks against the registry, and the secrets that open it. R and the salts
+    are secrets."""
 
     public_key: bytes  # the recipient's extended public key, not the derived child
     position: int

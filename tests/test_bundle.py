@@ -1,4 +1,4 @@
-"""The issue bundle a worker process builds: everything in it checks out (crypto.md §1–§6)."""
+"""The issue bundle a worker process builds: everything in it checks out (docs/crypto.md §1–§6)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The project-origin vector's signed IssuedEvent, reproduced byte for byte (crypto.md §6, §8).
+"""The project-origin vector's signed IssuedEvent, reproduced byte for byte (docs/crypto.md §6, §8).
 
 Range proofs are randomized, so the transaction is assembled around the vector's own proof
 (`assemble_transaction`); the proof itself is checked to verify as the registry would."""

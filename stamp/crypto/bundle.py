@@ -1,4 +1,4 @@
-"""Everything the registry needs for one certificate, built in one call (crypto.md §1–§6).
+"""Everything the registry needs for one certificate, built in one call (docs/crypto.md §1–§6).
 
 `build_issue_bundle` is what the service runs in a crypto worker process: plain picklable data
 in, plain picklable data out, no clock and no I/O. The phases are also exposed one by one

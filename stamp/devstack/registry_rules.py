@@ -155,7 +155,7 @@ def _verify_issued(
     commitment = event.quantity_commitment
     if len(commitment.content) != COMMITMENT_BYTES or not proof_deserializes(commitment.range_proof):
         return Verdict(Outcome.STUCK, "the quantity commitment or its range proof cannot be parsed")
-    # A non-canonical point (bit 255 set, crypto.md §4a) fails the real verifier's decoding;
+    # A non-canonical point (bit 255 set, docs/crypto.md §4a) fails the real verifier's decoding;
     # checked even when the proof check is skipped, since it costs one decoding.
     if not pedersen.is_canonical(commitment.content):
         return _failed("Invalid range proof for Quantity commitment", ProofCheck.VERIFIED)

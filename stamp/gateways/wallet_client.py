@@ -1,4 +1,4 @@
-"""HTTP client of the recipients' wallets (wallet.md "Receive slice").
+"""HTTP client of the recipients' wallets (docs/wallet.md, "Receive slice").
 
 One aiohttp session for the process: connection reuse and a per-host limit, so one
 slow wallet cannot take every connection.
