@@ -55,10 +55,11 @@ TICK_SECONDS = 1.0
 MAX_CRASHES = 3
 """An actor that crashes this often on one certificate marks it failed instead of
 looping: the crash is a bug or bad data that a restart does not cure."""
-WITHDRAWAL_CLAIM_LIMIT = 1000
 MAX_TRACKED_CRASHES = 1024
 """Crash counts kept at once. An entry lives only while its certificate holds a slot,
 so there are at most ``max_in_flight``; the cap bounds the map whatever happens."""
+WITHDRAWAL_CLAIM_LIMIT = 1000
+"""Pending withdrawals claimed per sweep; more are claimed by the next one."""
 
 
 async def _sweep_leases(deps: ActorDeps, renew: bool, claim: bool) -> LeasesSwept:
