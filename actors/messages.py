@@ -72,10 +72,11 @@ class SupervisorTick:
 @dataclass(frozen=True, slots=True)
 class LeasesSwept:
     """The lease sweep renewed this instance's leases (if due) and claimed the pending
-    withdrawals nobody drives; ``waiting``: withdrawals waiting for their issuance."""
+    withdrawals nobody drives; ``again``: sweep again at the next tick (a withdrawal
+    waits for its issuance, or there was more to claim)."""
 
     withdrawals: tuple[Withdrawal, ...]
-    waiting: int
+    again: bool
 
 
 @dataclass(frozen=True, slots=True)

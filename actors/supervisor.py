@@ -59,7 +59,7 @@ MAX_TRACKED_CRASHES = 1024
 """Crash counts kept at once. An entry lives only while its certificate holds a slot,
 so there are at most ``max_in_flight``; the cap bounds the map whatever happens."""
 WITHDRAWAL_CLAIM_LIMIT = 1000
-"""Pending withdrawals claimed per sweep; more are claimed by the next one."""
+"""Pending withdrawals claimed per sweep; more are claimed by the next one, a tick later."""
 
 
 async def _sweep_leases(deps: ActorDeps, renew: bool, claim: bool) -> LeasesSwept:
@@ -70,13 +70,13 @@ async def _sweep_leases(deps: ActorDeps, renew: bool, claim: bool) -> LeasesSwep
         await queries.renew_leases(deps.pool, owner=lease.owner, lease_seconds=lease.seconds)
         await withdrawals.renew_leases(deps.pool, lease=lease)
     if not claim:
-        return LeasesSwept((), 0)
+        return LeasesSwept((), again=False)
     moot = await withdrawals.settle_moot(deps.pool)
     if moot:
         log.info("withdrawal.moot", withdrawals=moot)
     claimed = await withdrawals.claim_pending(deps.pool, lease=lease, limit=WITHDRAWAL_CLAIM_LIMIT)
-    waiting = await withdrawals.count_waiting(deps.pool) if len(claimed) < WITHDRAWAL_CLAIM_LIMIT else 0
-    return LeasesSwept(tuple(claimed), waiting)
+    again = len(claimed) >= WITHDRAWAL_CLAIM_LIMIT or await withdrawals.count_waiting(deps.pool) > 0
+    return LeasesSwept(tuple(claimed), again)
 
 
 class Supervisor(StampActor):
@@ -96,7 +96,7 @@ class Supervisor(StampActor):
         self.draining = False
         self.last_renewal = time.monotonic()
         self.sweeping = False
-        self.withdrawals_waiting = False
+        self.sweep_again = False
 
     def on_start(self) -> None:
         self._pump()
@@ -160,9 +160,9 @@ class Supervisor(StampActor):
                 log.warning("supervisor.claim_failed", reason=reason)
             case SupervisorTick():
                 self._on_tick()
-            case LeasesSwept(withdrawals=claimed, waiting=waiting):
+            case LeasesSwept(withdrawals=claimed, again=again):
                 self.sweeping = False
-                self.withdrawals_waiting = waiting > 0
+                self.sweep_again = again
                 if claimed and self.withdrawal_actor is not None:
                     tell_quietly(self.withdrawal_actor, WithdrawalsClaimed(claimed))
             case LeaseSweepFailed(reason=reason):
@@ -242,7 +242,7 @@ class Supervisor(StampActor):
     def _on_tick(self) -> None:
         now = time.monotonic()
         renew = now - self.last_renewal >= self.settings.lease_seconds / 3
-        if renew or self.withdrawals_waiting:
+        if renew or self.sweep_again:
             self._sweep_leases(renew)
         # Also catches certificates whose owner died (expired leases) and rows stored
         # while every slot was taken.
