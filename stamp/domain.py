@@ -66,6 +66,8 @@ CERTIFICATE_TYPES = {1: "consumption", 2: "production"}
 """The one certificate-type table: wire number → name (the request, the view, the
 metrics and the registry's ``GranularCertificateType`` all use it)."""
 CERTIFICATE_TYPE_NUMBERS = {name: number for number, name in CERTIFICATE_TYPES.items()}
+CERTIFICATE_TYPES_TEXT = " or ".join(f"{number} ({name})" for number, name in CERTIFICATE_TYPES.items())
+"""``1 (consumption) or 2 (production)``, for messages."""
 
 
 def step_of(state: State, position: int | None = None) -> Step:

@@ -272,6 +272,13 @@ async def test_type_is_read_as_word_or_number(client: Client, given: object, exp
     assert (status, answer["type"]) == (202, expected)
 
 
+async def test_an_unknown_type_is_answered_with_the_table_of_types(client: Client) -> None:
+    body = certificate_body()
+    body["certificate"]["type"] = "storage"
+    problem = await assert_problem(client, "/v1/certificates", body, 400, "certificate.type")
+    assert problem["errors"][0]["message"] == 'must be "production" or "consumption" (or the integer 2 or 1)'
+
+
 async def test_ids_are_normalised_to_lower_case(client: Client) -> None:
     body = certificate_body()
     body["recipientId"] = RECIPIENT_ID.upper()

@@ -519,6 +519,13 @@ def parse_recipient_patch(body: object) -> RecipientPatch:
 # --- certificates --------------------------------------------------------------------
 
 
+_BY_NUMBER_DOWN = sorted(CERTIFICATE_TYPES.items(), reverse=True)
+_TYPE_MESSAGE = "must be {} (or the integer {})".format(
+    " or ".join(f'"{name}"' for _, name in _BY_NUMBER_DOWN), " or ".join(str(n) for n, _ in _BY_NUMBER_DOWN)
+)
+"""``must be "production" or "consumption" (or the integer 2 or 1)``: from the type table."""
+
+
 def _certificate_type(c: _Members) -> int | None:
     value = c.required("type")
     if value is _REPORTED:
@@ -527,7 +534,7 @@ def _certificate_type(c: _Members) -> int | None:
         return value
     if isinstance(value, str) and value.lower() in CERTIFICATE_TYPE_NUMBERS:
         return CERTIFICATE_TYPE_NUMBERS[value.lower()]
-    c.error("type", 'must be "production" or "consumption" (or the integer 2 or 1)')
+    c.error("type", _TYPE_MESSAGE)
     return None
 
 

@@ -29,7 +29,7 @@ from stamp.crypto.transactions import (
     build_issued_event,
     sign_transaction,
 )
-from stamp.domain import CERTIFICATE_TYPES, Attributes, CertificateContent
+from stamp.domain import CERTIFICATE_TYPES, CERTIFICATE_TYPES_TEXT, Attributes, CertificateContent
 
 BIT_SIZE = 32
 """Range of a quantity: [0, 2^32) Wh, proven with n = 32."""
@@ -238,7 +238,7 @@ def _check_request(request: IssueRequest) -> None:
     if canonical != content.key.certificate_id:
         problems.append("certificate_id must be a canonical lower-case UUID")
     if content.certificate_type not in CERTIFICATE_TYPES:
-        problems.append("certificate_type must be 1 (consumption) or 2 (production)")
+        problems.append(f"certificate_type must be {CERTIFICATE_TYPES_TEXT}")
     if not 0 <= content.quantity < 1 << BIT_SIZE:
         problems.append(f"quantity must be in 0…2^{BIT_SIZE}−1")
     if request.blinding is not None and not 0 <= request.blinding < L:

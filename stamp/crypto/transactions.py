@@ -18,7 +18,7 @@ from protos.project_origin.common.v1 import common_pb2
 from protos.project_origin.electricity.v1 import electricity_pb2
 from protos.project_origin.registry.v1 import registry_pb2
 from stamp.crypto.issuer_keys import IssuerKey
-from stamp.domain import CERTIFICATE_TYPES
+from stamp.domain import CERTIFICATE_TYPES, CERTIFICATE_TYPES_TEXT
 
 ISSUED_EVENT_TYPE = "project_origin.electricity.v1.IssuedEvent"
 WITHDRAWN_EVENT_TYPE = "project_origin.electricity.v1.WithdrawnEvent"
@@ -64,7 +64,7 @@ def build_issued_event(
     """Serialized `IssuedEvent`. `hashed_attributes` holds (key, hash as put on the registry);
     attributes go clear ones first, then hashed ones, each in the given order."""
     if certificate_type not in CERTIFICATE_TYPES:
-        raise ValueError("certificate_type must be 1 (consumption) or 2 (production)")
+        raise ValueError(f"certificate_type must be {CERTIFICATE_TYPES_TEXT}")
     attributes = [
         electricity_pb2.Attribute(key=key, value=value, type=electricity_pb2.CLEARTEXT)
         for key, value in clear_attributes
