@@ -42,6 +42,7 @@ from stamp.domain import (
     RegistryRejected,
     State,
     Step,
+    slice_of,
 )
 
 log = structlog.get_logger(__name__)
@@ -171,7 +172,13 @@ class CertificateActor(StampActor):
                     SubmitTransaction(key, transaction, transaction_id, self.actor_ref, check)
                 )
             case lc.Deliver(record=record, recipient=recipient):
-                self.deps.wallet_gateway.tell(DeliverSlice(record, recipient, self.actor_ref))
+                # Built here: a record no slice can be made of crashes this actor
+                # (and fails after the supervisor's restarts), it is no wallet error.
+                self.deps.wallet_gateway.tell(
+                    DeliverSlice(
+                        slice_of(record, recipient), recipient.wallet_endpoint_url, record, self.actor_ref
+                    )
+                )
             case lc.Wait(step=step, attempt=attempt, reason=reason):
                 self._wait(step, attempt, reason)
             case lc.Moved(record=record, previous=previous):

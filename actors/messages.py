@@ -11,7 +11,7 @@ from typing import Any
 
 import pykka
 
-from stamp.domain import CertificateKey, CertificateRecord, Recipient, State
+from stamp.domain import CertificateKey, CertificateRecord, Slice, State
 from stamp.withdrawal import Withdrawal
 
 Ref = pykka.ActorRef[Any]
@@ -155,10 +155,12 @@ class SubmitTransaction:
 
 @dataclass(frozen=True, slots=True)
 class DeliverSlice:
-    """Deliver the slice of ``record`` (``domain.slice_of``) to the recipient's
-    endpoint as it is now and, on a 2xx, record the delivery at once (the lifecycle's
+    """Deliver this slice of ``record`` to the recipient's endpoint as it is now
+    (``endpoint`` is the one the certificate knew, for a recipient the database no
+    longer has) and, on a 2xx, record the delivery at once (the lifecycle's
     ``delivered_write`` of ``record``); answered with ``lifecycle.WalletAnswered``."""
 
+    slice: Slice
+    endpoint: str
     record: CertificateRecord
-    recipient: Recipient
     reply_to: Ref

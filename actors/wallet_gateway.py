@@ -12,7 +12,7 @@ from actors.bridge import LoopBridge, Reply, describe
 from actors.messages import DeliverSlice
 from stamp.config import Settings
 from stamp.db import queries
-from stamp.domain import Delivery, slice_of
+from stamp.domain import Delivery
 from stamp.gateways.wallet_client import WalletClient
 from stamp.lifecycle import DatabaseFailed, WalletAnswered, Written, delivered_write
 
@@ -50,8 +50,8 @@ class WalletGateway(StampActor):
             )
         except Exception as exc:
             return _failed(f"recipient endpoint not read: {describe(exc)}")
-        url: str = endpoint["wallet_endpoint_url"] or message.recipient.wallet_endpoint_url
-        result = await self.client.deliver(url, slice_of(record, message.recipient))
+        url: str = endpoint["wallet_endpoint_url"] or message.endpoint
+        result = await self.client.deliver(url, message.slice)
         outcome = result.outcome
         if outcome is not Delivery.DELIVERED:
             return WalletAnswered(outcome, result.status, result.reason, endpoint=url)
