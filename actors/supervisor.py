@@ -62,13 +62,15 @@ WITHDRAWAL_CLAIM_LIMIT = 1000
 """Pending withdrawals claimed per sweep; more are claimed by the next one, a tick later."""
 
 
-async def _sweep_leases(deps: ActorDeps, renew: bool, claim: bool) -> LeasesSwept:
-    """Renew this instance's leases (certificates and withdrawals), settle the
-    withdrawals that became moot and claim the pending ones nobody drives."""
+async def _sweep_leases(deps: ActorDeps, renew: bool, withdrawing: bool, claim: bool) -> LeasesSwept:
+    """Renew this instance's leases (certificates, and withdrawals while the withdrawal
+    actor lives), settle the withdrawals that became moot and claim the pending ones
+    nobody drives."""
     lease = deps.lease
     if renew:
         await queries.renew_leases(deps.pool, owner=lease.owner, lease_seconds=lease.seconds)
-        await withdrawals.renew_leases(deps.pool, lease=lease)
+        if withdrawing:
+            await withdrawals.renew_leases(deps.pool, lease=lease)
     if not claim:
         return LeasesSwept((), again=False)
     moot = await withdrawals.settle_moot(deps.pool)
@@ -258,9 +260,13 @@ class Supervisor(StampActor):
         # A withdrawal waiting for its issuance goes out soon after the registry
         # commits it: while any wait, the claim runs every tick. Claims stop with
         # intake (draining); leases are renewed until the end.
-        claim = not self.draining and self.withdrawal_actor is not None
+        # A dead withdrawal actor's withdrawals are not renewed: their leases expire and
+        # another instance takes them over.
+        withdrawing = self.withdrawal_actor is not None and self.withdrawal_actor.is_alive()
+        claim = withdrawing and not self.draining
         self.deps.bridge.run(
-            _sweep_leases(self.deps, renew, claim), Reply(self.actor_ref, _identity, LeaseSweepFailed)
+            _sweep_leases(self.deps, renew, withdrawing, claim),
+            Reply(self.actor_ref, _identity, LeaseSweepFailed),
         )
 
 
