@@ -116,6 +116,7 @@ class SubmitTransaction:
     transaction_id: str
     reply_to: Ref
     check_first: bool
+    trace: Any = None  # the certificate's step span (an OTel SpanContext), linked by the batch
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,3 +128,4 @@ class DeliverSlice:
     slice: Slice
     record: CertificateRecord
     reply_to: Ref
+    trace: Any = None  # the certificate's deliver span (an OTel SpanContext): the call's parent

@@ -12,6 +12,7 @@ import dataclasses
 from actors.base import StampActor
 from actors.bridge import LoopBridge, Reply, describe
 from actors.messages import DeliverSlice
+from stamp import tracing
 from stamp.config import Settings
 from stamp.db import queries
 from stamp.domain import CertificateRecord, Delivery, Recipient
@@ -57,6 +58,12 @@ class WalletGateway(StampActor):
             self.bridge.run(self._deliver(message), Reply(message.reply_to, _identity, _failed))
 
     async def _deliver(self, message: DeliverSlice) -> WalletAnswered:
+        if not tracing.ENABLED:
+            return await self._deliver_now(message)
+        with tracing.child_of(message.trace):
+            return await self._deliver_now(message)
+
+    async def _deliver_now(self, message: DeliverSlice) -> WalletAnswered:
         record = message.record
         assert self.bridge.batcher is not None
         # The endpoint is read when the slice is sent, not taken from a cache: a
