@@ -23,7 +23,6 @@ from tests.process import StampProcess
 from tests.stack import GRID_AREA, ISSUER, REGISTRY, certificate_body
 from tests.waiting import wait_until
 
-
 TOKEN = f"tok-{uuid.uuid4().hex}"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 STEPS = [
