@@ -25,6 +25,7 @@ credentials and query strings from URLs, whatever an instrumentation recorded.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 from collections.abc import Iterable, Iterator, Mapping, MutableMapping, Sequence
@@ -209,6 +210,13 @@ def child_of(span_context: Any) -> Iterator[None]:
 
 
 # --- spans of Stamp's own ------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=128)
+def statement_summary(sql: str) -> str:
+    """A statement's first words, to tell batched statements apart (no parameters)."""
+    words = " ".join(sql.split())
+    return words if len(words) <= 80 else words[:80] + "…"
 
 
 def intake(registry: str, certificate_id: str, recipient_id: str, *, own_trace: bool) -> str | None:

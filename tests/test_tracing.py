@@ -5,6 +5,10 @@ spans say what docs/operations.md says they say, and hold no secret."""
 from __future__ import annotations
 
 import base64
+import json
+import os
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -335,7 +339,7 @@ async def test_a_certificate_resumed_after_a_kill_continues_its_trace(
     _assert_no_secret(receiver.spans, list(rows.values()))
 
 
-def test_check_config_says_where_traces_go_without_secrets() -> None:
+def test_check_config_says_where_traces_go_without_secrets(tmp_path: Path) -> None:
     env = {
         "OTEL_EXPORTER_OTLP_ENDPOINT": "https://user:pa55word@collector.example:4318/",
         "OTEL_EXPORTER_OTLP_HEADERS": "Authorization=Bearer%20s3cr3t,x-tenant=t1",
@@ -363,6 +367,28 @@ def test_check_config_says_where_traces_go_without_secrets() -> None:
     assert tracing.TracingConfig.from_env(off).describe()["enabled"] is False
     with pytest.raises(tracing.TracingConfigError):
         tracing.TracingConfig.from_env({**env, "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"})
+    # The command itself.
+    key_file = tmp_path / "dk1.pem"
+    key_file.write_text(ISSUER.private_pem())
+    base = {
+        **os.environ,
+        "STAMP_REGISTRIES": f"{REGISTRY}=127.0.0.1:1",
+        "STAMP_ISSUER_KEYS": f"{GRID_AREA}={key_file}",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "stamp.cli", "check-config"],
+        env={**base, **env},
+        capture_output=True,
+        check=True,
+    )
+    assert json.loads(done.stdout)["tracing"] == shown
+    assert b"s3cr3t" not in done.stdout + done.stderr and b"pa55word" not in done.stdout + done.stderr
+    refused = subprocess.run(
+        [sys.executable, "-m", "stamp.cli", "check-config"],
+        env={**base, **env, "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"},
+        capture_output=True,
+    )
+    assert refused.returncode == 2 and b"http/protobuf" in refused.stderr
 
 
 def test_the_exporter_masks_secret_attributes_whatever_recorded_them() -> None:

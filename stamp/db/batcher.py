@@ -156,7 +156,11 @@ class StatementBatcher:
             await self._write_group_now(conn, sql, items)
             return
         # One span for the round trip, linked to the span of every statement in it.
-        attributes = {"db.system": "postgresql", "db.operation.batch.size": len(items), "db.query.text": sql}
+        attributes = {
+            "db.system": "postgresql",
+            "db.operation.batch.size": len(items),
+            "db.query.summary": tracing.statement_summary(sql),
+        }
         with tracing.batch_span("db.group_commit", (item.trace for item in items), attributes):
             await self._write_group_now(conn, sql, items)
 
