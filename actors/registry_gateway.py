@@ -290,7 +290,7 @@ class RegistryGateway(StampActor):
             replies = await self.client.statuses(round_.registry, list(ids))
             return _Statuses(round_, ids, tuple(replies))
         # Read from the loop: a request replaced meanwhile only changes which span is linked.
-        carried = [self.tracked[i].request.trace for i in ids if i in self.tracked]
+        carried = [t.request.trace for t in map(self.tracked.get, ids) if t is not None]
         with tracing.batch_span("registry.status_round", carried, _batch_attributes(round_.registry, ids)):
             replies = await self.client.statuses(round_.registry, list(ids))
         return _Statuses(round_, ids, tuple(replies))
