@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
     from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
-    from stamp.domain import CertificateRecord
+    from stamp.domain import CertificateKey, CertificateRecord
     from stamp.lifecycle import Effect, Journey, LifecycleEvent
 
 ENABLED = False
@@ -219,7 +219,7 @@ def statement_summary(sql: str) -> str:
     return words if len(words) <= 80 else words[:80] + "…"
 
 
-def intake(registry: str, certificate_id: str, recipient_id: str, *, own_trace: bool) -> str | None:
+def intake(key: CertificateKey, recipient_id: str, *, own_trace: bool) -> str | None:
     """The ``certificate.intake`` span of a certificate being stored, and the
     traceparent to store with it. ``own_trace``: a batch item, which gets a trace of
     its own linked to the batch request's span; a single POST stays in the request's
@@ -227,7 +227,11 @@ def intake(registry: str, certificate_id: str, recipient_id: str, *, own_trace: 
     if not ENABLED:
         return None
     request = trace.get_current_span().get_span_context()
-    attributes = {"certificate.id": certificate_id, "registry": registry, "recipient.id": recipient_id}
+    attributes = {
+        "certificate.id": key.certificate_id,
+        "registry": key.registry,
+        "recipient.id": recipient_id,
+    }
     if own_trace:
         links = [trace.Link(request)] if request.is_valid else []
         alone = otel_context.Context()
@@ -281,7 +285,7 @@ class CertificateTrace:
         self.base: dict[str, Any] = {
             "certificate.id": key.certificate_id,
             "registry": key.registry,
-            "recipient.id": record.recipient_id,
+            "recipient.id": record.content.recipient_id,
         }
         stored = span_context_of(record.traceparent)
         # None: stored while tracing was off; the first step then begins a trace.

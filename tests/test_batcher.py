@@ -13,7 +13,7 @@ import pytest
 
 from stamp.db import queries
 from stamp.db.batcher import StatementBatcher
-from stamp.domain import CertificateKey, Event, State
+from stamp.domain import CertificateContent, CertificateKey, Event, State
 from tests.test_positions import _stored_certificates
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -176,17 +176,18 @@ async def test_intake_inserts_batch_and_a_repeat_is_told_apart(clean_db: asyncpg
 
     def row(i: int) -> queries.NewCertificateRow:
         return queries.NewCertificateRow(
-            registry_name="Narnia",
-            certificate_id=str(uuid.UUID(int=i + 1)),
-            recipient_id=recipient,
-            metering_point_id="571313000000000001",
-            certificate_type=2,
-            quantity=100 + i,
-            start=1_700_000_000 + 3600 * i,
-            end=1_700_003_600 + 3600 * i,
-            grid_area="DK1",
-            clear_attributes=(),
-            hashed_attributes=(),
+            content=CertificateContent(
+                key=CertificateKey("Narnia", str(uuid.UUID(int=i + 1))),
+                recipient_id=recipient,
+                metering_point_id="571313000000000001",
+                certificate_type=2,
+                quantity=100 + i,
+                start=1_700_000_000 + 3600 * i,
+                end=1_700_003_600 + 3600 * i,
+                grid_area="DK1",
+                clear_attributes=(),
+                hashed_attributes=(),
+            ),
             request_digest=b"\x00",
         )
 
@@ -196,7 +197,7 @@ async def test_intake_inserts_batch_and_a_repeat_is_told_apart(clean_db: asyncpg
             batcher.fetch(
                 queries.INSERT_CERTIFICATE,
                 queries.insert_certificate_args(r, None),
-                (r.registry_name, r.certificate_id),
+                (r.content.key.registry, r.content.key.certificate_id),
             )
             for r in new_rows
         )

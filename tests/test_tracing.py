@@ -20,6 +20,7 @@ import pytest
 from stamp import tracing
 from stamp.devstack.registry import RegistrySimConfig, RegistrySimulator
 from stamp.devstack.wallet import WalletSimConfig, WalletSimulator
+from stamp.domain import CertificateKey
 from tests.faults import stamp_env
 from tests.logs import json_lines
 from tests.otlp_receiver import OtlpReceiver, ReceivedSpan
@@ -416,5 +417,5 @@ def test_the_exporter_masks_secret_attributes_whatever_recorded_them() -> None:
 def test_tracing_is_off_without_an_endpoint_and_then_makes_no_span() -> None:
     assert not tracing.ENABLED  # the test process never configured it
     assert tracing.current_span_context() is None
-    assert tracing.intake("r", "c", "p", own_trace=True) is None
+    assert tracing.intake(CertificateKey("r", "c"), "p", own_trace=True) is None
     assert tracing.batch_span("x", [], {}) is tracing.batch_span("y", [], {})  # one shared no-op

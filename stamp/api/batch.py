@@ -22,13 +22,13 @@ from actors.bridge import tell_from_loop
 from actors.messages import AdmitCertificate
 from stamp import metrics, tracing
 from stamp.api import problems
-from stamp.api.requests import NewCertificate, parse_batch, parse_new_certificate, read_json_body
-from stamp.api.routes import judge_existing, new_row, status_url
+from stamp.api.requests import parse_batch, parse_new_certificate, read_json_body, request_digest
+from stamp.api.routes import judge_existing, status_url
 from stamp.api.runtime import RUNTIME
 from stamp.api.views import json_response
 from stamp.db import batch_intake
 from stamp.db.queries import NewCertificateRow
-from stamp.domain import CertificateKey, State
+from stamp.domain import CertificateContent, CertificateKey, State
 
 log = structlog.get_logger(__name__)
 
@@ -49,7 +49,7 @@ async def create_certificates(request: web.Request) -> web.Response:
     items = parse_batch(body, max_items=settings.max_batch)
     answers: list[dict[str, Any] | None] = [None] * len(items)
 
-    parsed: list[tuple[int, NewCertificate]] = []
+    parsed: list[tuple[int, CertificateContent]] = []
     for index, item in enumerate(items):
         try:
             new = parse_new_certificate(
@@ -67,8 +67,8 @@ async def create_certificates(request: web.Request) -> web.Response:
     known = await runtime.recipients.get_many(new.recipient_id for _, new in parsed)
     # The first item of each key goes into the insert; a later one with the same key
     # is judged against whatever holds the key once the insert is done.
-    candidates: list[tuple[int, NewCertificate, NewCertificateRow]] = []
-    repeats: list[tuple[int, NewCertificate, NewCertificateRow]] = []
+    candidates: list[tuple[int, CertificateContent, NewCertificateRow]] = []
+    repeats: list[tuple[int, CertificateContent, NewCertificateRow]] = []
     keys_seen: set[CertificateKey] = set()
     for index, new in parsed:
         if new.recipient_id not in known:
@@ -76,8 +76,10 @@ async def create_certificates(request: web.Request) -> web.Response:
                 index, problems.NotFound(f"recipient {new.recipient_id} not found", field="recipientId")
             )
             continue
-        key = CertificateKey(new.registry_name, new.certificate_id)
-        (repeats if key in keys_seen else candidates).append((index, new, new_row(new)))
+        key = new.key
+        (repeats if key in keys_seen else candidates).append(
+            (index, new, NewCertificateRow(new, request_digest(new)))
+        )
         keys_seen.add(key)
 
     if candidates and runtime.backlog.count + len(candidates) > settings.max_backlog:
@@ -96,7 +98,7 @@ async def create_certificates(request: web.Request) -> web.Response:
     unstored = list(repeats)
     for candidate in candidates:
         index, new, _ = candidate
-        key = CertificateKey(new.registry_name, new.certificate_id)
+        key = new.key
         if key in stored.recipients:
             answers[index] = _accepted(request, index, "accepted", key, State.STORED.value)
         else:
@@ -111,7 +113,7 @@ async def create_certificates(request: web.Request) -> web.Response:
         except problems.Problem as problem:
             answers[index] = _failed(index, problem)
         else:
-            key = CertificateKey(new.registry_name, new.certificate_id)
+            key = new.key
             answers[index] = _accepted(request, index, "alreadyAccepted", key, state)
 
     every = [answer for answer in answers if answer is not None]
@@ -132,8 +134,7 @@ async def _store(request: web.Request, rows: list[NewCertificateRow]) -> batch_i
     if tracing.ENABLED:  # a trace per certificate, linked to this request's
         rows = [
             dataclasses.replace(
-                r,
-                traceparent=tracing.intake(r.registry_name, r.certificate_id, r.recipient_id, own_trace=True),
+                r, traceparent=tracing.intake(r.content.key, r.content.recipient_id, own_trace=True)
             )
             for r in rows
         ]

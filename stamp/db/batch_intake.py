@@ -99,17 +99,17 @@ async def insert_batch(
     row i is leased to ``lease_owner`` (admitted at once) if it is stored."""
     result = await conn.fetch(
         INSERT_BATCH,
-        [r.registry_name for r in rows],
-        [r.certificate_id for r in rows],
-        [r.recipient_id for r in rows],
-        [r.metering_point_id for r in rows],
-        [r.certificate_type for r in rows],
-        [r.quantity for r in rows],
-        [r.start for r in rows],
-        [r.end for r in rows],
-        [r.grid_area for r in rows],
-        [_attributes(r.clear_attributes) for r in rows],
-        [_attributes(r.hashed_attributes) for r in rows],
+        [r.content.key.registry for r in rows],
+        [r.content.key.certificate_id for r in rows],
+        [r.content.recipient_id for r in rows],
+        [r.content.metering_point_id for r in rows],
+        [r.content.certificate_type for r in rows],
+        [r.content.quantity for r in rows],
+        [r.content.start for r in rows],
+        [r.content.end for r in rows],
+        [r.content.grid_area for r in rows],
+        [_attributes(r.content.clear_attributes) for r in rows],
+        [_attributes(r.content.hashed_attributes) for r in rows],
         [r.request_digest for r in rows],
         [lease_owner if lease else None for lease in leased],
         lease_seconds,
@@ -132,11 +132,11 @@ async def find_conflicts(
         return []
     found = await conn.fetch(
         SELECT_CONFLICTS,
-        [r.registry_name for r in rows],
-        [r.certificate_id for r in rows],
-        [r.metering_point_id for r in rows],
-        [r.start for r in rows],
-        [r.end for r in rows],
+        [r.content.key.registry for r in rows],
+        [r.content.key.certificate_id for r in rows],
+        [r.content.metering_point_id for r in rows],
+        [r.content.start for r in rows],
+        [r.content.end for r in rows],
     )
     by_index: dict[int, asyncpg.Record] = {row["n"] - 1: row for row in found}
     return [by_index.get(i) for i in range(len(rows))]

@@ -19,6 +19,7 @@ from asyncpg.pool import PoolConnectionProxy
 
 from stamp.domain import (
     ACTIVE_STATES,
+    CertificateContent,
     CertificateKey,
     CertificateRecord,
     Event,
@@ -292,8 +293,9 @@ SELECT version FROM changed
 # --- functions ---------------------------------------------------------------------------
 
 
-def record_from_row(row: asyncpg.Record) -> CertificateRecord:
-    return CertificateRecord(
+def content_from_row(row: asyncpg.Record) -> CertificateContent:
+    """The content of a stored certificate (the record's columns, or a conflict's)."""
+    return CertificateContent(
         key=CertificateKey(row["registry_name"], row["id"]),
         recipient_id=row["recipient_id"],
         metering_point_id=row["metering_point_id"],
@@ -304,6 +306,12 @@ def record_from_row(row: asyncpg.Record) -> CertificateRecord:
         grid_area=row["grid_area"],
         clear_attributes=tuple((k, v) for k, v in row["clear_attributes"]),
         hashed_attributes=tuple((k, v) for k, v in row["hashed_attributes"]),
+    )
+
+
+def record_from_row(row: asyncpg.Record) -> CertificateRecord:
+    return CertificateRecord(
+        content=content_from_row(row),
         state=State(row["state"]),
         version=row["version"],
         position=row["position"],
@@ -355,17 +363,10 @@ class Lease:
 
 @dataclass(frozen=True, slots=True)
 class NewCertificateRow:
-    registry_name: str
-    certificate_id: str
-    recipient_id: str
-    metering_point_id: str
-    certificate_type: int
-    quantity: int
-    start: int
-    end: int
-    grid_area: str
-    clear_attributes: tuple[tuple[str, str], ...]
-    hashed_attributes: tuple[tuple[str, str], ...]
+    """A certificate to store: its content and the digest of the request that posted
+    it (an identical re-post is recognised by it)."""
+
+    content: CertificateContent
     request_digest: bytes
     traceparent: str | None = None  # the intake's trace context (stamp/tracing.py), when on
 
@@ -386,18 +387,19 @@ def stored_record(row: asyncpg.Record | None) -> CertificateRecord | None:
 
 
 def insert_certificate_args(new: NewCertificateRow, lease: Lease | None) -> tuple[Any, ...]:
+    c = new.content
     return (
-        new.registry_name,
-        new.certificate_id,
-        new.recipient_id,
-        new.metering_point_id,
-        new.certificate_type,
-        new.quantity,
-        new.start,
-        new.end,
-        new.grid_area,
-        [list(a) for a in new.clear_attributes],
-        [list(a) for a in new.hashed_attributes],
+        c.key.registry,
+        c.key.certificate_id,
+        c.recipient_id,
+        c.metering_point_id,
+        c.certificate_type,
+        c.quantity,
+        c.start,
+        c.end,
+        c.grid_area,
+        [list(a) for a in c.clear_attributes],
+        [list(a) for a in c.hashed_attributes],
         new.request_digest,
         lease.owner if lease else None,
         lease.seconds if lease else 0.0,
