@@ -4,6 +4,7 @@ failures reported, nothing handled after a stop."""
 
 from __future__ import annotations
 
+import contextvars
 import threading
 import time
 from typing import Any
@@ -110,3 +111,29 @@ def test_after_a_stop_nothing_is_handled_and_tells_fail() -> None:
     assert not ref.is_alive()
     with pytest.raises(pykka.ActorDeadError):
         ref.tell(2)
+
+
+_VALUE: contextvars.ContextVar[str] = contextvars.ContextVar("value", default="")
+
+
+class Remembers(StampActor):
+    """Sets a context variable in one message and reads it in the next, like an
+    actor that keeps its current trace span between messages."""
+
+    def on_receive(self, message: Any) -> Any:
+        if message == "read":
+            return _VALUE.get()
+        _VALUE.set(message)
+        return None
+
+
+def test_each_actor_keeps_its_own_context_between_messages() -> None:
+    refs = [Remembers.start() for _ in range(50)]
+    try:
+        for i, ref in enumerate(refs):
+            ref.tell(f"actor-{i}")
+        assert [ref.ask("read", timeout=10) for ref in refs] == [f"actor-{i}" for i in range(50)]
+        assert _VALUE.get() == ""  # nothing leaked into the asking thread either
+    finally:
+        for ref in refs:
+            ref.stop()
