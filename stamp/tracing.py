@@ -277,8 +277,9 @@ _FAILURES = frozenset(
 class CertificateTrace:
     """The spans of one certificate's lifecycle steps, kept by its actor: a step's span
     starts when the lifecycle issues its effect and ends when the answer comes back.
-    The actor's thread is its own, so the step's span stays current on it between
-    messages: log lines and the requests the actor hands on carry it."""
+    The actor's turns run in a context of its own (actors/base.py), so the step's span
+    stays current for it between messages: log lines and the requests the actor hands
+    on carry it."""
 
     def __init__(self, record: CertificateRecord) -> None:
         key = record.key

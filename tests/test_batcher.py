@@ -222,3 +222,24 @@ async def test_a_statement_kind_waiting_on_a_lock_does_not_hold_up_another(clean
         other = await asyncio.wait_for(batcher.fetch("SELECT $1::int AS answer", (42,), ("other",)), 5)
         assert other["answer"] == 42
     assert (await asyncio.wait_for(blocked, 5))["version"] == 2
+
+
+SLOW = "SELECT $2::int AS n, pg_sleep($1::float8) IS NULL AS slept"
+
+
+@pytest.mark.parametrize("writers", [1, 3])
+async def test_a_kind_with_more_writers_answers_without_waiting_for_a_slow_batch(
+    clean_db: asyncpg.Pool, writers: int
+) -> None:
+    batcher = StatementBatcher(clean_db, asyncio.get_running_loop(), writers={SLOW: writers})
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    slow = asyncio.ensure_future(batcher.fetch(SLOW, (1.0, 1), ("a",)))
+    await asyncio.sleep(0.05)  # the slow one is being written
+    quick = await batcher.fetch(SLOW, (0.0, 2), ("b",))
+    quick_after = loop.time() - started
+    assert quick["n"] == 2 and (await slow)["n"] == 1
+    if writers == 1:
+        assert quick_after >= 0.9, "one writer: the next statement waits for the batch under way"
+    else:
+        assert quick_after < 0.5, "a second writer answers at once"
