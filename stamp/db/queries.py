@@ -252,12 +252,14 @@ SELECT (SELECT version FROM changed) AS version, (SELECT withdrawn FROM changed)
 """
 
 # Before every wallet delivery after the first: only the writer that moves the
-# version on may send, so two drivers of one certificate never both deliver. The claim
-# records the attempt that failed before it, if any ($6 the event, $7 its detail).
+# version on may send, so two drivers of one certificate never both deliver ($6 an
+# event to record with it, if any, $7 its detail). The same statement records a failed
+# wallet attempt the moment it failed (state and attempts unchanged, the lease kept
+# through the backoff), so a crash before the next claim loses no attempt.
 _CLAIM = """
 WITH claimed AS (
     UPDATE certificates
-    SET version = version + 1, attempts = attempts + 1, updated_at = now(),
+    SET version = version + 1, {counted} updated_at = now(),
         lease_owner = $4, lease_until = now() + make_interval(secs => $5)
     WHERE registry_name = $1 AND id = $2 AND version = $3 AND {condition}
     RETURNING registry_name, id, version, state, withdrawn
@@ -268,10 +270,12 @@ event AS (
 )
 SELECT (SELECT version FROM claimed) AS version, (SELECT withdrawn FROM claimed) AS withdrawn
 """
-CLAIM_DELIVERY = _CLAIM.format(condition="state = 'marked_as_issued'")
+CLAIM_DELIVERY = _CLAIM.format(counted="attempts = attempts + 1,", condition="state = 'marked_as_issued'")
 CLAIM_REDELIVERY = _CLAIM.format(
-    condition="state = 'delivered' AND redelivery_requested_at IS NOT NULL AND NOT withdrawn"
+    counted="attempts = attempts + 1,",
+    condition="state = 'delivered' AND redelivery_requested_at IS NOT NULL AND NOT withdrawn",
 )
+RECORD_ATTEMPT_FAILED = _CLAIM.format(counted="", condition="state = $8")
 
 RETRY_FAILED = """
 WITH changed AS (
@@ -644,13 +648,19 @@ _WRITES = {
     WriteKind.FAIL: FAIL,
     WriteKind.REDELIVERED: REDELIVERED,
 }
-_CLAIMS = {WriteKind.CLAIM_DELIVERY: CLAIM_DELIVERY, WriteKind.CLAIM_REDELIVERY: CLAIM_REDELIVERY}
+_CLAIMS = {
+    WriteKind.CLAIM_DELIVERY: CLAIM_DELIVERY,
+    WriteKind.CLAIM_REDELIVERY: CLAIM_REDELIVERY,
+    WriteKind.ATTEMPT_FAILED: RECORD_ATTEMPT_FAILED,
+}
 
 
 def lifecycle_write(key: CertificateKey, write: Write, lease: Lease) -> tuple[str, tuple[Any, ...]]:
     """The statement and arguments of one write of the lifecycle (stamp/lifecycle.py)."""
     if write.kind in _CLAIMS:
         args = claim_delivery_args(key, write.expected, lease, write.event, dict(write.detail))
+        if write.kind is WriteKind.ATTEMPT_FAILED:
+            args = (*args, write.state.value)
         return _CLAIMS[write.kind], args
     if write.kind is WriteKind.ISSUE_AND_MARK:
         return ISSUE_AND_MARK, (key.registry, key.certificate_id, write.expected, lease.owner, lease.seconds)
