@@ -583,8 +583,12 @@ def claim_delivery_args(
     )
 
 
+# A certificate whose driver keeps crashing: an unfinished one fails; a delivered one
+# whose re-delivery was asked for stays delivered and its re-delivery ends failed (its
+# slice was delivered once; only the repeat is given up). Either way it is no longer
+# driven, and the event says why.
 FAIL_AFTER_CRASHES = """
-WITH changed AS (
+WITH failed AS (
     UPDATE certificates
     SET state = 'failed', version = version + 1, updated_at = now(), failed_step = $3,
         failure_reason = $4, attempts = $5, lease_owner = NULL, lease_until = NULL
@@ -592,18 +596,30 @@ WITH changed AS (
       AND state IN ('stored', 'sent_to_registry', 'issued_in_registry', 'marked_as_issued')
     RETURNING registry_name, id, state
 ),
+redelivery_ended AS (
+    UPDATE certificates
+    SET redelivery_requested_at = NULL, version = version + 1, updated_at = now(), attempts = 0,
+        lease_owner = NULL, lease_until = NULL
+    WHERE registry_name = $1 AND id = $2 AND state = 'delivered' AND redelivery_requested_at IS NOT NULL
+    RETURNING registry_name, id, state
+),
 event AS (
     INSERT INTO certificate_events (registry_name, certificate_id, event_type, state, detail)
     SELECT registry_name, id, 'CertificateFailed', state,
            jsonb_build_object('step', $3::text, 'reason', $4::text, 'attempts', $5::int)
-    FROM changed
+    FROM failed
+    UNION ALL
+    SELECT registry_name, id, 'CertificateRedeliveryFailed', state,
+           jsonb_build_object('reason', $4::text, 'crashes', $5::int)
+    FROM redelivery_ended
 )
-SELECT count(*) FROM changed
+SELECT (SELECT count(*) FROM failed) + (SELECT count(*) FROM redelivery_ended)
 """
 
 
 async def fail_after_crashes(conn: Conn, key: CertificateKey, step: str, reason: str, attempts: int) -> bool:
-    """Unconditional (not versioned): the actor that would own the version is dead."""
+    """Unconditional (not versioned): the actor that would own the version is dead.
+    An unfinished certificate fails; a pending re-delivery ends failed."""
     return bool(
         await conn.fetchval(FAIL_AFTER_CRASHES, key.registry, key.certificate_id, step, reason, attempts)
     )
