@@ -122,12 +122,18 @@ SELECT i.* FROM (VALUES (1)) AS one (n) LEFT JOIN inserted i ON true
 
 SELECT_RECORD = f"SELECT {_record_columns('c')} FROM certificates c WHERE registry_name = $1 AND id = $2"
 
+# The certificate with its withdrawal, if any (the registry side of it: its own state).
 SELECT_VIEW = """
-SELECT registry_name, id::text AS id, recipient_id::text AS recipient_id, metering_point_id,
-       certificate_type, quantity, period_start, period_end, grid_area, clear_attributes,
-       hashed_attributes, state, position, transaction_id, rejection_reason, failed_step,
-       failure_reason, attempts, withdrawn, created_at, updated_at
-FROM certificates WHERE registry_name = $1 AND id = $2
+SELECT c.registry_name, c.id::text AS id, c.recipient_id::text AS recipient_id, c.metering_point_id,
+       c.certificate_type, c.quantity, c.period_start, c.period_end, c.grid_area, c.clear_attributes,
+       c.hashed_attributes, c.state, c.position, c.transaction_id, c.rejection_reason, c.failed_step,
+       c.failure_reason, c.attempts, c.withdrawn, c.created_at, c.updated_at,
+       w.id AS withdrawal_id, w.state AS withdrawal_state, w.reason AS withdrawal_reason,
+       w.transaction_id AS withdrawal_transaction_id, w.withdrawn_at AS withdrawal_withdrawn_at,
+       w.updated_at AS withdrawal_updated_at
+FROM certificates c
+LEFT JOIN withdrawn_certificates w ON w.registry_name = c.registry_name AND w.certificate_id = c.id
+WHERE c.registry_name = $1 AND c.id = $2
 """
 
 SELECT_EVENTS = """
