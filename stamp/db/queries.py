@@ -701,13 +701,15 @@ def lifecycle_write(key: CertificateKey, write: Write, lease: Lease) -> tuple[st
 
 # --- re-delivery and moved endpoints -------------------------------------------------------
 
-# Re-delivery requests: every delivered certificate the filters select ($1 a recipient,
-# $2/$3 one certificate, $4 delivered at or after), locked, and those not withdrawn nor
-# already pending marked, each with its CertificateRedeliveryRequested event, in one
-# statement: the request is durable before it is answered.
+# Re-delivery requests, one page per statement (its own transaction): the next $8
+# delivered certificates the filters select ($1 a recipient, $2/$3 one certificate, $4
+# delivered at or after), after the keyset ($5, $6, $7) in (created_at, registry_name,
+# id) order (the recipient index), locked, and those not withdrawn nor already pending
+# marked, each with its CertificateRedeliveryRequested event: every page is durable
+# before the request is answered, and a page never locks more than $8 rows.
 REQUEST_REDELIVERY = """
 WITH candidates AS (
-    SELECT c.registry_name, c.id, c.withdrawn, c.redelivery_requested_at IS NOT NULL AS pending
+    SELECT c.registry_name, c.id, c.created_at, c.withdrawn, c.redelivery_requested_at IS NOT NULL AS pending
     FROM certificates c
     WHERE c.state = 'delivered'
       AND ($1::uuid IS NULL OR c.recipient_id = $1::uuid)
@@ -717,6 +719,9 @@ WITH candidates AS (
           WHERE e.registry_name = c.registry_name AND e.certificate_id = c.id
             AND e.event_type IN ('CertificateSentToWallet', 'CertificateRedelivered')
             AND e.at >= $4::timestamptz))
+      AND ($5::timestamptz IS NULL OR (c.created_at, c.registry_name, c.id) > ($5, $6::text, $7::uuid))
+    ORDER BY c.created_at, c.registry_name, c.id
+    LIMIT $8
     FOR UPDATE OF c
 ),
 changed AS (
@@ -730,8 +735,13 @@ event AS (
     INSERT INTO certificate_events (registry_name, certificate_id, event_type, state, detail)
     SELECT registry_name, id, 'CertificateRedeliveryRequested', state, '{}'::jsonb FROM changed
 )
-SELECT registry_name, id::text AS id, withdrawn, pending FROM candidates ORDER BY registry_name, id
+SELECT registry_name, id::text AS id, created_at, withdrawn, pending
+FROM candidates ORDER BY created_at, registry_name, id
 """
+
+REDELIVERY_PAGE = 2000
+"""Certificates a re-delivery request locks and marks per transaction: a recipient with
+hundreds of thousands of them is requested page by page, never in one long lock."""
 
 SELECT_STATE = """
 SELECT state, withdrawn FROM certificates WHERE registry_name = $1 AND id = $2
@@ -758,27 +768,41 @@ async def request_redelivery(
     recipient_id: str | None = None,
     key: CertificateKey | None = None,
     delivered_since: datetime | None = None,
+    page: int = REDELIVERY_PAGE,
 ) -> list[RedeliveryRequested]:
     """Ask for the re-delivery of delivered certificates (one, or a recipient's);
-    each certificate selected, with what the request did to it."""
-    rows = await conn.fetch(
-        REQUEST_REDELIVERY,
-        recipient_id,
-        key.registry if key else None,
-        key.certificate_id if key else None,
-        delivered_since,
-    )
-    return [
-        RedeliveryRequested(
-            CertificateKey(r["registry_name"], r["id"]),
-            Redelivery.WITHDRAWN
-            if r["withdrawn"]
-            else Redelivery.ALREADY_REQUESTED
-            if r["pending"]
-            else Redelivery.REQUESTED,
+    each certificate selected, with what the request did to it.
+
+    Page by page, each its own transaction when ``conn`` is not inside one: an
+    interrupted request keeps the pages it wrote, and repeating it finds those
+    certificates ``alreadyRequested`` (nothing is queued twice)."""
+    outcomes: list[RedeliveryRequested] = []
+    after: tuple[datetime | None, str | None, str | None] = (None, None, None)
+    while True:
+        rows = await conn.fetch(
+            REQUEST_REDELIVERY,
+            recipient_id,
+            key.registry if key else None,
+            key.certificate_id if key else None,
+            delivered_since,
+            *after,
+            page,
         )
-        for r in rows
-    ]
+        outcomes.extend(
+            RedeliveryRequested(
+                CertificateKey(r["registry_name"], r["id"]),
+                Redelivery.WITHDRAWN
+                if r["withdrawn"]
+                else Redelivery.ALREADY_REQUESTED
+                if r["pending"]
+                else Redelivery.REQUESTED,
+            )
+            for r in rows
+        )
+        if len(rows) < page:
+            return outcomes
+        last = rows[-1]
+        after = (last["created_at"], last["registry_name"], last["id"])
 
 
 async def certificate_state(conn: Conn, key: CertificateKey) -> tuple[State, bool] | None:
