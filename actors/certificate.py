@@ -30,7 +30,7 @@ from actors.messages import (
 )
 from actors.recipient import RecipientDirectory
 from stamp import lifecycle as lc
-from stamp import metrics
+from stamp import metrics, tracing
 from stamp.config import RetryPolicy, Settings
 from stamp.crypto.bundle import IssueBundle, IssueRequest, build_issue_bundle
 from stamp.db import queries
@@ -121,6 +121,7 @@ class CertificateActor(StampActor):
         self.log = log.bind(
             certificate_id=key.certificate_id, registry=key.registry, recipient_id=record.content.recipient_id
         )
+        self.trace = tracing.CertificateTrace.of(record)  # None: tracing is off
 
     # --- protocol ---------------------------------------------------------------------
 
@@ -135,6 +136,8 @@ class CertificateActor(StampActor):
         self._release_recipient()
         record = self.journey.record
         reason = describe(exc) if isinstance(exc, BaseException) else str(exc)
+        if self.trace is not None:
+            self.trace.close("crashed")
         self.log.error("certificate.actor_crashed", state=record.state.value, reason=reason)
         tell_quietly(self.supervisor, CertificateCrashed(record.key, record.state, reason, record.position))
 
@@ -147,7 +150,10 @@ class CertificateActor(StampActor):
         if len(self.queue) > 1:
             return
         while self.queue:
-            self.journey, effects = lc.advance(self.journey, self.queue[0], self.rules)
+            before = self.journey
+            self.journey, effects = lc.advance(before, self.queue[0], self.rules)
+            if self.trace is not None:
+                self.trace.advanced(self.queue[0], before, self.journey, effects)
             for effect in effects:
                 self._run(effect)
             self.queue.popleft()
@@ -168,15 +174,20 @@ class CertificateActor(StampActor):
             case lc.Submit(
                 key=key, transaction=transaction, transaction_id=transaction_id, check_first=check
             ):
+                traced = tracing.current_span_context()
                 self.deps.registry_gateway.tell(
-                    SubmitTransaction(key, transaction, transaction_id, self.actor_ref, check)
+                    SubmitTransaction(key, transaction, transaction_id, self.actor_ref, check, traced)
                 )
             case lc.Deliver(record=record, recipient=recipient):
                 # Built here: a record no slice can be made of crashes this actor
                 # (and fails after the supervisor's restarts), it is no wallet error.
                 self.deps.wallet_gateway.tell(
                     DeliverSlice(
-                        slice_of(record, recipient), recipient.wallet_endpoint_url, record, self.actor_ref
+                        slice_of(record, recipient),
+                        recipient.wallet_endpoint_url,
+                        record,
+                        self.actor_ref,
+                        tracing.current_span_context(),
                     )
                 )
             case lc.Wait(step=step, attempt=attempt, reason=reason):
@@ -239,5 +250,7 @@ class CertificateActor(StampActor):
     def on_stop(self) -> None:
         # Told once this actor is out of the registry, not before it stops: the
         # supervisor then frees the slot, and a new actor never overlaps this one.
+        if self.trace is not None:
+            self.trace.close("stopped")
         if self.finished is not None:
             tell_quietly(self.supervisor, self.finished)

@@ -151,6 +151,7 @@ class SubmitTransaction:
     transaction_id: str
     reply_to: Ref
     check_first: bool
+    trace: Any = None  # the certificate's step span (an OTel SpanContext), linked by the batch
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,3 +165,4 @@ class DeliverSlice:
     endpoint: str
     record: CertificateRecord
     reply_to: Ref
+    trace: Any = None  # the certificate's deliver span (an OTel SpanContext): the call's parent

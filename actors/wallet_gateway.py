@@ -10,6 +10,7 @@ from __future__ import annotations
 from actors.base import StampActor
 from actors.bridge import LoopBridge, Reply, describe
 from actors.messages import DeliverSlice
+from stamp import tracing
 from stamp.config import Settings
 from stamp.db import queries
 from stamp.domain import Delivery
@@ -38,6 +39,12 @@ class WalletGateway(StampActor):
             self.bridge.run(self._deliver(message), Reply(message.reply_to, _identity, _failed))
 
     async def _deliver(self, message: DeliverSlice) -> WalletAnswered:
+        if not tracing.ENABLED:
+            return await self._deliver_now(message)
+        with tracing.child_of(message.trace):
+            return await self._deliver_now(message)
+
+    async def _deliver_now(self, message: DeliverSlice) -> WalletAnswered:
         record = message.record
         recipient_id = record.content.recipient_id
         assert self.bridge.batcher is not None

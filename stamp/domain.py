@@ -148,6 +148,7 @@ class CertificateRecord:
     failed_step: str | None = None
     redelivery: bool = False  # delivered, and an operator asked to deliver it again
     withdrawn: bool = False  # a withdrawal is recorded: the slice is never delivered
+    traceparent: str | None = None  # the intake's W3C trace context (stamp/tracing.py)
 
     @property
     def key(self) -> CertificateKey:

@@ -11,6 +11,7 @@ body or item count over its limit) write nothing.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import asyncpg
@@ -19,7 +20,7 @@ from aiohttp import web
 
 from actors.bridge import tell_from_loop
 from actors.messages import AdmitCertificate
-from stamp import metrics
+from stamp import metrics, tracing
 from stamp.api import problems
 from stamp.api.requests import parse_batch, parse_new_certificate, read_json_body, request_digest
 from stamp.api.routes import judge_existing, status_url
@@ -130,6 +131,13 @@ async def _store(request: web.Request, rows: list[NewCertificateRow]) -> batch_i
     settings = runtime.settings
     if not rows:
         return batch_intake.StoredBatch({}, [])
+    if tracing.ENABLED:  # a trace per certificate, linked to this request's
+        rows = [
+            dataclasses.replace(
+                r, traceparent=tracing.intake(r.content.key, r.content.recipient_id, own_trace=True)
+            )
+            for r in rows
+        ]
     # Slots are taken before the insert is awaited, as the single route does, so a burst
     # of batches cannot overshoot STAMP_MAX_IN_FLIGHT; those that go unused (the row
     # collided) are given back after.

@@ -4,6 +4,7 @@ write to PostgreSQL and *tell* the supervisor."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import uuid
 
 import asyncpg
@@ -12,7 +13,7 @@ from aiohttp import web
 
 from actors.bridge import tell_from_loop
 from actors.messages import AdmitCertificate
-from stamp import metrics
+from stamp import metrics, tracing
 from stamp.api import problems
 from stamp.api.requests import (
     differences,
@@ -166,6 +167,9 @@ async def create_certificate(request: web.Request) -> web.Response:
     # another instance sharing the database does not claim it too. A full house
     # leaves the row unleased, for whichever supervisor has room first. The slot is
     # taken now, before the insert is awaited, so a burst cannot overshoot the bound.
+    if tracing.ENABLED:  # the certificate's trace is this request's: stored with it
+        traced = tracing.intake(new.key, new.recipient_id, own_trace=False)
+        row = dataclasses.replace(row, traceparent=traced)
     admit = runtime.live.take_slots(settings.max_in_flight) == 1
     lease = queries.Lease(settings.instance_id, settings.lease_seconds) if admit else None
     try:

@@ -25,20 +25,21 @@ INSERT_BATCH = f"""
 WITH input AS (
     SELECT * FROM unnest($1::text[], $2::uuid[], $3::uuid[], $4::text[], $5::smallint[], $6::bigint[],
                          $7::bigint[], $8::bigint[], $9::text[], $10::text[], $11::text[], $12::bytea[],
-                         $13::text[])
+                         $13::text[], $15::text[])
         WITH ORDINALITY AS t (registry_name, id, recipient_id, metering_point_id, certificate_type, quantity,
                               period_start, period_end, grid_area, clear_attributes, hashed_attributes,
-                              request_digest, lease_owner, n)
+                              request_digest, lease_owner, traceparent, n)
 ),
 inserted AS (
     INSERT INTO certificates (
         registry_name, id, recipient_id, metering_point_id, certificate_type, quantity,
         period_start, period_end, grid_area, clear_attributes, hashed_attributes,
-        request_digest, state, lease_owner, lease_until)
+        request_digest, state, lease_owner, lease_until, traceparent)
     SELECT registry_name, id, recipient_id, metering_point_id, certificate_type, quantity,
            period_start, period_end, grid_area, clear_attributes::jsonb, hashed_attributes::jsonb,
            request_digest, 'stored', lease_owner,
-           CASE WHEN lease_owner IS NULL THEN NULL ELSE now() + make_interval(secs => $14) END
+           CASE WHEN lease_owner IS NULL THEN NULL ELSE now() + make_interval(secs => $14) END,
+           traceparent
     FROM input ORDER BY n
     ON CONFLICT DO NOTHING
     RETURNING {CERTIFICATE_RECORD_COLUMNS}, certificates.lease_owner
@@ -112,6 +113,7 @@ async def insert_batch(
         [r.request_digest for r in rows],
         [lease_owner if lease else None for lease in leased],
         lease_seconds,
+        [r.traceparent for r in rows],
     )
     recipients: dict[CertificateKey, str] = {}
     admitted: list[CertificateRecord] = []

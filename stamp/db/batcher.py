@@ -34,7 +34,7 @@ from typing import Any
 import asyncpg
 import structlog
 
-from stamp import metrics
+from stamp import metrics, tracing
 
 log = structlog.get_logger(__name__)
 
@@ -52,6 +52,7 @@ class _Pending:
     lock_key: tuple[str, ...]
     done: Done
     settled: bool = False
+    trace: Any = None  # the submitter's span (tracing on): the round trip links to it
 
 
 class StatementBatcher:
@@ -78,8 +79,11 @@ class StatementBatcher:
     ) -> None:
         """Queue one statement; ``done(row, None)`` or ``done(None, error)`` follows on
         the event loop. Thread-safe; ``on_loop``: called from the event loop itself."""
+        pending = _Pending(sql, args, lock_key, done)
+        if tracing.ENABLED:
+            pending.trace = tracing.current_span_context()
         with self._lock:
-            self._pending.setdefault(sql, deque()).append(_Pending(sql, args, lock_key, done))
+            self._pending.setdefault(sql, deque()).append(pending)
             if sql in self._writing:
                 return
             self._writing.add(sql)
@@ -148,6 +152,19 @@ class StatementBatcher:
             await self._pool.release(conn)
 
     async def _write_group(self, conn: Any, sql: str, items: list[_Pending]) -> None:
+        if not tracing.ENABLED:
+            await self._write_group_now(conn, sql, items)
+            return
+        # One span for the round trip, linked to the span of every statement in it.
+        attributes = {
+            "db.system": "postgresql",
+            "db.operation.batch.size": len(items),
+            "db.query.summary": tracing.statement_summary(sql),
+        }
+        with tracing.batch_span("db.group_commit", (item.trace for item in items), attributes):
+            await self._write_group_now(conn, sql, items)
+
+    async def _write_group_now(self, conn: Any, sql: str, items: list[_Pending]) -> None:
         self.round_trips += 1
         self.statements += len(items)
         try:

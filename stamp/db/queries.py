@@ -91,7 +91,7 @@ def _record_columns(t: str) -> str:
 {t}.certificate_type, {t}.quantity, {t}.period_start, {t}.period_end, {t}.grid_area,
 {t}.clear_attributes, {t}.hashed_attributes, {t}.state, {t}.version, {t}.position, {t}.attempts,
 {t}.transaction_id, {t}.transaction, {t}.blinding, {t}.salts, {t}.failed_step, {t}.withdrawn,
-{t}.redelivery_requested_at IS NOT NULL AS redelivery
+{t}.redelivery_requested_at IS NOT NULL AS redelivery, {t}.traceparent
 """
 
 
@@ -107,9 +107,10 @@ WITH inserted AS (
     INSERT INTO certificates (
         registry_name, id, recipient_id, metering_point_id, certificate_type, quantity,
         period_start, period_end, grid_area, clear_attributes, hashed_attributes,
-        request_digest, state, lease_owner, lease_until)
+        request_digest, state, lease_owner, lease_until, traceparent)
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'stored',
-            $13::text, CASE WHEN $13::text IS NULL THEN NULL ELSE now() + make_interval(secs => $14) END)
+            $13::text, CASE WHEN $13::text IS NULL THEN NULL ELSE now() + make_interval(secs => $14) END,
+            $15::text)
     ON CONFLICT DO NOTHING
     RETURNING {_record_columns("certificates")}, certificates.created_at
 ),
@@ -332,6 +333,7 @@ def record_from_row(row: asyncpg.Record) -> CertificateRecord:
         failed_step=row["failed_step"],
         redelivery=row["redelivery"],
         withdrawn=row["withdrawn"],
+        traceparent=row["traceparent"],
     )
 
 
@@ -376,6 +378,7 @@ class NewCertificateRow:
 
     content: CertificateContent
     request_digest: bytes
+    traceparent: str | None = None  # the intake's trace context (stamp/tracing.py), when on
 
 
 async def insert_certificate(
@@ -410,6 +413,7 @@ def insert_certificate_args(new: NewCertificateRow, lease: Lease | None) -> tupl
         new.request_digest,
         lease.owner if lease else None,
         lease.seconds if lease else 0.0,
+        new.traceparent,
     )
 
 
