@@ -15,6 +15,7 @@ import asyncio
 import concurrent.futures
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Generic, TypeVar
 
 import asyncpg
@@ -70,6 +71,23 @@ class Reply(Generic[T]):
         tell_from_loop(self.to, self.outcome(value, error))
 
 
+def _answer(reply: Reply[T], task: asyncio.Task[T]) -> None:
+    """A task's outcome, whatever it is, goes back as a message."""
+    if task.cancelled():
+        reply(None, asyncio.CancelledError())
+        return
+    error = task.exception()
+    if error is not None:
+        reply(None, error)
+    else:
+        reply(task.result(), None)
+
+
+def _log_failure(what: str, task: asyncio.Task[object]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("loop.task_failed", task=what, error=type(task.exception()).__name__)
+
+
 class LoopBridge:
     def __init__(
         self,
@@ -80,32 +98,40 @@ class LoopBridge:
         self.loop = loop
         self.executor = executor
         self.batcher = batcher
+        self._tasks: set[asyncio.Task[Any]] = set()  # referenced while they run
 
     def run(self, coro: Coroutine[Any, Any, T], reply: Reply[T]) -> None:
         """Run coro on the loop; its value or failure comes back as ``reply`` says."""
         metrics.handed_to_loop()
-        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
-
-        def done(f: concurrent.futures.Future[T]) -> None:
-            try:
-                value = f.result()
-            except BaseException as exc:  # the outcome, whatever it is, goes back as a message
-                reply(None, exc)
-            else:
-                reply(value, None)
-
-        future.add_done_callback(done)
+        # A task started by a plain callback, answered from its done callback: no
+        # concurrent future chained to it (run_coroutine_threadsafe's extra callbacks
+        # cost about as much as the hand-off itself).
+        self._start(
+            coro, partial(_answer, reply), lambda exc: tell_quietly(reply.to, reply.outcome(None, exc))
+        )
 
     def spawn(self, coro: Coroutine[Any, Any, object], what: str) -> None:
         """Run coro on the loop; nobody waits for it, a failure is logged."""
         metrics.handed_to_loop()
-        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        self._start(coro, partial(_log_failure, what), lambda _exc: None)
 
-        def done(f: concurrent.futures.Future[object]) -> None:
-            if not f.cancelled() and f.exception() is not None:
-                log.warning("loop.task_failed", task=what, error=type(f.exception()).__name__)
+    def _start(
+        self,
+        coro: Coroutine[Any, Any, Any],
+        done: Callable[[asyncio.Task[Any]], None],
+        closed: Callable[[BaseException], object],
+    ) -> None:
+        def start() -> None:
+            task = self.loop.create_task(coro)
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            task.add_done_callback(done)
 
-        future.add_done_callback(done)
+        try:
+            self.loop.call_soon_threadsafe(start)
+        except RuntimeError as exc:  # the loop is closed (shutting down): the answer is the failure
+            coro.close()
+            closed(exc)
 
     def write(
         self, sql: str, args: Sequence[Any], lock_key: tuple[str, ...], reply: Reply[asyncpg.Record]

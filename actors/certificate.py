@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Callable
 from functools import partial
 
 import structlog
@@ -28,9 +29,9 @@ from actors.messages import (
     SubmitTransaction,
 )
 from actors.recipient import RecipientDirectory
-from actors.wallet_gateway import slice_of
 from stamp import lifecycle as lc
-from stamp import metrics
+from stamp import metrics, tracing
+from stamp.config import RetryPolicy, Settings
 from stamp.crypto.bundle import IssueBundle, IssueRequest, build_issue_bundle
 from stamp.db import queries
 from stamp.domain import (
@@ -41,6 +42,7 @@ from stamp.domain import (
     RegistryRejected,
     State,
     Step,
+    slice_of,
 )
 
 log = structlog.get_logger(__name__)
@@ -69,9 +71,19 @@ def rules_of(deps: ActorDeps) -> lc.Rules:
     return lc.Rules(
         registry_max_attempts=settings.registry_retry.max_attempts,
         wallet_max_attempts=settings.wallet_retry.max_attempts,
-        crypto_max_attempts=settings.registry_retry.max_attempts,
+        crypto_max_attempts=settings.crypto_retry.max_attempts,
         grid_areas=frozenset(deps.issuer_pems),
     )
+
+
+# The backoff of each step the lifecycle waits at (None: a database statement failed).
+_RETRY_POLICIES: dict[Step | None, Callable[[Settings], RetryPolicy]] = {
+    None: lambda settings: settings.database_retry,
+    Step.POSITION: lambda settings: settings.database_retry,
+    Step.CRYPTO: lambda settings: settings.crypto_retry,
+    Step.REGISTRY: lambda settings: settings.registry_retry,
+    Step.WALLET: lambda settings: settings.wallet_retry,
+}
 
 
 def _built(bundle: IssueBundle) -> lc.BundleBuilt:
@@ -107,8 +119,9 @@ class CertificateActor(StampActor):
         key = record.key
         self.lock_key = (key.registry, key.certificate_id)
         self.log = log.bind(
-            certificate_id=key.certificate_id, registry=key.registry, recipient_id=record.recipient_id
+            certificate_id=key.certificate_id, registry=key.registry, recipient_id=record.content.recipient_id
         )
+        self.trace = tracing.CertificateTrace.of(record)  # None: tracing is off
 
     # --- protocol ---------------------------------------------------------------------
 
@@ -123,6 +136,8 @@ class CertificateActor(StampActor):
         self._release_recipient()
         record = self.journey.record
         reason = describe(exc) if isinstance(exc, BaseException) else str(exc)
+        if self.trace is not None:
+            self.trace.close("crashed")
         self.log.error("certificate.actor_crashed", state=record.state.value, reason=reason)
         tell_quietly(self.supervisor, CertificateCrashed(record.key, record.state, reason, record.position))
 
@@ -135,7 +150,10 @@ class CertificateActor(StampActor):
         if len(self.queue) > 1:
             return
         while self.queue:
-            self.journey, effects = lc.advance(self.journey, self.queue[0], self.rules)
+            before = self.journey
+            self.journey, effects = lc.advance(before, self.queue[0], self.rules)
+            if self.trace is not None:
+                self.trace.advanced(self.queue[0], before, self.journey, effects)
             for effect in effects:
                 self._run(effect)
             self.queue.popleft()
@@ -156,12 +174,21 @@ class CertificateActor(StampActor):
             case lc.Submit(
                 key=key, transaction=transaction, transaction_id=transaction_id, check_first=check
             ):
+                traced = tracing.current_span_context()
                 self.deps.registry_gateway.tell(
-                    SubmitTransaction(key, transaction, transaction_id, self.actor_ref, check)
+                    SubmitTransaction(key, transaction, transaction_id, self.actor_ref, check, traced)
                 )
             case lc.Deliver(record=record, recipient=recipient):
+                # Built here: a record no slice can be made of crashes this actor
+                # (and fails after the supervisor's restarts), it is no wallet error.
                 self.deps.wallet_gateway.tell(
-                    DeliverSlice(slice_of(record, recipient), record, self.actor_ref)
+                    DeliverSlice(
+                        slice_of(record, recipient),
+                        recipient.wallet_endpoint_url,
+                        record,
+                        self.actor_ref,
+                        tracing.current_span_context(),
+                    )
                 )
             case lc.Wait(step=step, attempt=attempt, reason=reason):
                 self._wait(step, attempt, reason)
@@ -186,30 +213,17 @@ class CertificateActor(StampActor):
     def _build(self, record: CertificateRecord, recipient: Recipient) -> None:
         assert record.position is not None
         request = IssueRequest(
-            registry=record.key.registry,
-            certificate_id=record.key.certificate_id,
-            certificate_type=record.certificate_type,
-            quantity=record.quantity,
-            start=record.start,
-            end=record.end,
-            grid_area=record.grid_area,
-            clear_attributes=record.clear_attributes,
-            hashed_attributes=record.hashed_attributes,
+            content=record.content,
             recipient_public_key=recipient.wallet_public_key,
             position=record.position,
-            issuer_private_pem=self.deps.issuer_pems[record.grid_area],
+            issuer_private_pem=self.deps.issuer_pems[record.content.grid_area],
             verify_proof=self.deps.settings.verify_own_proofs,
         )
         self.deps.bridge.compute(build_issue_bundle, request, Reply(self.actor_ref, _built, lc.BuildFailed))
 
     def _wait(self, step: Step | None, attempt: int, reason: str) -> None:
         settings = self.deps.settings
-        if step is None:
-            policy = settings.database_retry
-        elif step is Step.WALLET:
-            policy = settings.wallet_retry
-        else:
-            policy = settings.registry_retry
+        policy = _RETRY_POLICIES[step](settings)
         delay = backoff_delay(policy, attempt)
         self.log.warning(
             "certificate.step_retry",
@@ -223,7 +237,7 @@ class CertificateActor(StampActor):
     def _release_recipient(self) -> None:
         if self.holds_recipient:
             self.holds_recipient = False
-            self.recipients.release(self.journey.record.recipient_id)
+            self.recipients.release(self.journey.record.content.recipient_id)
 
     def _finish(self, state: State | None, reason: str) -> None:
         self._release_recipient()
@@ -236,5 +250,7 @@ class CertificateActor(StampActor):
     def on_stop(self) -> None:
         # Told once this actor is out of the registry, not before it stops: the
         # supervisor then frees the slot, and a new actor never overlaps this one.
+        if self.trace is not None:
+            self.trace.close("stopped")
         if self.finished is not None:
             tell_quietly(self.supervisor, self.finished)

@@ -11,8 +11,8 @@ from typing import Any
 
 import pykka
 
-from stamp.domain import CertificateKey, CertificateRecord, State
-from stamp.gateways.wallet_client import Slice
+from stamp.domain import CertificateKey, CertificateRecord, Slice, State
+from stamp.withdrawal import Withdrawal
 
 Ref = pykka.ActorRef[Any]
 
@@ -70,8 +70,43 @@ class SupervisorTick:
 
 
 @dataclass(frozen=True, slots=True)
+class LeasesSwept:
+    """The lease sweep renewed this instance's leases (if due) and claimed the pending
+    withdrawals nobody drives; ``again``: sweep again at the next tick (a withdrawal
+    waits for its issuance, or there was more to claim)."""
+
+    withdrawals: tuple[Withdrawal, ...]
+    again: bool
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseSweepFailed:
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Drain:
     """Stop admitting work (graceful shutdown)."""
+
+
+# --- to the WithdrawalActor --------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DriveWithdrawal:
+    """A withdrawal was persisted (or re-driven) and leased to this instance.
+    check_first: ask the registry for its status before sending."""
+
+    withdrawal: Withdrawal
+    check_first: bool
+
+
+@dataclass(frozen=True, slots=True)
+class WithdrawalsClaimed:
+    """The lease sweep leased these pending withdrawals to this instance: drive those
+    not driven yet, asking their status first (they may have been sent already)."""
+
+    withdrawals: tuple[Withdrawal, ...]
 
 
 # --- to a RecipientActor ------------------------------------------------------------
@@ -116,14 +151,18 @@ class SubmitTransaction:
     transaction_id: str
     reply_to: Ref
     check_first: bool
+    trace: Any = None  # the certificate's step span (an OTel SpanContext), linked by the batch
 
 
 @dataclass(frozen=True, slots=True)
 class DeliverSlice:
-    """Deliver this slice to the recipient's endpoint as it is now and, on a 2xx,
-    record the delivery at once (the lifecycle's ``delivered_write`` of ``record``);
-    answered with ``lifecycle.WalletAnswered``."""
+    """Deliver this slice of ``record`` to the recipient's endpoint as it is now
+    (``endpoint`` is the one the certificate knew, for a recipient the database no
+    longer has) and, on a 2xx, record the delivery at once (the lifecycle's
+    ``delivered_write`` of ``record``); answered with ``lifecycle.WalletAnswered``."""
 
     slice: Slice
+    endpoint: str
     record: CertificateRecord
     reply_to: Ref
+    trace: Any = None  # the certificate's deliver span (an OTel SpanContext): the call's parent

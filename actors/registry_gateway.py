@@ -29,6 +29,7 @@ from actors.base import StampActor
 from actors.bridge import LoopBridge, Reply, tell_quietly
 from actors.messages import Ref, SubmitTransaction
 from protos.project_origin.registry.v1 import registry_pb2
+from stamp import tracing
 from stamp.config import Settings
 from stamp.crypto.transactions import WITHDRAWN_EVENT_TYPE
 from stamp.domain import RegistryCommitted, RegistryGaveUp, RegistryOutcome, RegistryRejected
@@ -219,11 +220,14 @@ class RegistryGateway(StampActor):
         self.sending.add(registry)
 
         async def send() -> RegistryCallError | None:
-            try:
-                await self.client.send(registry, [t.request.transaction for t in batch])
-            except RegistryCallError as exc:
-                return exc
-            return None
+            # One span for the call, linked to every certificate it carries.
+            carried = (t.request.trace for t in batch)
+            with tracing.batch_span("registry.send_transactions", carried, _batch_attributes(registry, ids)):
+                try:
+                    await self.client.send(registry, [t.request.transaction for t in batch])
+                except RegistryCallError as exc:
+                    return exc
+                return None
 
         self.bridge.run(
             send(),
@@ -282,7 +286,13 @@ class RegistryGateway(StampActor):
     async def _ask(self, round_: _Round) -> _Statuses:
         await asyncio.sleep(max(0.0, round_.at - time.monotonic()))
         ids = round_.start()
-        replies = await self.client.statuses(round_.registry, list(ids))
+        if not tracing.ENABLED:
+            replies = await self.client.statuses(round_.registry, list(ids))
+            return _Statuses(round_, ids, tuple(replies))
+        # Read from the loop: a request replaced meanwhile only changes which span is linked.
+        carried = [t.request.trace for t in map(self.tracked.get, ids) if t is not None]
+        with tracing.batch_span("registry.status_round", carried, _batch_attributes(round_.registry, ids)):
+            replies = await self.client.statuses(round_.registry, list(ids))
         return _Statuses(round_, ids, tuple(replies))
 
     def _round_failed(self, round_: _Round) -> Callable[[str], _Statuses]:
@@ -366,3 +376,7 @@ class RegistryGateway(StampActor):
 
 def _identity(message: object) -> object:
     return message
+
+
+def _batch_attributes(registry: str, ids: tuple[str, ...]) -> dict[str, object]:
+    return {"registry": registry, "rpc.system": "grpc", "stamp.batch.size": len(ids)}

@@ -5,9 +5,13 @@ PostgreSQL (the database is the backlog) and are claimed, oldest first, as capac
 frees. The bound is kept with slots (``LiveCounts.take_slots``): whoever admits a
 certificate takes its slot first (intake, or this actor's backlog sweep), and this
 actor releases it when the certificate actor has stopped. On start it resumes every
-certificate this instance was driving before a crash or restart, and keeps renewing
-the leases of those it drives, so that another instance takes over only what nobody
-drives.
+certificate this instance was driving before a crash or restart.
+
+One lease sweep serves issuance and withdrawal alike: every third of a lease it
+renews the leases of the certificates and the withdrawals this instance drives, so
+that another instance takes over only what nobody drives, and it claims the pending
+withdrawals nobody drives for the WithdrawalActor (at start, then with the renewal,
+or every tick while a withdrawal waits for its issuance).
 """
 
 from __future__ import annotations
@@ -33,14 +37,17 @@ from actors.messages import (
     CertificateCrashed,
     CertificateFinished,
     Drain,
+    LeasesSwept,
+    LeaseSweepFailed,
     RecordReloaded,
     Ref,
     RestartCertificate,
     SupervisorTick,
+    WithdrawalsClaimed,
 )
 from actors.recipient import RecipientDirectory
 from stamp import lifecycle
-from stamp.db import queries
+from stamp.db import queries, withdrawals
 from stamp.domain import CertificateKey, CertificateRecord, Step, step_of
 
 log = structlog.get_logger(__name__)
@@ -51,12 +58,34 @@ looping: the crash is a bug or bad data that a restart does not cure."""
 MAX_TRACKED_CRASHES = 1024
 """Crash counts kept at once. An entry lives only while its certificate holds a slot,
 so there are at most ``max_in_flight``; the cap bounds the map whatever happens."""
+WITHDRAWAL_CLAIM_LIMIT = 1000
+"""Pending withdrawals claimed per sweep; more are claimed by the next one, a tick later."""
+
+
+async def _sweep_leases(deps: ActorDeps, renew: bool, withdrawing: bool, claim: bool) -> LeasesSwept:
+    """Renew this instance's leases (certificates, and withdrawals while the withdrawal
+    actor lives), settle the withdrawals that became moot and claim the pending ones
+    nobody drives."""
+    lease = deps.lease
+    if renew:
+        await queries.renew_leases(deps.pool, owner=lease.owner, lease_seconds=lease.seconds)
+        if withdrawing:
+            await withdrawals.renew_leases(deps.pool, lease=lease)
+    if not claim:
+        return LeasesSwept((), again=False)
+    moot = await withdrawals.settle_moot(deps.pool)
+    if moot:
+        log.info("withdrawal.moot", withdrawals=moot)
+    claimed = await withdrawals.claim_pending(deps.pool, lease=lease, limit=WITHDRAWAL_CLAIM_LIMIT)
+    again = len(claimed) >= WITHDRAWAL_CLAIM_LIMIT or await withdrawals.count_waiting(deps.pool) > 0
+    return LeasesSwept(tuple(claimed), again)
 
 
 class Supervisor(StampActor):
-    def __init__(self, deps: ActorDeps) -> None:
+    def __init__(self, deps: ActorDeps, withdrawal_actor: Ref | None = None) -> None:
         super().__init__()
         self.deps = deps
+        self.withdrawal_actor = withdrawal_actor
         self.settings = deps.settings
         self.certificates: dict[CertificateKey, Ref] = {}
         # Certificate actors reach their recipient's actor directly, not through here.
@@ -68,9 +97,12 @@ class Supervisor(StampActor):
         self.backlog_waiting = True  # unknown at start: look
         self.draining = False
         self.last_renewal = time.monotonic()
+        self.sweeping = False
+        self.sweep_again = False
 
     def on_start(self) -> None:
         self._pump()
+        self._sweep_leases(renew=False)
         self.deps.bridge.later(TICK_SECONDS, self.actor_ref, SupervisorTick())
 
     def on_stop(self) -> None:
@@ -130,12 +162,19 @@ class Supervisor(StampActor):
                 log.warning("supervisor.claim_failed", reason=reason)
             case SupervisorTick():
                 self._on_tick()
+            case LeasesSwept(withdrawals=claimed, again=again):
+                self.sweeping = False
+                self.sweep_again = again
+                if claimed and self.withdrawal_actor is not None:
+                    tell_quietly(self.withdrawal_actor, WithdrawalsClaimed(claimed))
+            case LeaseSweepFailed(reason=reason):
+                self.sweeping = False
+                log.warning("supervisor.lease_sweep_failed", reason=reason)
             case Drain():
                 self.draining = True
                 for ref in self.certificates.values():
                     tell_quietly(ref, lifecycle.Drain())
         self.deps.live.certificate_actors = len(self.certificates)
-        self.deps.live.recipient_actors = len(self.recipients)
         return None
 
     def _forget(self, key: CertificateKey) -> None:
@@ -204,15 +243,32 @@ class Supervisor(StampActor):
 
     def _on_tick(self) -> None:
         now = time.monotonic()
-        if now - self.last_renewal >= self.settings.lease_seconds / 3:
-            self.last_renewal = now
-            self.deps.bridge.spawn(
-                queries.renew_leases(
-                    self.deps.pool, owner=self.settings.instance_id, lease_seconds=self.settings.lease_seconds
-                ),
-                "renew_leases",
-            )
+        renew = now - self.last_renewal >= self.settings.lease_seconds / 3
+        if renew or self.sweep_again:
+            self._sweep_leases(renew)
         # Also catches certificates whose owner died (expired leases) and rows stored
         # while every slot was taken.
         self._pump()
         self.deps.bridge.later(TICK_SECONDS, self.actor_ref, SupervisorTick())
+
+    def _sweep_leases(self, renew: bool) -> None:
+        if self.sweeping:
+            return
+        if renew:
+            self.last_renewal = time.monotonic()
+        self.sweeping = True
+        # A withdrawal waiting for its issuance goes out soon after the registry
+        # commits it: while any wait, the claim runs every tick. Claims stop with
+        # intake (draining); leases are renewed until the end.
+        # A dead withdrawal actor's withdrawals are not renewed: their leases expire and
+        # another instance takes them over.
+        withdrawing = self.withdrawal_actor is not None and self.withdrawal_actor.is_alive()
+        claim = withdrawing and not self.draining
+        self.deps.bridge.run(
+            _sweep_leases(self.deps, renew, withdrawing, claim),
+            Reply(self.actor_ref, _identity, LeaseSweepFailed),
+        )
+
+
+def _identity(swept: LeasesSwept) -> LeasesSwept:
+    return swept

@@ -7,33 +7,15 @@ recorded even while the asking actor is shutting down."""
 
 from __future__ import annotations
 
-import dataclasses
-
 from actors.base import StampActor
 from actors.bridge import LoopBridge, Reply, describe
 from actors.messages import DeliverSlice
+from stamp import tracing
 from stamp.config import Settings
 from stamp.db import queries
-from stamp.domain import CertificateRecord, Delivery, Recipient
-from stamp.gateways.wallet_client import DeliveryOutcome, Slice, WalletClient
+from stamp.domain import Delivery
+from stamp.gateways.wallet_client import WalletClient
 from stamp.lifecycle import DatabaseFailed, WalletAnswered, Written, delivered_write
-
-
-def slice_of(record: CertificateRecord, recipient: Recipient) -> Slice:
-    """The wallet's slice of a certificate whose position, R and salts are persisted."""
-    assert record.position is not None and record.blinding is not None and record.salts is not None
-    return Slice(
-        endpoint=recipient.wallet_endpoint_url,
-        public_key=recipient.wallet_public_key,
-        position=record.position,
-        registry=record.key.registry,
-        certificate_id=record.key.certificate_id,
-        quantity=record.quantity,
-        blinding=record.blinding,
-        hashed_attributes=tuple(
-            (k, v, salt) for (k, v), salt in zip(record.hashed_attributes, record.salts, strict=True)
-        ),
-    )
 
 
 def _failed(reason: str) -> WalletAnswered:
@@ -57,21 +39,28 @@ class WalletGateway(StampActor):
             self.bridge.run(self._deliver(message), Reply(message.reply_to, _identity, _failed))
 
     async def _deliver(self, message: DeliverSlice) -> WalletAnswered:
+        if not tracing.ENABLED:
+            return await self._deliver_now(message)
+        with tracing.child_of(message.trace):
+            return await self._deliver_now(message)
+
+    async def _deliver_now(self, message: DeliverSlice) -> WalletAnswered:
         record = message.record
+        recipient_id = record.content.recipient_id
         assert self.bridge.batcher is not None
         # The endpoint is read when the slice is sent, not taken from a cache: a
         # recipient moved (PATCH, by any Stamp process) gets the next attempt at its
         # new address.
         try:
             endpoint = await self.bridge.batcher.fetch(
-                queries.SELECT_RECIPIENT_ENDPOINT, (record.recipient_id,), ("recipient", record.recipient_id)
+                queries.SELECT_RECIPIENT_ENDPOINT, (recipient_id,), ("recipient", recipient_id)
             )
         except Exception as exc:
             return _failed(f"recipient endpoint not read: {describe(exc)}")
-        url: str = endpoint["wallet_endpoint_url"] or message.slice.endpoint
-        result = await self.client.deliver(dataclasses.replace(message.slice, endpoint=url))
-        outcome = Delivery(result.outcome.value)
-        if result.outcome is not DeliveryOutcome.DELIVERED:
+        url: str = endpoint["wallet_endpoint_url"] or message.endpoint
+        result = await self.client.deliver(url, message.slice)
+        outcome = result.outcome
+        if outcome is not Delivery.DELIVERED:
             return WalletAnswered(outcome, result.status, result.reason, endpoint=url)
         key = record.key
         write = delivered_write(record, result.status, url)

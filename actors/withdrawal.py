@@ -1,18 +1,20 @@
-"""WithdrawalActor: gets every pending withdrawal committed in the registry.
+"""WithdrawalActor: gets the pending withdrawals it is told of committed in the registry.
 
 A withdrawal is accepted at any time after intake, but the registry refuses to
 withdraw a stream it does not hold: a withdrawal whose certificate's issuance is not
-committed yet waits, unleased; the sweep claims it once it is (``stamp.withdrawal.course``)
-and marks it moot if the certificate never will be in the registry.
+committed yet waits, unleased; the supervisor's lease sweep claims it once it is
+(``stamp.withdrawal.course``) and marks it moot if the certificate never will be in
+the registry.
 
 The HTTP edge persists a withdrawal (record, signed ``WithdrawnEvent`` transaction and
-the certificate's flag, in one DB transaction) and then tells this actor to drive it.
-The actor hands the persisted bytes to the RegistryGateway, which sends, re-sends only
-on UNKNOWN and polls, exactly as for issuance; the outcome is written back as a
-compare-and-set from ``pending`` with its history event. At start-up, and then every
-third of a lease, it claims the pending withdrawals nobody drives (its own from before
-a crash or restart, and those whose lease expired) and drives them again, asking the
-registry for their status first: they may have been sent already.
+the certificate's flag, in one DB transaction) and then tells this actor to drive it;
+so does the supervisor's lease sweep for the pending withdrawals nobody drives (a
+stopped instance's, expired leases, those whose issuance was committed meanwhile),
+with "ask the status first": they may have been sent already. The leases are the
+sweep's too, like the certificates'. The actor hands the persisted bytes to the
+RegistryGateway, which sends, re-sends only on UNKNOWN and polls, exactly as for
+issuance; the outcome is written back as a compare-and-set from ``pending`` with its
+history event.
 
 "Already withdrawn" from the registry is settled by the gateway reading the stream,
 like "already exists" for issuance (``registry_gateway.settle_by_stream``): the
@@ -32,41 +34,14 @@ from actors.backoff import backoff_delay
 from actors.base import StampActor
 from actors.bridge import Reply, tell_quietly
 from actors.deps import ActorDeps
-from actors.messages import SubmitTransaction
+from actors.messages import DriveWithdrawal, SubmitTransaction, WithdrawalsClaimed
 from stamp.db import withdrawals
 from stamp.domain import CertificateKey, RegistryCommitted, RegistryGaveUp, RegistryRejected
 from stamp.withdrawal import Withdrawal, WithdrawalEvent, WithdrawalState
 
 log = structlog.get_logger(__name__)
-CLAIM_LIMIT = 1000
-WAITING_SWEEP_SECONDS = 0.5
 
 # --- protocol ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class DriveWithdrawal:
-    """A withdrawal was persisted (or re-driven) and leased to this instance.
-    check_first: ask the registry for its status before sending."""
-
-    withdrawal: Withdrawal
-    check_first: bool
-
-
-@dataclass(frozen=True, slots=True)
-class _Sweep:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class _Claimed:
-    withdrawals: tuple[Withdrawal, ...]
-    waiting: int  # withdrawals waiting for their certificate's issuance
-
-
-@dataclass(frozen=True, slots=True)
-class _SweepFailed:
-    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,52 +86,24 @@ class _Entry:
     settling: bool = False
 
 
-async def _sweep(deps: ActorDeps, active: list[int]) -> _Claimed:
-    await withdrawals.renew_leases(deps.pool, lease=deps.lease, ids=active)
-    moot = await withdrawals.settle_moot(deps.pool)
-    if moot:
-        log.info("withdrawal.moot", withdrawals=moot)
-    claimed = await withdrawals.claim_pending(deps.pool, lease=deps.lease, exclude=active, limit=CLAIM_LIMIT)
-    waiting = await withdrawals.count_waiting(deps.pool) if len(claimed) < CLAIM_LIMIT else 0
-    return _Claimed(tuple(claimed), waiting)
-
-
-def _identity(claimed: _Claimed) -> _Claimed:
-    return claimed
-
-
 class WithdrawalActor(StampActor):
     def __init__(self, deps: ActorDeps) -> None:
         super().__init__()
         self.deps = deps
         self.active: dict[CertificateKey, _Entry] = {}
         self.generations = 0
-        self.sweep_seconds = max(1.0, deps.settings.lease_seconds / 3)
 
     # --- protocol ---------------------------------------------------------------------------
-
-    def on_start(self) -> None:
-        self._sweep()
 
     def on_receive(self, message: object) -> None:
         match message:
             case DriveWithdrawal(withdrawal=withdrawal, check_first=check_first):
                 self._drive(withdrawal, check_first)
-            case _Sweep():
-                self._sweep()
-            case _Claimed(withdrawals=claimed, waiting=waiting):
-                if claimed:
-                    log.info("withdrawal.claimed", withdrawals=len(claimed))
+            case WithdrawalsClaimed(withdrawals=claimed):
+                log.info("withdrawal.claimed", withdrawals=len(claimed))
                 for withdrawal in claimed:
                     if withdrawal.key not in self.active:
                         self._drive(withdrawal, check_first=True)
-                # A withdrawal waiting for its issuance goes out soon after the registry
-                # commits it: the sweep comes back sooner while any wait.
-                delay = min(self.sweep_seconds, WAITING_SWEEP_SECONDS) if waiting else self.sweep_seconds
-                self.deps.bridge.later(delay, self.actor_ref, _Sweep())
-            case _SweepFailed(reason=reason):
-                log.warning("withdrawal.sweep_failed", reason=reason)
-                self.deps.bridge.later(self.sweep_seconds, self.actor_ref, _Sweep())
             case RegistryCommitted(key=key, by_another_transaction=by_another):
                 self._on_committed(key, by_us=not by_another)
             case RegistryRejected(key=key, message=reason):
@@ -187,10 +134,6 @@ class WithdrawalActor(StampActor):
                 withdrawal.key, withdrawal.transaction, withdrawal.transaction_id, self.actor_ref, check_first
             ),
         )
-
-    def _sweep(self) -> None:
-        active = [entry.withdrawal.id for entry in self.active.values()]
-        self.deps.bridge.run(_sweep(self.deps, active), Reply(self.actor_ref, _identity, _SweepFailed))
 
     # --- outcomes ---------------------------------------------------------------------------
 

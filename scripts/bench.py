@@ -21,8 +21,9 @@ Ceilings, each measured here and now:
   in its own process, driven by the same load driver and concurrency as Stamp.
 
 Batch intake: the main run again as batches of 1,000 (``POST /v1/certificates/batch``,
-``--batch-concurrency`` batches in flight, default 2), with its intake/s, its ratio to the single route's intake/s in the
-same run and the p99 of a batch against the targets (≥ 10,000 certificates/s, < 1 s).
+``--batch-concurrency`` batches in flight, default 2), with its intake/s, its ratio to
+the single route's intake/s in the same run and the p99 of a batch against the targets
+(≥ 10,000 certificates/s, < 1 s).
 
 Then Stamp (``stamp.loadtest``: simulators in a child process, Stamp processes as
 ``stamp serve``, a fresh database each), and the ratios Stamp/ceiling. PostgreSQL is
@@ -66,7 +67,7 @@ from stamp.db.batcher import StatementBatcher
 from stamp.db.embedded import EmbeddedPostgres
 from stamp.db.migrate import apply_migrations
 from stamp.db.pool import create_pool
-from stamp.domain import CertificateKey, Event, State
+from stamp.domain import CertificateContent, CertificateKey, Event, State
 from stamp.load.database import fresh_database
 from stamp.load.driver import CertificateFactory, Schedule, drive
 from stamp.load.report import machine, percentiles
@@ -105,15 +106,18 @@ def crypto_ceiling(count: int, verify_proof: bool) -> dict[str, Any]:
     issuer = IssuerKey.generate().private_pem()
     requests = [
         IssueRequest(
-            registry="Narnia",
-            certificate_id=str(uuid.uuid4()),
-            certificate_type=2,
-            quantity=1000 + i,
-            start=1_700_000_000 + 3600 * i,
-            end=1_700_003_600 + 3600 * i,
-            grid_area="DK1",
-            clear_attributes=(("fuelCode", "F01040100"), ("techCode", "T010000")),
-            hashed_attributes=(("assetId", "571234567890123456"),),
+            content=CertificateContent(
+                key=CertificateKey("Narnia", str(uuid.uuid4())),
+                recipient_id="0b5c3d6e-8a4f-4f7e-9a51-2f1d3c4b5a69",
+                metering_point_id="571234567890123456",
+                certificate_type=2,
+                quantity=1000 + i,
+                start=1_700_000_000 + 3600 * i,
+                end=1_700_003_600 + 3600 * i,
+                grid_area="DK1",
+                clear_attributes=(("fuelCode", "F01040100"), ("techCode", "T010000")),
+                hashed_attributes=(("assetId", "571234567890123456"),),
+            ),
             recipient_public_key=recipient,
             position=i + 1,
             issuer_private_pem=issuer,
@@ -182,17 +186,18 @@ async def _lifecycles(
         key = CertificateKey("Narnia", str(uuid.uuid4()))
         lock_key = (key.registry, key.certificate_id)
         new = queries.NewCertificateRow(
-            registry_name=key.registry,
-            certificate_id=key.certificate_id,
-            recipient_id=recipient,
-            metering_point_id=f"57{run}{i:08d}",
-            certificate_type=2,
-            quantity=1000,
-            start=1_700_000_000,
-            end=1_700_003_600,
-            grid_area="DK1",
-            clear_attributes=(("fuelCode", "F01040100"),),
-            hashed_attributes=(("assetId", "571234567890123456"),),
+            content=CertificateContent(
+                key=key,
+                recipient_id=recipient,
+                metering_point_id=f"57{run}{i:08d}",
+                certificate_type=2,
+                quantity=1000,
+                start=1_700_000_000,
+                end=1_700_003_600,
+                grid_area="DK1",
+                clear_attributes=(("fuelCode", "F01040100"),),
+                hashed_attributes=(("assetId", "571234567890123456"),),
+            ),
             request_digest=secrets.token_bytes(32),
         )
         await write(queries.INSERT_CERTIFICATE, queries.insert_certificate_args(new, lease), lock_key)

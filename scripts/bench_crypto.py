@@ -34,6 +34,7 @@ from stamp.crypto.hdkeys import ExtendedPrivateKey
 from stamp.crypto.issuer_keys import IssuerKey
 from stamp.crypto.pedersen import random_blinding
 from stamp.crypto.sodium import L
+from stamp.domain import CertificateContent, CertificateKey
 
 LABEL = b"0b5c3d6e-8a4f-4f7e-9a51-2f1d3c4b5a69"
 QUANTITY = 123_456
@@ -43,15 +44,18 @@ TARGETS = {"prove": ("≤", 0.40), "verify": ("≤", 0.35), "bundles/s, all core
 
 def _request(recipient: bytes, issuer_pem: str, position: int) -> IssueRequest:
     return IssueRequest(
-        registry="Narnia",
-        certificate_id=str(uuid.uuid4()),
-        certificate_type=2,
-        quantity=QUANTITY,
-        start=1_700_000_000,
-        end=1_700_003_600,
-        grid_area="DK1",
-        clear_attributes=(("fuelCode", "F01040100"), ("techCode", "T010000")),
-        hashed_attributes=(("assetId", "571234567890123456"),),
+        content=CertificateContent(
+            key=CertificateKey("Narnia", str(uuid.uuid4())),
+            recipient_id="0b5c3d6e-8a4f-4f7e-9a51-2f1d3c4b5a69",
+            metering_point_id="571234567890123456",
+            certificate_type=2,
+            quantity=QUANTITY,
+            start=1_700_000_000,
+            end=1_700_003_600,
+            grid_area="DK1",
+            clear_attributes=(("fuelCode", "F01040100"), ("techCode", "T010000")),
+            hashed_attributes=(("assetId", "571234567890123456"),),
+        ),
         recipient_public_key=recipient,
         position=position,
         issuer_private_pem=issuer_pem,

@@ -80,7 +80,6 @@ class LiveCounts:
     A count that only the supervisor updated let a burst of requests all see room."""
 
     certificate_actors: int = 0
-    recipient_actors: int = 0
     # Set by intake when it stored a certificate without admitting it (no room).
     backlog_waiting: bool = False
     slots_taken: int = 0

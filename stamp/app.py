@@ -32,6 +32,7 @@ from actors.messages import Drain
 from actors.registry_gateway import RegistryGateway
 from actors.supervisor import Supervisor
 from actors.wallet_gateway import WalletGateway
+from actors.withdrawal import WithdrawalActor
 from stamp import metrics
 from stamp.admission import Backlog, LiveCounts, RecipientCache
 from stamp.api import auth, batch, metrics_http, openapi, withdrawals
@@ -41,6 +42,7 @@ from stamp.api.runtime import RUNTIME, Runtime
 from stamp.config import Settings, check_path_base
 from stamp.crypto import backend
 from stamp.db import queries
+from stamp.db import withdrawals as db_withdrawals
 from stamp.db.batcher import StatementBatcher
 from stamp.db.embedded import EmbeddedPostgres
 from stamp.db.migrate import apply_migrations, ensure_current
@@ -56,10 +58,11 @@ EXECUTOR = web.AppKey("executor", ProcessPoolExecutor)
 REGISTRY_CLIENT = web.AppKey("registry_client", RegistryClient)
 WALLET_CLIENT = web.AppKey("wallet_client", WalletClient)
 
-# Many actor threads at once: their stacks are small (messages are handled in
-# shallow calls), so a smaller stack keeps the resident memory low.
+# Actor and helper threads run shallow calls: a smaller stack than the default
+# keeps their resident memory low.
 ACTOR_THREAD_STACK_BYTES = 512 * 1024
 PR_SET_PDEATHSIG = 1
+INTAKE_WRITERS = 4
 CRYPTO_WORKER_NICENESS = 10
 
 
@@ -182,7 +185,9 @@ async def actors_ctx(app: web.Application) -> AsyncIterator[None]:
     settings, pool = app[SETTINGS], app[POOL]
     threading.stack_size(ACTOR_THREAD_STACK_BYTES)
     loop = asyncio.get_running_loop()
-    batcher = StatementBatcher(pool, loop)
+    # The intake insert is the one statement a client waits for (its 202): several
+    # of its batches may be written at once (docs/benchmarks.md, "Actors on shared threads").
+    batcher = StatementBatcher(pool, loop, writers={queries.INSERT_CERTIFICATE: INTAKE_WRITERS})
     bridge = LoopBridge(loop, app[EXECUTOR], batcher)
     registry_gateway = RegistryGateway.start(app[REGISTRY_CLIENT], bridge, settings)
     wallet_gateway = WalletGateway.start(app[WALLET_CLIENT], bridge, settings)
@@ -193,17 +198,17 @@ async def actors_ctx(app: web.Application) -> AsyncIterator[None]:
         settings, bridge, pool, batcher, recipients, registry_gateway, wallet_gateway, live, issuer_pems
     )
     released = await queries.release_all_leases(pool, settings.instance_id)
-    if released:
-        log.info("supervisor.resuming", certificates=released)
+    released_withdrawals = await db_withdrawals.release_all_leases(pool, settings.instance_id)
+    if released or released_withdrawals:
+        log.info("supervisor.resuming", certificates=released, withdrawals=released_withdrawals)
     backlog = Backlog(settings.max_backlog)
     await backlog.refresh(pool)
-    supervisor = Supervisor.start(deps)
-    runtime = Runtime(settings, pool, batcher, supervisor, recipients, backlog, live)
-    app[RUNTIME] = runtime
-    from actors.withdrawal import WithdrawalActor  # resumes pending withdrawals as it starts
-
+    # The supervisor's lease sweep hands the withdrawal actor what it claims (at start:
+    # whatever this instance drove before a crash or restart).
     withdrawal_actor = WithdrawalActor.start(deps)
-    runtime.withdrawals = withdrawal_actor
+    supervisor = Supervisor.start(deps, withdrawal_actor)
+    runtime = Runtime(settings, pool, batcher, supervisor, recipients, backlog, live, withdrawal_actor)
+    app[RUNTIME] = runtime
     refresher = asyncio.create_task(_refresh_backlog(runtime))
     yield
     refresher.cancel()
@@ -215,7 +220,8 @@ async def actors_ctx(app: web.Application) -> AsyncIterator[None]:
     # the next instance now rather than after the lease expires.
     with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
         released = await queries.release_all_leases(pool, settings.instance_id)
-        log.info("supervisor.released", certificates=released)
+        released_withdrawals = await db_withdrawals.release_all_leases(pool, settings.instance_id)
+        log.info("supervisor.released", certificates=released, withdrawals=released_withdrawals)
 
 
 async def drain(runtime: Runtime) -> None:

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import orjson
 
+from stamp import tracing
 from stamp.config import ConfigError, Settings, load_settings
 from stamp.crypto import backend as crypto_backend
 from stamp.terminal import printable
@@ -34,11 +35,20 @@ def _settings_or_exit() -> Settings:
         raise SystemExit(2) from exc
 
 
+def _tracing_or_exit() -> tracing.TracingConfig:
+    try:
+        return tracing.TracingConfig.from_env()
+    except tracing.TracingConfigError as exc:
+        print(f"stamp: {exc}", file=sys.stderr)
+        raise SystemExit(2) from exc
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from stamp.logging import configure_logging
     from stamp.server import serve
 
     settings = _settings_or_exit()
+    traces = _tracing_or_exit()
     configure_logging(settings.log_format, settings.log_level)
     if not settings.registries:
         print(
@@ -46,11 +56,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    # Before the app, its clients and channels exist: the instrumentations patch them.
+    tracing.configure(traces, settings.instance_id)
     try:
         return asyncio.run(serve(settings))
     except _startup_errors() as exc:
         print(f"stamp: cannot start: {printable(str(exc), keep_newlines=True)}", file=sys.stderr)
         return 1
+    finally:
+        tracing.shutdown()  # what is still buffered is exported
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -98,7 +112,13 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"stamp: {exc}", file=sys.stderr)
         return 2
+    try:
+        traces = tracing.TracingConfig.from_env()
+    except tracing.TracingConfigError as exc:
+        print(f"stamp: {exc}", file=sys.stderr)
+        return 2
     shown = settings.masked()
+    shown["tracing"] = traces.describe()
     selection = crypto_backend.select(settings.crypto_backend)
     shown["crypto_backend_in_use"] = selection.group.name
     if selection.fallback_reason:

@@ -89,6 +89,8 @@ class Settings:
     verify_own_proofs: bool = True
     # auto: the native libdecaf backend when its extension loads, else libsodium.
     crypto_backend: str = "auto"
+    # A failed bundle build (a crypto worker died, or the build raised).
+    crypto_retry: RetryPolicy = RetryPolicy()
     registry_batch_size: int = 200
     registry_poll_initial_seconds: float = 0.2
     registry_poll_max_seconds: float = 2.0
@@ -480,6 +482,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         crypto_workers=_read(env, problems, "STAMP_CRYPTO_WORKERS", _positive_int, d.crypto_workers),
         verify_own_proofs=_read(env, problems, "STAMP_VERIFY_OWN_PROOFS", _bool, d.verify_own_proofs),
         crypto_backend=_read(env, problems, "STAMP_CRYPTO_BACKEND", _crypto_backend, d.crypto_backend),
+        crypto_retry=_retry(env, problems, "STAMP_CRYPTO"),
         registry_batch_size=_read(
             env, problems, "STAMP_REGISTRY_BATCH_SIZE", _positive_int, d.registry_batch_size
         ),

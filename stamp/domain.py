@@ -66,6 +66,8 @@ CERTIFICATE_TYPES = {1: "consumption", 2: "production"}
 """The one certificate-type table: wire number → name (the request, the view, the
 metrics and the registry's ``GranularCertificateType`` all use it)."""
 CERTIFICATE_TYPE_NUMBERS = {name: number for number, name in CERTIFICATE_TYPES.items()}
+CERTIFICATE_TYPES_TEXT = " or ".join(f"{number} ({name})" for number, name in CERTIFICATE_TYPES.items())
+"""``1 (consumption) or 2 (production)``, for messages."""
 
 
 def step_of(state: State, position: int | None = None) -> Step:
@@ -105,20 +107,36 @@ class Recipient:
     wallet_public_key: bytes
 
 
+Attributes = tuple[tuple[str, str], ...]
+"""(key, value) pairs in the order the request gave them (the transaction keeps it)."""
+
+
 @dataclass(frozen=True, slots=True)
-class CertificateRecord:
-    """A certificate row as the actors see it: what is needed to resume any step."""
+class CertificateContent:
+    """What a certificate says, as its issuing body posted it: the one shape of it
+    that the request parsing, the stored row, the record, the crypto request and the
+    wallet's slice share. ``key.certificate_id`` is the canonical lower-case UUID text
+    (the range-proof label and the attribute hashes use it verbatim)."""
 
     key: CertificateKey
     recipient_id: str
     metering_point_id: str
-    certificate_type: int
-    quantity: int
-    start: int
+    certificate_type: int  # a number of CERTIFICATE_TYPES
+    quantity: int  # Wh
+    start: int  # the period, Unix seconds, [start, end)
     end: int
     grid_area: str
-    clear_attributes: tuple[tuple[str, str], ...]
-    hashed_attributes: tuple[tuple[str, str], ...]
+    clear_attributes: Attributes = ()
+    # Hashed on the registry because they are private to the owner.
+    hashed_attributes: Attributes = field(default=(), repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class CertificateRecord:
+    """A certificate row as the actors see it: its content and what is needed to
+    resume any step."""
+
+    content: CertificateContent
     state: State
     version: int
     position: int | None
@@ -130,6 +148,42 @@ class CertificateRecord:
     failed_step: str | None = None
     redelivery: bool = False  # delivered, and an operator asked to deliver it again
     withdrawn: bool = False  # a withdrawal is recorded: the slice is never delivered
+    traceparent: str | None = None  # the intake's W3C trace context (stamp/tracing.py)
+
+    @property
+    def key(self) -> CertificateKey:
+        return self.content.key
+
+
+@dataclass(frozen=True, slots=True)
+class Slice:
+    """What a recipient's wallet receives for one certificate (docs/wallet.md,
+    "Receive slice"; ``gateways.wallet_client.slice_body`` writes it): the content the
+    wallet checks against the registry, and the secrets that open it. R and the salts
+    are secrets."""
+
+    public_key: bytes  # the recipient's extended public key, not the derived child
+    position: int
+    key: CertificateKey
+    quantity: int
+    blinding: bytes = field(repr=False)
+    hashed_attributes: tuple[tuple[str, str, bytes], ...] = field(repr=False)  # key, value, salt
+
+
+def slice_of(record: CertificateRecord, recipient: Recipient) -> Slice:
+    """The wallet's slice of a certificate whose position, R and salts are persisted."""
+    assert record.position is not None and record.blinding is not None and record.salts is not None
+    content = record.content
+    return Slice(
+        public_key=recipient.wallet_public_key,
+        position=record.position,
+        key=content.key,
+        quantity=content.quantity,
+        blinding=record.blinding,
+        hashed_attributes=tuple(
+            (k, v, salt) for (k, v), salt in zip(content.hashed_attributes, record.salts, strict=True)
+        ),
+    )
 
 
 # --- what a registry said about a transaction (issuance and withdrawal alike) ----------------

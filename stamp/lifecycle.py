@@ -506,23 +506,23 @@ def _next(journey: Journey, rules: Rules) -> tuple[Journey, tuple[Effect, ...]]:
     state = record.state
     if state is State.DELIVERED:  # a re-delivery was requested
         if journey.recipient is None:
-            return _await(journey, Awaiting.RECIPIENT), (LoadRecipient(record.recipient_id),)
+            return _await(journey, Awaiting.RECIPIENT), (LoadRecipient(record.content.recipient_id),)
         if not journey.claimed:
             return _claim(journey, WriteKind.CLAIM_REDELIVERY, State.DELIVERED)
         return _await(journey, Awaiting.WALLET), (Deliver(record, journey.recipient),)
     if state is State.STORED and record.position is None:
         return _await(journey, Awaiting.ALLOCATION), (
-            Allocate(record.key, record.recipient_id, record.version),
+            Allocate(record.key, record.content.recipient_id, record.version),
         )
     if state is State.MARKED_AS_ISSUED and withheld_from_wallet(record):
         return _withhold(journey)
     if state in (State.STORED, State.MARKED_AS_ISSUED) and journey.recipient is None:
-        return _await(journey, Awaiting.RECIPIENT), (LoadRecipient(record.recipient_id),)
+        return _await(journey, Awaiting.RECIPIENT), (LoadRecipient(record.content.recipient_id),)
     if state is State.STORED:
         assert journey.recipient is not None
-        if record.grid_area not in rules.grid_areas:
+        if record.content.grid_area not in rules.grid_areas:
             return _fail(
-                journey, Step.CRYPTO, f"no issuer key configured for grid area {record.grid_area}", 1
+                journey, Step.CRYPTO, f"no issuer key configured for grid area {record.content.grid_area}", 1
             )
         return _await(journey, Awaiting.BUILD), (Build(record, journey.recipient),)
     if state is State.SENT_TO_REGISTRY:

@@ -15,6 +15,8 @@ from typing import Any
 import orjson
 import structlog
 
+from stamp.tracing import add_trace_ids
+
 SECRET_KEYS = frozenset(
     {
         "blinding",
@@ -47,6 +49,7 @@ def configure_logging(log_format: str = "json", level: str = "info") -> None:
     numeric = logging.getLevelName(level.upper())
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
+        add_trace_ids,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         _mask_secrets,
@@ -69,6 +72,7 @@ def configure_logging(log_format: str = "json", level: str = "info") -> None:
         structlog.stdlib.ProcessorFormatter(
             processor=renderer,
             foreign_pre_chain=[
+                add_trace_ids,
                 structlog.processors.add_log_level,
                 structlog.processors.TimeStamper(fmt="iso", utc=True),
             ],

@@ -173,7 +173,7 @@ def certificate_transitioned(
     with _accepted_lock:
         accepted_at = _accepted.pop(record.key, None)
     if new is State.DELIVERED:
-        ISSUED.labels(CERTIFICATE_TYPES.get(record.certificate_type, "unknown")).inc()
+        ISSUED.labels(CERTIFICATE_TYPES.get(record.content.certificate_type, "unknown")).inc()
         if accepted_at is not None:
             END_TO_END.observe(time.monotonic() - accepted_at)
     elif new is State.REJECTED:

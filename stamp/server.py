@@ -17,6 +17,7 @@ import signal
 import structlog
 from aiohttp import web
 
+from stamp import tracing
 from stamp.api.connections import make_runner
 from stamp.api.runtime import RUNTIME
 from stamp.app import build_app, drain
@@ -35,6 +36,8 @@ async def serve(settings: Settings) -> int:
     site = web.TCPSite(runner, settings.host, settings.port)
     await site.start()
     log.info("stamp.started", host=settings.host, port=settings.port, instance_id=settings.instance_id)
+    traces = tracing.TracingConfig.from_env()
+    log.info("stamp.tracing", **traces.describe())
 
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()

@@ -120,6 +120,7 @@ def stack_settings(database_url: str, registry_address: str, data_dir: Path, **o
         registry_poll_initial_seconds=0.05,
         registry_poll_max_seconds=0.2,
         registry_retry=fast_retry,
+        crypto_retry=fast_retry,
         wallet_retry=fast_retry,
     )
     return dataclasses.replace(settings, **overrides)

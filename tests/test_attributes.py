@@ -1,4 +1,4 @@
-"""Hashed attributes (crypto.md §5)."""
+"""Hashed attributes (docs/crypto.md §5)."""
 
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ import pytest
 
 from stamp.db import queries
 from stamp.db.batcher import StatementBatcher
-from stamp.domain import CertificateKey, Event, State
+from stamp.domain import CertificateContent, CertificateKey, Event, State
 from tests.test_positions import _stored_certificates
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -176,17 +176,18 @@ async def test_intake_inserts_batch_and_a_repeat_is_told_apart(clean_db: asyncpg
 
     def row(i: int) -> queries.NewCertificateRow:
         return queries.NewCertificateRow(
-            registry_name="Narnia",
-            certificate_id=str(uuid.UUID(int=i + 1)),
-            recipient_id=recipient,
-            metering_point_id="571313000000000001",
-            certificate_type=2,
-            quantity=100 + i,
-            start=1_700_000_000 + 3600 * i,
-            end=1_700_003_600 + 3600 * i,
-            grid_area="DK1",
-            clear_attributes=(),
-            hashed_attributes=(),
+            content=CertificateContent(
+                key=CertificateKey("Narnia", str(uuid.UUID(int=i + 1))),
+                recipient_id=recipient,
+                metering_point_id="571313000000000001",
+                certificate_type=2,
+                quantity=100 + i,
+                start=1_700_000_000 + 3600 * i,
+                end=1_700_003_600 + 3600 * i,
+                grid_area="DK1",
+                clear_attributes=(),
+                hashed_attributes=(),
+            ),
             request_digest=b"\x00",
         )
 
@@ -196,7 +197,7 @@ async def test_intake_inserts_batch_and_a_repeat_is_told_apart(clean_db: asyncpg
             batcher.fetch(
                 queries.INSERT_CERTIFICATE,
                 queries.insert_certificate_args(r, None),
-                (r.registry_name, r.certificate_id),
+                (r.content.key.registry, r.content.key.certificate_id),
             )
             for r in new_rows
         )
@@ -221,3 +222,24 @@ async def test_a_statement_kind_waiting_on_a_lock_does_not_hold_up_another(clean
         other = await asyncio.wait_for(batcher.fetch("SELECT $1::int AS answer", (42,), ("other",)), 5)
         assert other["answer"] == 42
     assert (await asyncio.wait_for(blocked, 5))["version"] == 2
+
+
+SLOW = "SELECT $2::int AS n, pg_sleep($1::float8) IS NULL AS slept"
+
+
+@pytest.mark.parametrize("writers", [1, 3])
+async def test_a_kind_with_more_writers_answers_without_waiting_for_a_slow_batch(
+    clean_db: asyncpg.Pool, writers: int
+) -> None:
+    batcher = StatementBatcher(clean_db, asyncio.get_running_loop(), writers={SLOW: writers})
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    slow = asyncio.ensure_future(batcher.fetch(SLOW, (1.0, 1), ("a",)))
+    await asyncio.sleep(0.05)  # the slow one is being written
+    quick = await batcher.fetch(SLOW, (0.0, 2), ("b",))
+    quick_after = loop.time() - started
+    assert quick["n"] == 2 and (await slow)["n"] == 1
+    if writers == 1:
+        assert quick_after >= 0.9, "one writer: the next statement waits for the batch under way"
+    else:
+        assert quick_after < 0.5, "a second writer answers at once"

@@ -1,5 +1,5 @@
 """The two group backends against each other, the native entry points against bad input, and
-canonical point decoding (crypto.md §4a) everywhere a point is read.
+canonical point decoding (docs/crypto.md §4a) everywhere a point is read.
 
 The native backend's tests skip only where stamp.crypto._decaf truly cannot load, and fail
 instead under STAMP_REQUIRE_DECAF=1 or CI=true (tests/conftest.py `native_backend`)."""
@@ -358,7 +358,7 @@ def test_both_backends_accept_exactly_the_same_encodings(decaf: backend.DecafGro
     assert verdicts[0] in (None, encoding)  # decoding is canonical: what decodes re-encodes the same
 
 
-# --- canonical decoding: bit 255 (crypto.md §4a) -----------------------------------------------
+# --- canonical decoding: bit 255 (docs/crypto.md §4a) -----------------------------------------------
 
 
 def test_libsodium_itself_ignores_bit_255() -> None:

@@ -4,11 +4,15 @@ test cuts, so no other test session loses its server."""
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
+import aiohttp
 import asyncpg
 import pytest
+from aiohttp import web
 
+from stamp.api.problems import problem_middleware
 from tests.stack import REGISTRY, Stack, certificate_body, running_stack
 from tests.tcp_proxy import TcpProxy
 from tests.waiting import wait_until
@@ -82,3 +86,39 @@ async def test_proxy_passes_traffic_through(database_dsn: str) -> None:
             await asyncpg.connect(proxy.dsn(database_dsn), timeout=5)
     finally:
         await proxy.cut()
+
+
+async def test_a_server_out_of_connection_slots_is_a_503_not_a_500(
+    pg_server_dsn: str, database_dsn: str
+) -> None:
+    """PostgreSQL refusing a new connection ("too many clients", SQLSTATE 53300) is the
+    server being busy, not a bug: the edge answers 503 + Retry-After as for a server that
+    is away. A role with CONNECTION LIMIT 0 makes the real server refuse."""
+    role = f"stamp_no_slots_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(pg_server_dsn)
+    await admin.execute(f"CREATE ROLE {role} LOGIN CONNECTION LIMIT 0")
+    refused_dsn = database_dsn.replace("postgresql://postgres@", f"postgresql://{role}@", 1)
+    assert refused_dsn != database_dsn
+
+    async def handler(request: web.Request) -> web.Response:
+        conn = await asyncpg.connect(refused_dsn)
+        await conn.close()
+        return web.Response(text="connected")
+
+    app = web.Application(middlewares=[problem_middleware])
+    app.router.add_get("/", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/") as r:
+            problem = await r.json(content_type=None)
+            assert r.status == 503, problem
+            assert int(r.headers["Retry-After"]) > 0
+            assert problem["status"] == 503
+    finally:
+        await runner.cleanup()
+        await admin.execute(f"DROP ROLE {role}")
+        await admin.close()

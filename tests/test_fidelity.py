@@ -4,7 +4,7 @@ The wallet simulator checks that a slice and its registry entry agree, but Stamp
 both: a consistent mis-mapping (quantity, period, grid area, attributes, type) would
 pass it. Here every field of the request is compared with what the registry stored
 (the IssuedEvent as committed) and what the wallet received, recomputing what can be
-recomputed independently of Stamp: the hashed values from spec/crypto.md §5 with the
+recomputed independently of Stamp: the hashed values from docs/crypto.md §5 with the
 salt the wallet got, the owner key by private BIP32 derivation from the wallet's own
 key, the commitment opened with the wallet's R and the *posted* quantity.
 """
@@ -99,7 +99,7 @@ async def _recipient(stack: Stack) -> tuple[str, WalletEndpointReference]:
 
 
 def spec_hash(key: str, value: str, certificate_id: str, salt: bytes) -> str:
-    """spec/crypto.md §5, written out here rather than imported from Stamp."""
+    """docs/crypto.md §5, written out here rather than imported from Stamp."""
     text = key + value + certificate_id + salt.hex().upper()
     return base64.b64encode(hashlib.sha256(text.encode("utf-8")).digest()).decode("ascii")
 

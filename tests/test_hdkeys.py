@@ -1,4 +1,4 @@
-"""BIP32 keys against the official BIP32 test vectors and the project-origin vector (crypto.md §1)."""
+"""BIP32 keys against the official BIP32 test vectors and the project-origin vector (docs/crypto.md §1)."""
 
 from __future__ import annotations
 

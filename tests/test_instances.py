@@ -1,4 +1,5 @@
-"""Several Stamp instances on one database (issue 14, item 6; DESIGN.md §5).
+"""Several Stamp instances on one database (issue 14, item 6; docs/architecture.md,
+"Shutdown and scale-out").
 
 Three ``stamp serve`` processes with their own STAMP_INSTANCE_IDs share one PostgreSQL
 and the simulators; certificates are posted to all three; one is SIGKILLed mid-run and

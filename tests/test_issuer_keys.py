@@ -1,4 +1,5 @@
-"""Issuer Ed25519 keys: RFC 8032 vectors and every PEM form of the project-origin vector (crypto.md §2)."""
+"""Issuer Ed25519 keys: RFC 8032 vectors and every PEM form of the project-origin vector
+(docs/crypto.md §2)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The lifecycle of a certificate as a pure function (stamp/lifecycle.py): tables of
 (record, event) → (record, effects), and a state machine that feeds random outcome
 orders — duplicates, late answers, stale writes, crashes replayed from the persisted
-record, a second driver — and checks the invariants of DESIGN.md §2. No actors, no
+record, a second driver — and checks the invariants of docs/architecture.md. No actors, no
 database, no network."""
 
 from __future__ import annotations
@@ -15,7 +15,16 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from stamp import lifecycle as lc
-from stamp.domain import CertificateKey, CertificateRecord, Delivery, Event, Recipient, State, Step
+from stamp.domain import (
+    CertificateContent,
+    CertificateKey,
+    CertificateRecord,
+    Delivery,
+    Event,
+    Recipient,
+    State,
+    Step,
+)
 
 KEY = CertificateKey("Narnia", "7b7a1f0e-3f2c-4f7e-9d7c-2d1f5c9a0b11")
 RECIPIENT = Recipient("0f8fad5b-d9cb-469f-a165-70867728950e", 1, "http://wallet/v1/slices", b"k" * 74)
@@ -28,18 +37,23 @@ SALTS = (b"s" * 16,)
 BUILT = lc.BundleBuilt(TX, "tx-1", R, SALTS)
 
 
-def record(state: State = State.STORED, **changes: Any) -> CertificateRecord:
+CONTENT = CertificateContent(
+    key=KEY,
+    recipient_id=RECIPIENT.id,
+    metering_point_id="571234567890123456",
+    certificate_type=2,
+    quantity=1000,
+    start=1_700_000_000,
+    end=1_700_003_600,
+    grid_area="DK1",
+    clear_attributes=(("fuelCode", "F01040100"),),
+    hashed_attributes=(("assetId", "571234567890123456"),),
+)
+
+
+def record(state: State = State.STORED, grid_area: str = "DK1", **changes: Any) -> CertificateRecord:
     base = CertificateRecord(
-        key=KEY,
-        recipient_id=RECIPIENT.id,
-        metering_point_id="571234567890123456",
-        certificate_type=2,
-        quantity=1000,
-        start=1_700_000_000,
-        end=1_700_003_600,
-        grid_area="DK1",
-        clear_attributes=(("fuelCode", "F01040100"),),
-        hashed_attributes=(("assetId", "571234567890123456"),),
+        content=dataclasses.replace(CONTENT, grid_area=grid_area),
         state=state,
         version=0,
         position=None,
@@ -383,7 +397,7 @@ def test_answers_nobody_waits_for_change_nothing(late: lc.LifecycleEvent) -> Non
     assert fx == [] and j2 == j
 
 
-# --- random outcome orders against DESIGN.md §2 ------------------------------------------------
+# --- random outcome orders against the invariants (docs/architecture.md) ------------------------
 
 
 class Row:

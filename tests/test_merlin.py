@@ -1,4 +1,4 @@
-"""Merlin transcripts and the Keccak-f[1600] / STROBE-128 underneath (crypto.md §4, §4a step 2)."""
+"""Merlin transcripts and the Keccak-f[1600] / STROBE-128 underneath (docs/crypto.md §4, §4a step 2)."""
 
 from __future__ import annotations
 

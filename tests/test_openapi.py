@@ -41,6 +41,7 @@ from schemathesis.specs.openapi.checks import (
 from stamp.api.openapi import DOCS_CSP, document
 from stamp.app import build_app
 from stamp.config import Settings
+from stamp.domain import CERTIFICATE_TYPES
 from tests.stack import REGISTRY, Stack, certificate_body, running_stack
 
 T = TypeVar("T")
@@ -123,6 +124,14 @@ def test_v1_routes_document_optional_bearer_auth_and_others_none() -> None:
                 assert "security" not in operation and "401" in operation["responses"], (method, path)
             else:
                 assert operation["security"] == [] and "401" not in operation["responses"], (method, path)
+
+
+def test_the_documented_certificate_types_are_the_domain_table() -> None:
+    # The document is written by hand; the one type table is stamp.domain's.
+    schemas = document()["components"]["schemas"]
+    assert sorted(schemas["CertificateType"]["enum"]) == sorted(CERTIFICATE_TYPES.values())
+    numbers = schemas["NewCertificateBody"]["properties"]["type"]["oneOf"][1]["enum"]
+    assert sorted(numbers) == sorted(CERTIFICATE_TYPES)
 
 
 def test_servers_follow_the_path_base() -> None:

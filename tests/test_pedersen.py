@@ -1,4 +1,4 @@
-"""Quantity commitments with Project Origin's generators (crypto.md §3)."""
+"""Quantity commitments with Project Origin's generators (docs/crypto.md §3)."""
 
 from __future__ import annotations
 

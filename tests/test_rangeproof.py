@@ -1,4 +1,4 @@
-"""Range proof, generators and commitments against the spec's vectors (crypto.md §3, §4, §4a)."""
+"""Range proof, generators and commitments against the spec's vectors (docs/crypto.md §3, §4, §4a)."""
 
 from __future__ import annotations
 

@@ -29,6 +29,7 @@ from stamp.crypto.issuer_keys import IssuerKey
 from stamp.crypto.transactions import build_withdrawn_transaction, transaction_id
 from stamp.devstack.registry import RegistrySimConfig, RegistrySimulator
 from stamp.devstack.registry_rules import ISSUED_EVENT, WITHDRAWN_EVENT, proof_deserializes
+from stamp.domain import CertificateContent, CertificateKey
 from tests.waiting import wait_until
 
 VECTORS = Path("/work/shared/spec/vectors/project-origin.txt")
@@ -113,15 +114,18 @@ def fresh_bundle_tx(
     recipient = ExtendedPrivateKey.generate().public()
     return build_issue_bundle(
         IssueRequest(
-            registry=REGISTRY,
-            certificate_id=certificate_id or str(uuid.uuid4()),
-            certificate_type=2,
-            quantity=1234,
-            start=start,
-            end=end,
-            grid_area="DK1",
-            clear_attributes=(("fuelCode", "F01040100"),),
-            hashed_attributes=(("assetId", "571234567890123456"),),
+            content=CertificateContent(
+                key=CertificateKey(REGISTRY, certificate_id or str(uuid.uuid4())),
+                recipient_id="0b5c3d6e-8a4f-4f7e-9a51-2f1d3c4b5a69",
+                metering_point_id="571234567890123456",
+                certificate_type=2,
+                quantity=1234,
+                start=start,
+                end=end,
+                grid_area="DK1",
+                clear_attributes=(("fuelCode", "F01040100"),),
+                hashed_attributes=(("assetId", "571234567890123456"),),
+            ),
             recipient_public_key=recipient.to_bytes(),
             position=7,
             issuer_private_pem=SECOND_DK1_ISSUER.private_pem(),

@@ -1,4 +1,4 @@
-"""The project-origin vector's signed IssuedEvent, reproduced byte for byte (crypto.md §6, §8).
+"""The project-origin vector's signed IssuedEvent, reproduced byte for byte (docs/crypto.md §6, §8).
 
 Range proofs are randomized, so the transaction is assembled around the vector's own proof
 (`assemble_transaction`); the proof itself is checked to verify as the registry would."""
@@ -32,6 +32,7 @@ from stamp.crypto.transactions import (
     build_withdrawn_transaction,
     transaction_id,
 )
+from stamp.domain import CertificateContent, CertificateKey
 
 # Every test here runs on both group backends (libsodium and libdecaf).
 pytestmark = pytest.mark.usefixtures("each_backend")
@@ -48,15 +49,18 @@ TX = bytes.fromhex(V["transaction"])
 
 def vector_request() -> IssueRequest:
     return IssueRequest(
-        registry="Narnia",
-        certificate_id=CERTIFICATE_ID,
-        certificate_type=2,
-        quantity=1000,
-        start=1_700_000_000,
-        end=1_700_003_600,
-        grid_area="DK1",
-        clear_attributes=(("fuelCode", "F01040100"), ("techCode", "T010000")),
-        hashed_attributes=(("assetId", "571234567890123456"),),
+        content=CertificateContent(
+            key=CertificateKey("Narnia", CERTIFICATE_ID),
+            recipient_id="0b5c3d6e-8a4f-4f7e-9a51-2f1d3c4b5a69",
+            metering_point_id="571234567890123456",
+            certificate_type=2,
+            quantity=1000,
+            start=1_700_000_000,
+            end=1_700_003_600,
+            grid_area="DK1",
+            clear_attributes=(("fuelCode", "F01040100"), ("techCode", "T010000")),
+            hashed_attributes=(("assetId", "571234567890123456"),),
+        ),
         recipient_public_key=bytes.fromhex(V["endpoint_key_hex"]),
         position=1,
         issuer_private_pem=IssuerKey.from_seed(bytes.fromhex(V["seed"])).private_pem(),
@@ -70,7 +74,7 @@ def test_builds_the_identical_vector_transaction() -> None:
     request = vector_request()
     assert request.blinding is not None and request.salts is not None
     owner = derive_owner_key(request.recipient_public_key, request.position)
-    commitment = commit_quantity(request.quantity, request.blinding)
+    commitment = commit_quantity(request.content.quantity, request.blinding)
     signed = assemble_transaction(request, owner, commitment, PROOF, request.salts)
     assert len(signed.transaction) == len(TX) == 1132
     assert signed.transaction == TX

@@ -38,6 +38,7 @@ from stamp.devstack.wallet import (
     WalletSimConfig,
     WalletSimulator,
 )
+from stamp.domain import CertificateContent, CertificateKey
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -103,15 +104,18 @@ def build(
     certificate_id = str(uuid.uuid4())
     bundle = build_issue_bundle(
         IssueRequest(
-            registry=REGISTRY,
-            certificate_id=certificate_id,
-            certificate_type=2,
-            quantity=quantity,
-            start=1_700_000_000,
-            end=1_700_003_600,
-            grid_area=GRID_AREA,
-            clear_attributes=(("fuelCode", "F01040100"),),
-            hashed_attributes=HASHED,
+            content=CertificateContent(
+                key=CertificateKey(REGISTRY, certificate_id),
+                recipient_id="0b5c3d6e-8a4f-4f7e-9a51-2f1d3c4b5a69",
+                metering_point_id="571234567890123456",
+                certificate_type=2,
+                quantity=quantity,
+                start=1_700_000_000,
+                end=1_700_003_600,
+                grid_area=GRID_AREA,
+                clear_attributes=(("fuelCode", "F01040100"),),
+                hashed_attributes=HASHED,
+            ),
             recipient_public_key=reference.public_key,
             position=position,
             issuer_private_pem=issuer.private_pem(),

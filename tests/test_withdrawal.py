@@ -231,7 +231,7 @@ async def test_a_certificate_withdrawn_while_in_the_registry_waits_for_its_issua
         status, answer = await withdraw(stack, certificate_id)
         assert status == 201, answer
         assert await stack.pool.fetchval("SELECT withdrawn FROM certificates WHERE id = $1", certificate_id)
-        await asyncio.sleep(1.0)  # two sweeps: nothing may be sent while the issuance is pending
+        await asyncio.sleep(1.5)  # a lease sweep or two: nothing may be sent while the issuance is pending
         row = await withdrawals.get_withdrawal(stack.pool, CertificateKey(REGISTRY, certificate_id))
         assert row is not None and row["state"] == "pending"
         assert withdrawals_received(stack.registry, certificate_id) == []

@@ -152,3 +152,75 @@ async def test_sigkill_between_the_201_and_the_commit_loses_no_withdrawal(
         await conn.close()
         await wallet.stop()
         await registry.stop()
+
+
+async def test_a_graceful_stop_hands_a_withdrawal_in_flight_to_another_instance_at_once(
+    database_dsn: str, tmp_path: Path
+) -> None:
+    """The supervisor's lease sweep holds withdrawals like certificates: a stopping
+    instance releases its leases of both, so another instance takes over before the
+    (long) lease would have expired."""
+    registry = RegistrySimulator(
+        RegistrySimConfig(
+            registries=(REGISTRY,), issuer_keys={GRID_AREA: (ISSUER.public_pem(),)}, commit_delay=0.05
+        )
+    )
+    await registry.start()
+    wallet = WalletSimulator(WalletSimConfig(registries={REGISTRY: registry.address}))
+    await wallet.start()
+    key_file = tmp_path / "dk1.pem"
+    key_file.write_text(ISSUER.private_pem())
+
+    def env(instance: str) -> dict[str, str]:
+        return {**_env(database_dsn, registry, key_file, instance), "STAMP_LEASE_SECONDS": "120"}
+
+    first_id = f"stop-{uuid.uuid4().hex[:6]}"
+    stamp = StampProcess(env(first_id), tmp_path / "stamp.log")
+    conn = await asyncpg.connect(database_dsn)
+    try:
+        await stamp.start()
+        async with aiohttp.ClientSession() as http:
+            reference = wallet.create_endpoint()
+            status, recipient = await _json(
+                http, "POST", f"{stamp.base}/v1/recipients", {"walletEndpointReference": reference.as_json()}
+            )
+            assert status == 201
+            body = certificate_body(recipient["id"])
+            certificate_id = body["certificate"]["id"]
+            assert (await _json(http, "POST", f"{stamp.base}/v1/certificates", body))[0] == 202
+
+            async def is_delivered() -> bool:
+                return (await _state(conn, certificate_id))[0] == "delivered"
+
+            await wait_until(is_delivered, timeout=60, interval=0.05, what="the delivery")
+            registry.hold(certificate_ids=[certificate_id])
+            status, answer = await _json(
+                http, "POST", f"{stamp.base}/v1/certificates/{REGISTRY}/{certificate_id}/withdraw"
+            )
+            assert status == 201, answer
+
+        async def withdrawal_received() -> bool:
+            return registry.stream_counters(certificate_id).received == 2
+
+        await wait_until(withdrawal_received, timeout=30, interval=0.02, what="the withdrawal send")
+        lease_owner = "SELECT lease_owner FROM withdrawn_certificates WHERE certificate_id = $1"
+        assert await conn.fetchval(lease_owner, certificate_id) == first_id
+        assert await stamp.terminate() == 0
+        assert await conn.fetchval(lease_owner, certificate_id) is None
+        assert await _state(conn, certificate_id) == ("delivered", "pending")
+
+        registry.release()
+        stamp = StampProcess(env(f"other-{uuid.uuid4().hex[:6]}"), tmp_path / "stamp-2.log")
+        await stamp.start()
+
+        async def committed() -> bool:
+            return await _state(conn, certificate_id) == ("delivered", "committed")
+
+        await wait_until(committed, timeout=30, interval=0.05, what="the withdrawal committed")
+        counters = registry.stream_counters(certificate_id)
+        assert counters.received - counters.resends == 2  # one issuance, one withdrawal
+    finally:
+        stamp.stop()
+        await conn.close()
+        await wallet.stop()
+        await registry.stop()

@@ -11,6 +11,7 @@ body or item count over its limit) write nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import uuid
 from typing import Any
@@ -21,16 +22,16 @@ from aiohttp import web
 
 from actors.bridge import tell_from_loop
 from actors.messages import AdmitCertificate
-from stamp import metrics
+from stamp import metrics, tracing
 from stamp.api import problems
 from stamp.api.batch_items import read_plain_item
-from stamp.api.requests import NewCertificate, parse_batch, parse_new_certificate, read_json_body
-from stamp.api.routes import judge_existing, new_row, status_url
+from stamp.api.requests import parse_batch, parse_new_certificate, read_json_body, request_digest
+from stamp.api.routes import judge_existing, status_url
 from stamp.api.runtime import RUNTIME
 from stamp.api.views import json_response
 from stamp.db import batch_intake
 from stamp.db.queries import NewCertificateRow
-from stamp.domain import CertificateKey, State
+from stamp.domain import CertificateContent, CertificateKey, State
 
 log = structlog.get_logger(__name__)
 
@@ -57,7 +58,7 @@ async def create_certificates(request: web.Request) -> web.Response:
         "max_attributes": settings.max_attributes,
         "max_attribute_length": settings.max_attribute_length,
     }
-    parsed: list[tuple[int, NewCertificate]] = []
+    parsed: list[tuple[int, CertificateContent]] = []
     for index, item in enumerate(items):
         # The plainly valid item (nearly all of them) is read without the general
         # parser; any other goes to it, so a problem is the single route's, verbatim.
@@ -73,8 +74,8 @@ async def create_certificates(request: web.Request) -> web.Response:
     known = await runtime.recipients.get_many(new.recipient_id for _, new in parsed)
     # The first item of each key goes into the insert; a later one with the same key
     # is judged against whatever holds the key once the insert is done.
-    candidates: list[tuple[int, NewCertificate, NewCertificateRow]] = []
-    repeats: list[tuple[int, NewCertificate, NewCertificateRow]] = []
+    candidates: list[tuple[int, CertificateContent, NewCertificateRow]] = []
+    repeats: list[tuple[int, CertificateContent, NewCertificateRow]] = []
     keys_seen: set[CertificateKey] = set()
     for index, new in parsed:
         if new.recipient_id not in known:
@@ -82,8 +83,10 @@ async def create_certificates(request: web.Request) -> web.Response:
                 index, problems.NotFound(f"recipient {new.recipient_id} not found", field="recipientId")
             )
             continue
-        key = CertificateKey(new.registry_name, new.certificate_id)
-        (repeats if key in keys_seen else candidates).append((index, new, new_row(new)))
+        key = new.key
+        (repeats if key in keys_seen else candidates).append(
+            (index, new, NewCertificateRow(new, request_digest(new)))
+        )
         keys_seen.add(key)
 
     if candidates and runtime.backlog.count + len(candidates) > settings.max_backlog:
@@ -103,7 +106,7 @@ async def create_certificates(request: web.Request) -> web.Response:
     unstored = list(repeats)
     for candidate in candidates:
         index, new, _ = candidate
-        key = CertificateKey(new.registry_name, new.certificate_id)
+        key = new.key
         if key in stored.recipients:
             answers[index] = _accepted(request, index, "accepted", key, State.STORED.value)
         else:
@@ -118,7 +121,7 @@ async def create_certificates(request: web.Request) -> web.Response:
         except problems.Problem as problem:
             answers[index] = _failed(index, problem)
         else:
-            key = CertificateKey(new.registry_name, new.certificate_id)
+            key = new.key
             answers[index] = _accepted(request, index, "alreadyAccepted", key, state)
 
     every = [answer for answer in answers if answer is not None]
@@ -153,6 +156,13 @@ async def _store(
     settings = runtime.settings
     if not rows:
         return batch_intake.StoredBatch({}, [])
+    if tracing.ENABLED:  # a trace per certificate, linked to this request's
+        rows = [
+            dataclasses.replace(
+                r, traceparent=tracing.intake(r.content.key, r.content.recipient_id, own_trace=True)
+            )
+            for r in rows
+        ]
     # Slots are taken before the insert is awaited, as the single route does, so a burst
     # of batches cannot overshoot STAMP_MAX_IN_FLIGHT; those that go unused (the row
     # collided) are given back after.

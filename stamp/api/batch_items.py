@@ -6,7 +6,7 @@ its path and builds a helper object per JSON object; for a batch of 1,000 items 
 was the largest part of the event loop's time (about 20 µs an item). ``read_plain_item``
 accepts only an item that is plainly valid — exactly the documented member names, none
 given twice, every value of its type and within its range, text that is printable
-ASCII or passes the parser's own text check — and builds the very ``NewCertificate``
+ASCII or passes the parser's own text check — and builds the very ``CertificateContent``
 the parser would. Anything else returns None, and the caller hands the item to
 ``parse_new_certificate``: every problem a client sees is the parser's, byte for byte.
 tests/test_batch_items.py holds the two to that: equal values where the fast path
@@ -24,11 +24,10 @@ from stamp.api.requests import (
     MAX_QUANTITY,
     MAX_UNIX_SECONDS,
     MIN_PERIOD_SECONDS,
-    NewCertificate,
     _canonical_uuid,
     _text_problem,
 )
-from stamp.domain import CERTIFICATE_TYPE_NUMBERS, CERTIFICATE_TYPES
+from stamp.domain import CERTIFICATE_TYPE_NUMBERS, CERTIFICATE_TYPES, CertificateContent, CertificateKey
 
 _TOP: Final = frozenset({"recipientId", "registryName", "meteringPointId", "certificate"})
 _REQUIRED: Final = frozenset({"id", "type", "quantity", "start", "end", "gridArea"})
@@ -66,7 +65,7 @@ def read_plain_item(
     grid_areas: Collection[str],
     max_attributes: int,
     max_attribute_length: int,
-) -> NewCertificate | None:
+) -> CertificateContent | None:
     """The item as ``parse_new_certificate`` would read it, when it is plainly valid;
     None otherwise (then ask the parser, which says what is wrong, if anything)."""
     if not _plain(item) or item.keys() != _TOP:
@@ -140,11 +139,10 @@ def read_plain_item(
     if len(clear_pairs) + len(hashed_pairs) > max_attributes:
         return None
 
-    return NewCertificate(
+    return CertificateContent(
+        key=CertificateKey(registry_name, certificate_id),
         recipient_id=recipient_id,
-        registry_name=registry_name,
         metering_point_id=metering_point_id,
-        certificate_id=certificate_id,
         certificate_type=certificate_type,
         quantity=quantity,
         start=start,

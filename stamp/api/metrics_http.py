@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import queue
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -116,10 +115,10 @@ def sample_actors() -> None:
 
 
 def _inbox_depth(inbox: object) -> int:
-    # Threading actors' inboxes are queue.Queue; pykka types them as a bare protocol.
-    if isinstance(inbox, queue.Queue):
-        return inbox.qsize()
-    return 0
+    # Stamp's mailboxes (actors/base.py) and threading actors' queue.Queue both say
+    # qsize(); pykka types an inbox as a bare protocol.
+    qsize = getattr(inbox, "qsize", None)
+    return int(qsize()) if callable(qsize) else 0
 
 
 def _os_threads() -> int:

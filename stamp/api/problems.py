@@ -262,6 +262,9 @@ DATABASE_UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.InterfaceError,  # e.g. the connection was closed under the query
     asyncpg.exceptions.AdminShutdownError,
     asyncpg.exceptions.CrashShutdownError,
+    # SQLSTATE class 53: the server is out of connection slots (or memory, or disk).
+    # Passing, like a restart: nothing was written, so the client may retry.
+    asyncpg.exceptions.InsufficientResourcesError,
 )
 
 

@@ -19,7 +19,7 @@ import hashlib
 import json
 import re
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 from urllib.parse import urlsplit
@@ -35,7 +35,13 @@ from stamp.api.problems import (
     ValidationProblem,
 )
 from stamp.crypto.hdkeys import ExtendedPublicKey
-from stamp.domain import CERTIFICATE_TYPE_NUMBERS, CERTIFICATE_TYPES, State
+from stamp.domain import (
+    CERTIFICATE_TYPE_NUMBERS,
+    CERTIFICATE_TYPES,
+    CertificateContent,
+    CertificateKey,
+    State,
+)
 
 WALLET_ENDPOINT_VERSION: Final = 1
 EXTENDED_PUBLIC_KEY_BYTES: Final = 74
@@ -62,49 +68,36 @@ class NewRecipient:
     wallet_public_key: bytes
 
 
-@dataclass(frozen=True, slots=True)
-class NewCertificate:
-    recipient_id: str
-    registry_name: str
-    metering_point_id: str
-    certificate_id: str
-    certificate_type: int
-    quantity: int
-    start: int
-    end: int
-    grid_area: str
-    clear_attributes: tuple[tuple[str, str], ...] = ()
-    # Hashed attributes are hashed on the registry because they are private to the owner.
-    hashed_attributes: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+def _comparable(new: CertificateContent) -> dict[str, Any]:
+    """The request's meaning, keyed by JSON path. Attribute order does not change what
+    a certificate says, so a re-post that reorders them is the same request (a client
+    re-serialising a map must not see a false conflict). ``str`` because a value
+    rebuilt from the database may carry ``uuid.UUID`` ids."""
+    return {
+        "recipientId": str(new.recipient_id).lower(),
+        "registryName": new.key.registry,
+        "meteringPointId": new.metering_point_id,
+        "certificate.id": str(new.key.certificate_id).lower(),
+        "certificate.type": new.certificate_type,
+        "certificate.quantity": new.quantity,
+        "certificate.start": new.start,
+        "certificate.end": new.end,
+        "certificate.gridArea": new.grid_area,
+        "certificate.clearTextAttributes": sorted((str(k), str(v)) for k, v in new.clear_attributes),
+        "certificate.hashedAttributes": sorted((str(k), str(v)) for k, v in new.hashed_attributes),
+    }
 
-    def _comparable(self) -> dict[str, Any]:
-        """The request's meaning, keyed by JSON path. Attribute order does not change
-        what a certificate says, so a re-post that reorders them is the same request
-        (a client re-serialising a map must not see a false conflict). ``str`` because
-        a value rebuilt from the database may carry ``uuid.UUID`` ids."""
-        return {
-            "recipientId": str(self.recipient_id).lower(),
-            "registryName": self.registry_name,
-            "meteringPointId": self.metering_point_id,
-            "certificate.id": str(self.certificate_id).lower(),
-            "certificate.type": self.certificate_type,
-            "certificate.quantity": self.quantity,
-            "certificate.start": self.start,
-            "certificate.end": self.end,
-            "certificate.gridArea": self.grid_area,
-            "certificate.clearTextAttributes": sorted((str(k), str(v)) for k, v in self.clear_attributes),
-            "certificate.hashedAttributes": sorted((str(k), str(v)) for k, v in self.hashed_attributes),
-        }
 
-    def canonical_digest(self) -> bytes:
-        """SHA-256 of a canonical JSON of the request: equal digests ⇔ identical re-post."""
-        document = {"schema": "stamp.new-certificate.v1", **self._comparable()}
-        return hashlib.sha256(orjson.dumps(document, option=orjson.OPT_SORT_KEYS)).digest()
+def request_digest(new: CertificateContent) -> bytes:
+    """SHA-256 of a canonical JSON of the request: equal digests ⇔ identical re-post."""
+    document = {"schema": "stamp.new-certificate.v1", **_comparable(new)}
+    return hashlib.sha256(orjson.dumps(document, option=orjson.OPT_SORT_KEYS)).digest()
 
-    def differences(self, other: NewCertificate) -> list[str]:
-        """JSON paths of the fields whose values differ (for a 409's ``differences``)."""
-        mine, theirs = self._comparable(), other._comparable()
-        return [path for path, value in mine.items() if theirs[path] != value]
+
+def differences(new: CertificateContent, stored: CertificateContent) -> list[str]:
+    """JSON paths of the fields whose values differ (for a 409's ``differences``)."""
+    mine, theirs = _comparable(new), _comparable(stored)
+    return [path for path, value in mine.items() if theirs[path] != value]
 
 
 # --- reading the body ---------------------------------------------------------------
@@ -526,6 +519,13 @@ def parse_recipient_patch(body: object) -> RecipientPatch:
 # --- certificates --------------------------------------------------------------------
 
 
+_BY_NUMBER_DOWN = sorted(CERTIFICATE_TYPES.items(), reverse=True)
+_TYPE_MESSAGE = "must be {} (or the integer {})".format(
+    " or ".join(f'"{name}"' for _, name in _BY_NUMBER_DOWN), " or ".join(str(n) for n, _ in _BY_NUMBER_DOWN)
+)
+"""``must be "production" or "consumption" (or the integer 2 or 1)``: from the type table."""
+
+
 def _certificate_type(c: _Members) -> int | None:
     value = c.required("type")
     if value is _REPORTED:
@@ -534,7 +534,7 @@ def _certificate_type(c: _Members) -> int | None:
         return value
     if isinstance(value, str) and value.lower() in CERTIFICATE_TYPE_NUMBERS:
         return CERTIFICATE_TYPE_NUMBERS[value.lower()]
-    c.error("type", 'must be "production" or "consumption" (or the integer 2 or 1)')
+    c.error("type", _TYPE_MESSAGE)
     return None
 
 
@@ -608,7 +608,7 @@ def parse_new_certificate(
     grid_areas: Collection[str],
     max_attributes: int,
     max_attribute_length: int,
-) -> NewCertificate:
+) -> CertificateContent:
     errors: list[FieldError] = []
     m = _Members(_root(body), "", errors)
     recipient_id = m.uuid("recipientId")
@@ -628,7 +628,7 @@ def parse_new_certificate(
         start = c.integer("start", 0, MAX_UNIX_SECONDS)
         end = c.integer("end", 0, MAX_UNIX_SECONDS)
         if start is not None and end is not None:
-            # The registry's rule (crypto.md §7): refuse now what it would reject later.
+            # The registry's rule (docs/registry.md): refuse now what it would reject later.
             if start >= end:
                 c.error("end", "must be after start")
             elif not MIN_PERIOD_SECONDS <= end - start <= MAX_PERIOD_SECONDS:
@@ -651,11 +651,10 @@ def parse_new_certificate(
     assert recipient_id is not None and registry_name is not None and metering_point_id is not None
     assert certificate_id is not None and certificate_type is not None and quantity is not None
     assert start is not None and end is not None and grid_area is not None
-    return NewCertificate(
+    return CertificateContent(
+        key=CertificateKey(registry_name, certificate_id),
         recipient_id=recipient_id,
-        registry_name=registry_name,
         metering_point_id=metering_point_id,
-        certificate_id=certificate_id,
         certificate_type=certificate_type,
         quantity=quantity,
         start=start,

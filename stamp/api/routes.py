@@ -4,6 +4,7 @@ write to PostgreSQL and *tell* the supervisor."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import uuid
 
 import asyncpg
@@ -12,10 +13,10 @@ from aiohttp import web
 
 from actors.bridge import tell_from_loop
 from actors.messages import AdmitCertificate
-from stamp import metrics
+from stamp import metrics, tracing
 from stamp.api import problems
 from stamp.api.requests import (
-    NewCertificate,
+    differences,
     parse_limit,
     parse_new_certificate,
     parse_new_recipient,
@@ -25,6 +26,7 @@ from stamp.api.requests import (
     parse_text_param,
     parse_uuid,
     read_json_body,
+    request_digest,
 )
 from stamp.api.runtime import RUNTIME, Runtime
 from stamp.api.views import (
@@ -35,7 +37,7 @@ from stamp.api.views import (
     json_response,
 )
 from stamp.db import queries, withdrawals
-from stamp.domain import CertificateKey, Recipient, State
+from stamp.domain import CertificateContent, CertificateKey, Recipient, State
 from stamp.gateways.endpoint_allow import REFUSED_AT_CREATION, check_endpoint
 
 log = structlog.get_logger(__name__)
@@ -149,7 +151,7 @@ async def create_certificate(request: web.Request) -> web.Response:
         max_attributes=settings.max_attributes,
         max_attribute_length=settings.max_attribute_length,
     )
-    row = new_row(new)
+    row = queries.NewCertificateRow(new, request_digest(new))
     if runtime.backlog.full:
         existing = await withdrawals.find_conflicting(runtime.pool, row)
         if existing is None:
@@ -165,13 +167,16 @@ async def create_certificate(request: web.Request) -> web.Response:
     # another instance sharing the database does not claim it too. A full house
     # leaves the row unleased, for whichever supervisor has room first. The slot is
     # taken now, before the insert is awaited, so a burst cannot overshoot the bound.
+    if tracing.ENABLED:  # the certificate's trace is this request's: stored with it
+        traced = tracing.intake(new.key, new.recipient_id, own_trace=False)
+        row = dataclasses.replace(row, traceparent=traced)
     admit = runtime.live.take_slots(settings.max_in_flight) == 1
     lease = queries.Lease(settings.instance_id, settings.lease_seconds) if admit else None
     try:
         stored = await runtime.batcher.fetch(
             queries.INSERT_CERTIFICATE,
             queries.insert_certificate_args(row, lease),
-            (row.registry_name, row.certificate_id),
+            (new.key.registry, new.key.certificate_id),
         )
         record = queries.stored_record(stored)
     except (asyncpg.UniqueViolationError, asyncpg.ExclusionViolationError):
@@ -188,13 +193,13 @@ async def create_certificate(request: web.Request) -> web.Response:
             raise problems.Conflict("the certificate conflicts with another one")
         return _answer_existing(request, new, existing)
     runtime.backlog.added()
-    metrics.certificate_received(CertificateKey(new.registry_name, new.certificate_id))
+    metrics.certificate_received(new.key)
     # The first transition's line names the request that caused it (request_id is
     # bound by the problem middleware); the certificate actor logs the ones after it.
     log.info(
         "certificate.transitioned",
-        certificate_id=new.certificate_id,
-        registry=new.registry_name,
+        certificate_id=new.key.certificate_id,
+        registry=new.key.registry,
         recipient_id=new.recipient_id,
         state=State.STORED.value,
     )
@@ -204,79 +209,43 @@ async def create_certificate(request: web.Request) -> web.Response:
         tell_from_loop(runtime.supervisor, AdmitCertificate(record))
     else:
         runtime.live.backlog_waiting = True
-    return _accepted(request, CertificateKey(new.registry_name, new.certificate_id), State.STORED.value)
+    return _accepted(request, new.key, State.STORED.value)
 
 
-def new_row(new: NewCertificate) -> queries.NewCertificateRow:
-    return queries.NewCertificateRow(
-        registry_name=new.registry_name,
-        certificate_id=new.certificate_id,
-        recipient_id=new.recipient_id,
-        metering_point_id=new.metering_point_id,
-        certificate_type=new.certificate_type,
-        quantity=new.quantity,
-        start=new.start,
-        end=new.end,
-        grid_area=new.grid_area,
-        clear_attributes=new.clear_attributes,
-        hashed_attributes=new.hashed_attributes,
-        request_digest=new.canonical_digest(),
-    )
-
-
-def _stored_as_new(existing: asyncpg.Record) -> NewCertificate:
-    return NewCertificate(
-        recipient_id=existing["recipient_id"],
-        registry_name=existing["registry_name"],
-        metering_point_id=existing["metering_point_id"],
-        certificate_id=existing["id"],
-        certificate_type=existing["certificate_type"],
-        quantity=existing["quantity"],
-        start=existing["period_start"],
-        end=existing["period_end"],
-        grid_area=existing["grid_area"],
-        clear_attributes=tuple((k, v) for k, v in existing["clear_attributes"]),
-        hashed_attributes=tuple((k, v) for k, v in existing["hashed_attributes"]),
-    )
-
-
-def _answer_existing(request: web.Request, new: NewCertificate, existing: asyncpg.Record) -> web.Response:
+def _answer_existing(request: web.Request, new: CertificateContent, existing: asyncpg.Record) -> web.Response:
     """An identical re-post is answered like the first post; anything else is a 409."""
-    state = judge_existing(new, existing)
-    return _accepted(request, CertificateKey(new.registry_name, new.certificate_id), state)
+    return _accepted(request, new.key, judge_existing(new, existing))
 
 
-def judge_existing(new: NewCertificate, existing: asyncpg.Record) -> str:
+def judge_existing(new: CertificateContent, existing: asyncpg.Record) -> str:
     """The state of the stored certificate ``new`` repeats identically; else raises the
     409 that says why not. A withdrawn certificate is never issued again, not even for
     an identical re-post."""
-    same_key = existing["registry_name"] == new.registry_name and existing["id"] == new.certificate_id
+    same_key = existing["registry_name"] == new.key.registry and existing["id"] == new.key.certificate_id
     if same_key and existing["withdrawn"]:
         raise problems.Conflict(
-            f"certificate {new.registry_name}/{new.certificate_id} was withdrawn; "
-            "certify the period again with a new certificate id"
+            f"certificate {new.key} was withdrawn; certify the period again with a new certificate id"
         )
-    if same_key and bytes(existing["request_digest"]) == new.canonical_digest():
+    if same_key and bytes(existing["request_digest"]) == request_digest(new):
         state: str = existing["state"]
         return state
     if same_key:
-        differences = new.differences(_stored_as_new(existing))
         raise problems.Conflict(
-            f"certificate {new.registry_name}/{new.certificate_id} already exists with different content",
-            differences=differences,
+            f"certificate {new.key} already exists with different content",
+            differences=differences(new, queries.content_from_row(existing)),
         )
     # Another live certificate of the metering point holds (part of) the period.
     holder = f"{existing['registry_name']}/{existing['id']}"
     start, end = existing["period_start"], existing["period_end"]
-    differences = ["certificate.id"]
+    moved = ["certificate.id"]
     if start != new.start:
-        differences.append("certificate.start")
+        moved.append("certificate.start")
     if end != new.end:
-        differences.append("certificate.end")
+        moved.append("certificate.end")
     raise problems.Conflict(
         f"metering point {new.metering_point_id} already has certificate {holder} for the period "
         f"[{start}, {end}), which overlaps [{new.start}, {new.end})",
-        differences=differences,
+        differences=moved,
         conflicting_certificate={
             "registryName": existing["registry_name"],
             "id": existing["id"],

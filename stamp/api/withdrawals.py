@@ -14,7 +14,7 @@ from datetime import datetime
 from aiohttp import web
 
 from actors.bridge import tell_from_loop
-from actors.withdrawal import DriveWithdrawal
+from actors.messages import DriveWithdrawal
 from stamp.api import problems
 from stamp.api.requests import parse_int_param, parse_limit, parse_text_param, parse_uuid
 from stamp.api.runtime import RUNTIME

@@ -1,4 +1,4 @@
-"""Byte-exact Project Origin cryptography: pure functions, no I/O (spec/crypto.md).
+"""Byte-exact Project Origin cryptography: pure functions, no I/O (docs/crypto.md).
 
 The commitments and range proofs run on a group backend (`backend.py`,
 ``STAMP_CRYPTO_BACKEND``): ``decaf``, the project's C extension `_decaf.c` on libdecaf

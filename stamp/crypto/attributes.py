@@ -1,4 +1,4 @@
-"""Hashed certificate attributes (crypto.md §5).
+"""Hashed certificate attributes (docs/crypto.md §5).
 
 The registry sees only a salted hash of a hashed attribute; the wallet gets key, value and salt
 and can recompute it. The salt is fresh per attribute so equal values do not look equal.

@@ -1,4 +1,4 @@
-"""Everything the registry needs for one certificate, built in one call (crypto.md §1–§6).
+"""Everything the registry needs for one certificate, built in one call (docs/crypto.md §1–§6).
 
 `build_issue_bundle` is what the service runs in a crypto worker process: plain picklable data
 in, plain picklable data out, no clock and no I/O. The phases are also exposed one by one
@@ -13,7 +13,7 @@ import random
 import secrets
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Iterator, MutableMapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -29,36 +29,22 @@ from stamp.crypto.transactions import (
     build_issued_event,
     sign_transaction,
 )
-from stamp.domain import CERTIFICATE_TYPE_NUMBERS, CERTIFICATE_TYPES
+from stamp.domain import CERTIFICATE_TYPES, CERTIFICATE_TYPES_TEXT, Attributes, CertificateContent
 
 BIT_SIZE = 32
 """Range of a quantity: [0, 2^32) Wh, proven with n = 32."""
-
-Attributes = tuple[tuple[str, str], ...]
 
 
 class BundleError(ValueError):
     """The request cannot become a transaction. Messages never carry a secret."""
 
 
-def _attribute_pairs(value: Attributes | Mapping[str, str]) -> Attributes:
-    items = value.items() if isinstance(value, Mapping) else value
-    return tuple((str(key), str(val)) for key, val in items)
-
-
 @dataclass(frozen=True, slots=True)
 class IssueRequest:
-    registry: str
-    certificate_id: str
-    """Canonical lower-case UUID text: the proof label and the attribute hashes use it verbatim."""
-    certificate_type: int
-    """1 consumption, 2 production (the names are accepted too)."""
-    quantity: int
-    start: int
-    end: int
-    grid_area: str
-    clear_attributes: Attributes
-    hashed_attributes: Attributes
+    """A certificate's content and what the crypto adds to it: the owner's key and
+    position, and the issuer's signing key."""
+
+    content: CertificateContent
     recipient_public_key: bytes
     """The wallet endpoint's 74-byte extended public key."""
     position: int
@@ -70,18 +56,6 @@ class IssueRequest:
     salts: tuple[bytes, ...] | None = field(default=None, repr=False)
     proof_seed: int | None = field(default=None, repr=False)
     """Seeds the prover's blindings: reproducible proofs for tests, never set by the service."""
-
-    def __post_init__(self) -> None:
-        # Callers may pass a type name or attribute mappings; keep one canonical form so the
-        # request stays hashable, picklable and unambiguous about attribute order.
-        kind = self.certificate_type
-        if isinstance(kind, str):
-            kind = CERTIFICATE_TYPE_NUMBERS.get(kind.lower(), 0)
-        object.__setattr__(self, "certificate_type", kind)
-        object.__setattr__(self, "clear_attributes", _attribute_pairs(self.clear_attributes))
-        object.__setattr__(self, "hashed_attributes", _attribute_pairs(self.hashed_attributes))
-        if self.salts is not None:
-            object.__setattr__(self, "salts", tuple(bytes(s) for s in self.salts))
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,7 +109,7 @@ def prove_quantity(
 
 def check_proof(proof: bytes, commitment: bytes, certificate_id: str) -> None:
     """Verify as the registry will. A proof it cannot parse would leave the transaction PENDING
-    for ever (crypto.md §7), so nothing unverified should be sent."""
+    for ever (docs/registry.md), so nothing unverified should be sent."""
     if len(proof) != rangeproof.PROOF_SIZE or len(commitment) != 32:
         raise BundleError("the range proof or commitment has the wrong size")
     label = certificate_id.encode("utf-8")
@@ -167,22 +141,24 @@ def assemble_transaction(
     salts: tuple[bytes, ...],
 ) -> SignedTransaction:
     """Hash the attributes, build the `IssuedEvent` and sign it."""
+    content = request.content
+    registry, certificate_id = content.key.registry, content.key.certificate_id
     payload = build_issued_event(
-        registry=request.registry,
-        certificate_id=request.certificate_id,
-        certificate_type=request.certificate_type,
-        start=request.start,
-        end=request.end,
-        grid_area=request.grid_area,
+        registry=registry,
+        certificate_id=certificate_id,
+        certificate_type=content.certificate_type,
+        start=content.start,
+        end=content.end,
+        grid_area=content.grid_area,
         commitment=commitment,
         range_proof=range_proof,
         owner_public_key=owner_public_key,
-        clear_attributes=request.clear_attributes,
-        hashed_attributes=hash_attributes(request.hashed_attributes, request.certificate_id, salts),
+        clear_attributes=content.clear_attributes,
+        hashed_attributes=hash_attributes(content.hashed_attributes, certificate_id, salts),
     )
     nonce = str(uuid.uuid4()) if request.nonce is None else request.nonce
     key = issuer_key(request.issuer_private_pem)
-    return sign_transaction(request.registry, request.certificate_id, ISSUED_EVENT_TYPE, payload, key, nonce)
+    return sign_transaction(registry, certificate_id, ISSUED_EVENT_TYPE, payload, key, nonce)
 
 
 # --- the whole bundle -----------------------------------------------------------------------
@@ -207,27 +183,28 @@ def build_issue_bundle(
 
     _check_request(request)
     _guard(lambda: issuer_key(request.issuer_private_pem))  # fail before the costly proof
+    content = request.content
     blinding = pedersen.random_blinding() if request.blinding is None else request.blinding
     salts = request.salts
     if salts is None:
-        salts = tuple(attributes.new_salt() for _ in request.hashed_attributes)
+        salts = tuple(attributes.new_salt() for _ in content.hashed_attributes)
 
     with phase("derive"):
         owner_key = derive_owner_key(request.recipient_public_key, request.position)
     with phase("commit"):
-        commitment = commit_quantity(request.quantity, blinding)
+        commitment = commit_quantity(content.quantity, blinding)
     with phase("prove"):
         randomness = (
             secrets.token_bytes if request.proof_seed is None else random.Random(request.proof_seed).randbytes
         )
         proof, proven_commitment = prove_quantity(
-            request.quantity, blinding, request.certificate_id, randomness
+            content.quantity, blinding, content.key.certificate_id, randomness
         )
     if proven_commitment != commitment:
         raise BundleError("the prover committed to something else than the quantity")
     if request.verify_proof:
         with phase("verify"):
-            check_proof(proof, commitment, request.certificate_id)
+            check_proof(proof, commitment, content.key.certificate_id)
     with phase("sign"):
         signed = _guard(lambda: assemble_transaction(request, owner_key, commitment, proof, salts))
     return IssueBundle(
@@ -252,21 +229,22 @@ def _guard(step: Callable[[], _T]) -> _T:
 def _check_request(request: IssueRequest) -> None:
     """Refuse inputs that would give a transaction the registry cannot accept or the wallet
     cannot use: every problem at once, so the caller sees the whole picture."""
+    content = request.content
     problems = []
     try:
-        canonical = str(uuid.UUID(request.certificate_id))
+        canonical = str(uuid.UUID(content.key.certificate_id))
     except (ValueError, TypeError, AttributeError):
         canonical = None
-    if canonical != request.certificate_id:
+    if canonical != content.key.certificate_id:
         problems.append("certificate_id must be a canonical lower-case UUID")
-    if request.certificate_type not in CERTIFICATE_TYPES:
-        problems.append("certificate_type must be 1 (consumption) or 2 (production)")
-    if not 0 <= request.quantity < 1 << BIT_SIZE:
+    if content.certificate_type not in CERTIFICATE_TYPES:
+        problems.append(f"certificate_type must be {CERTIFICATE_TYPES_TEXT}")
+    if not 0 <= content.quantity < 1 << BIT_SIZE:
         problems.append(f"quantity must be in 0…2^{BIT_SIZE}−1")
     if request.blinding is not None and not 0 <= request.blinding < L:
         problems.append("blinding must be a scalar in 0…ℓ−1")
     if request.salts is not None and (
-        len(request.salts) != len(request.hashed_attributes)
+        len(request.salts) != len(content.hashed_attributes)
         or any(len(s) != attributes.SALT_BYTES for s in request.salts)
     ):
         problems.append(f"salts must be one {attributes.SALT_BYTES}-byte salt per hashed attribute")

@@ -1,4 +1,4 @@
-"""Generators of the quantity commitment and of the range proof (crypto.md §3 and §4a step 1).
+"""Generators of the quantity commitment and of the range proof (docs/crypto.md §3 and §4a step 1).
 
 Two sets matter: Project Origin's Pedersen generators (everything Stamp makes and the registry
 checks) and the `bulletproofs` crate's defaults (only its own test proofs in

@@ -1,4 +1,4 @@
-"""BIP32 hierarchical deterministic keys on secp256k1 (crypto.md §1).
+"""BIP32 hierarchical deterministic keys on secp256k1 (docs/crypto.md §1).
 
 The wallet hands out an extended public key; the owner key of each slice is its non-hardened
 child at the slice's position. All curve arithmetic is libsecp256k1's (through `coincurve`):

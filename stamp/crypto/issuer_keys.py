@@ -1,4 +1,4 @@
-"""Issuer signing keys: Ed25519 per grid area, in the PEM forms Project Origin uses (crypto.md §2).
+"""Issuer signing keys: Ed25519 per grid area, in the PEM forms Project Origin uses (docs/crypto.md §2).
 
 Private keys are PKCS#8 v1 PEM (other Project Origin tools reject v2); operators of the old
 Stamp hold them as Base64 of the PEM text, so both spellings are read. The registry is

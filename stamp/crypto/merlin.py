@@ -1,5 +1,5 @@
 """Merlin transcripts (STROBE-128 over Keccak-f[1600]) for the range proof's Fiat–Shamir
-challenges (crypto.md §4 and §4a step 2).
+challenges (docs/crypto.md §4 and §4a step 2).
 
 The range proof is only accepted by the registry if every challenge is derived exactly as
 the `merlin` crate (v1.0, "Merlin v1.0" protocol label) does, so this module reproduces its

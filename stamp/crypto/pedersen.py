@@ -1,4 +1,4 @@
-"""Pedersen commitment to a certificate's quantity (crypto.md §3).
+"""Pedersen commitment to a certificate's quantity (docs/crypto.md §3).
 
 C = quantity·B + R·B_blinding over Ristretto255, with Project Origin's generators by default.
 R ("RandomR") is what lets the wallet open C; it is a secret of the certificate.
@@ -24,7 +24,7 @@ def commit(value: int, blinding: int, gens: PedersenGens = PROJECT_ORIGIN_PEDERS
 
 def is_canonical(commitment: bytes) -> bool:
     """Whether `commitment` is a canonical Ristretto255 encoding (RFC 9496; bit 255 clear), as
-    the registry and the wallet decode it (crypto.md §4a)."""
+    the registry and the wallet decode it (docs/crypto.md §4a)."""
     return sodium.is_valid_point(bytes(commitment))
 
 

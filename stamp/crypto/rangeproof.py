@@ -1,5 +1,5 @@
 """Bulletproofs range proof for one value, in the `bulletproofs` crate's v1 format
-(crypto.md §4, and §4a for the transcript, the verification equation and the prover).
+(docs/crypto.md §4, and §4a for the transcript, the verification equation and the prover).
 
 Proves that a Pedersen commitment V = v·B + γ·B_blinding opens to 0 ≤ v < 2^n without revealing
 v. The registry verifies with the Rust crate, so every transcript message, generator and byte of
@@ -329,7 +329,7 @@ def verify(
 ) -> bool:
     """True when `proof` shows that `commitment` opens to a value in [0, 2^n) under this
     transcript label and these generators. Never raises: anything malformed (a non-canonical
-    point or scalar included, crypto.md §4a) is False."""
+    point or scalar included, docs/crypto.md §4a) is False."""
     try:
         return _verify(bytes(proof), bytes(commitment), bytes(label), pedersen, n, group)
     except (ValueError, TypeError):

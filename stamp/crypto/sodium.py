@@ -72,7 +72,7 @@ def is_valid_point(point: bytes) -> bool:
     """True for a canonical encoding of a group element (the identity included).
 
     RFC 9496 decoding (and the registry's Rust code) rejects an encoding with bit 255 set;
-    libsodium 1.0.18 ignores that bit, so it is checked here (crypto.md §4a)."""
+    libsodium 1.0.18 ignores that bit, so it is checked here (docs/crypto.md §4a)."""
     if len(point) != POINT_BYTES or point[31] & 0x80:
         return False
     if point == IDENTITY:

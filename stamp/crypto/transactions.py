@@ -1,4 +1,4 @@
-"""Signed registry transactions (crypto.md §6, registry.md).
+"""Signed registry transactions (docs/registry.md, "The messages").
 
 The serialized bytes returned here are what Stamp persists and resends: protobuf output is not
 promised to be stable across library versions, so nothing downstream re-serializes.
@@ -18,15 +18,17 @@ from protos.project_origin.common.v1 import common_pb2
 from protos.project_origin.electricity.v1 import electricity_pb2
 from protos.project_origin.registry.v1 import registry_pb2
 from stamp.crypto.issuer_keys import IssuerKey
-from stamp.domain import CERTIFICATE_TYPES
+from stamp.domain import CERTIFICATE_TYPES, CERTIFICATE_TYPES_TEXT
 
 ISSUED_EVENT_TYPE = "project_origin.electricity.v1.IssuedEvent"
 WITHDRAWN_EVENT_TYPE = "project_origin.electricity.v1.WithdrawnEvent"
 
-CONSUMPTION = electricity_pb2.CONSUMPTION
-PRODUCTION = electricity_pb2.PRODUCTION
-# The registry's GranularCertificateType numbers are the domain's table (one table).
-assert {CONSUMPTION: "consumption", PRODUCTION: "production"} == CERTIFICATE_TYPES
+# The registry's GranularCertificateType numbers are the domain's table (one table):
+# each name of it is the registry's name of its number.
+assert all(
+    electricity_pb2.GranularCertificateType.Value(name.upper()) == number
+    for number, name in CERTIFICATE_TYPES.items()
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +64,7 @@ def build_issued_event(
     """Serialized `IssuedEvent`. `hashed_attributes` holds (key, hash as put on the registry);
     attributes go clear ones first, then hashed ones, each in the given order."""
     if certificate_type not in CERTIFICATE_TYPES:
-        raise ValueError("certificate_type must be 1 (consumption) or 2 (production)")
+        raise ValueError(f"certificate_type must be {CERTIFICATE_TYPES_TEXT}")
     attributes = [
         electricity_pb2.Attribute(key=key, value=value, type=electricity_pb2.CLEARTEXT)
         for key, value in clear_attributes

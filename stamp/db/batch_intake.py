@@ -26,27 +26,28 @@ INSERT_BATCH = f"""
 WITH input AS (
     SELECT * FROM unnest($1::text[], $2::uuid[], $3::uuid[], $4::text[], $5::smallint[], $6::bigint[],
                          $7::bigint[], $8::bigint[], $9::text[], $10::text[], $11::text[], $12::bytea[],
-                         $13::text[])
+                         $13::text[], $15::text[])
         WITH ORDINALITY AS t (registry_name, id, recipient_id, metering_point_id, certificate_type, quantity,
                               period_start, period_end, grid_area, clear_attributes, hashed_attributes,
-                              request_digest, lease_owner, n)
+                              request_digest, lease_owner, traceparent, n)
 ),
 inserted AS (
     INSERT INTO certificates (
         registry_name, id, recipient_id, metering_point_id, certificate_type, quantity,
         period_start, period_end, grid_area, clear_attributes, hashed_attributes,
-        request_digest, state, lease_owner, lease_until)
+        request_digest, state, lease_owner, lease_until, traceparent)
     SELECT registry_name, id, recipient_id, metering_point_id, certificate_type, quantity,
            period_start, period_end, grid_area, clear_attributes::jsonb, hashed_attributes::jsonb,
            request_digest, 'stored', lease_owner,
-           CASE WHEN lease_owner IS NULL THEN NULL ELSE now() + make_interval(secs => $14) END
+           CASE WHEN lease_owner IS NULL THEN NULL ELSE now() + make_interval(secs => $14) END,
+           traceparent
     FROM input ORDER BY n
     ON CONFLICT DO NOTHING
     RETURNING {CERTIFICATE_RECORD_COLUMNS}, certificates.lease_owner
 ),
 event AS (
     INSERT INTO certificate_events (registry_name, certificate_id, event_type, state, detail, instance_id)
-    SELECT registry_name, id::uuid, 'CertificateStored', state, jsonb_build_object('batchId', $15::text),
+    SELECT registry_name, id::uuid, 'CertificateStored', state, jsonb_build_object('batchId', $16::text),
            lease_owner
     FROM inserted
 )
@@ -104,20 +105,21 @@ async def insert_batch(
     row's ``CertificateStored`` event names ``batch_id``."""
     result = await conn.fetch(
         INSERT_BATCH,
-        [r.registry_name for r in rows],
-        [r.certificate_id for r in rows],
-        [r.recipient_id for r in rows],
-        [r.metering_point_id for r in rows],
-        [r.certificate_type for r in rows],
-        [r.quantity for r in rows],
-        [r.start for r in rows],
-        [r.end for r in rows],
-        [r.grid_area for r in rows],
-        [_attributes(r.clear_attributes) for r in rows],
-        [_attributes(r.hashed_attributes) for r in rows],
+        [r.content.key.registry for r in rows],
+        [r.content.key.certificate_id for r in rows],
+        [r.content.recipient_id for r in rows],
+        [r.content.metering_point_id for r in rows],
+        [r.content.certificate_type for r in rows],
+        [r.content.quantity for r in rows],
+        [r.content.start for r in rows],
+        [r.content.end for r in rows],
+        [r.content.grid_area for r in rows],
+        [_attributes(r.content.clear_attributes) for r in rows],
+        [_attributes(r.content.hashed_attributes) for r in rows],
         [r.request_digest for r in rows],
         [lease_owner if lease else None for lease in leased],
         lease_seconds,
+        [r.traceparent for r in rows],
         batch_id,
     )
     recipients: dict[CertificateKey, str] = {}
@@ -137,11 +139,11 @@ async def find_conflicts(
         return []
     found = await conn.fetch(
         SELECT_CONFLICTS,
-        [r.registry_name for r in rows],
-        [r.certificate_id for r in rows],
-        [r.metering_point_id for r in rows],
-        [r.start for r in rows],
-        [r.end for r in rows],
+        [r.content.key.registry for r in rows],
+        [r.content.key.certificate_id for r in rows],
+        [r.content.metering_point_id for r in rows],
+        [r.content.start for r in rows],
+        [r.content.end for r in rows],
     )
     by_index: dict[int, asyncpg.Record] = {row["n"] - 1: row for row in found}
     return [by_index.get(i) for i in range(len(rows))]

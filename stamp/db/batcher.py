@@ -27,14 +27,14 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 import structlog
 
-from stamp import metrics
+from stamp import metrics, tracing
 
 log = structlog.get_logger(__name__)
 
@@ -52,22 +52,33 @@ class _Pending:
     lock_key: tuple[str, ...]
     done: Done
     settled: bool = False
+    trace: Any = None  # the submitter's span (tracing on): the round trip links to it
 
 
 class StatementBatcher:
     def __init__(
-        self, pool: asyncpg.Pool, loop: asyncio.AbstractEventLoop, *, max_batch: int = MAX_BATCH
+        self,
+        pool: asyncpg.Pool,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        max_batch: int = MAX_BATCH,
+        writers: Mapping[str, int] | None = None,
     ) -> None:
         self._pool = pool
         self._loop = loop
         self._max_batch = max_batch
+        # Writers per statement kind that may run at once (1 unless named here): a kind
+        # whose answer someone waits for (the intake insert, before its 202) gets more,
+        # so a request never waits behind a whole batch that is still being written.
+        self._writers = dict(writers or {})
         self._lock = threading.Lock()
-        # One queue and at most one writer per statement kind: a kind's next batch
-        # is whatever queued up while its previous one was written, and kinds never
-        # wait for each other (an intake insert does not queue behind transitions).
+        # One queue and at most ``writers`` running writers per statement kind: a
+        # kind's next batch is whatever queued up while its previous one was written,
+        # and kinds never wait for each other (an intake insert does not queue behind
+        # transitions).
         self._pending: dict[str, deque[_Pending]] = {}
-        self._writing: set[str] = set()
-        self._writers: set[asyncio.Task[None]] = set()  # referenced while they run
+        self._writing: dict[str, int] = {}
+        self._running: set[asyncio.Task[None]] = set()  # referenced while they run
         self.round_trips = 0
         self.statements = 0
 
@@ -78,11 +89,15 @@ class StatementBatcher:
     ) -> None:
         """Queue one statement; ``done(row, None)`` or ``done(None, error)`` follows on
         the event loop. Thread-safe; ``on_loop``: called from the event loop itself."""
+        pending = _Pending(sql, args, lock_key, done)
+        if tracing.ENABLED:
+            pending.trace = tracing.current_span_context()
         with self._lock:
-            self._pending.setdefault(sql, deque()).append(_Pending(sql, args, lock_key, done))
-            if sql in self._writing:
+            self._pending.setdefault(sql, deque()).append(pending)
+            running = self._writing.get(sql, 0)
+            if running >= self._writers.get(sql, 1):
                 return
-            self._writing.add(sql)
+            self._writing[sql] = running + 1
         if on_loop:
             self._start_writer(sql)
             return
@@ -93,7 +108,7 @@ class StatementBatcher:
             self._loop.call_soon_threadsafe(self._start_writer, sql)
         except RuntimeError as exc:  # the loop is closed: shutting down, nothing will run it
             with self._lock:
-                self._writing.discard(sql)
+                self._writing.pop(sql, None)
                 failed = list(self._pending.pop(sql, ()))
             self._settle(failed, None, exc)
 
@@ -116,23 +131,33 @@ class StatementBatcher:
 
     def _start_writer(self, sql: str) -> None:
         task = self._loop.create_task(self._write_all(sql))
-        self._writers.add(task)
-        task.add_done_callback(self._writers.discard)
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+
+    def _writer_done(self, sql: str) -> None:
+        """Called with the lock held."""
+        left = self._writing.get(sql, 0) - 1
+        if left > 0:
+            self._writing[sql] = left
+        else:
+            self._writing.pop(sql, None)
 
     async def _write_all(self, sql: str) -> None:
+        # Parallel writers of one kind share what is queued instead of one taking all.
+        max_batch = max(1, self._max_batch // self._writers.get(sql, 1))
         while True:
             with self._lock:
                 pending = self._pending.get(sql)
                 if not pending:
-                    self._writing.discard(sql)
+                    self._writer_done(sql)
                     return
-                batch = [pending.popleft() for _ in range(min(len(pending), self._max_batch))]
+                batch = [pending.popleft() for _ in range(min(len(pending), max_batch))]
             try:
                 await self._write_kind(sql, batch)
             except BaseException as exc:  # cancelled at shutdown: nobody is left waiting forever
                 self._settle(batch, None, exc)
                 with self._lock:
-                    self._writing.discard(sql)
+                    self._writer_done(sql)
                 raise
 
     async def _write_kind(self, sql: str, items: list[_Pending]) -> None:
@@ -148,6 +173,19 @@ class StatementBatcher:
             await self._pool.release(conn)
 
     async def _write_group(self, conn: Any, sql: str, items: list[_Pending]) -> None:
+        if not tracing.ENABLED:
+            await self._write_group_now(conn, sql, items)
+            return
+        # One span for the round trip, linked to the span of every statement in it.
+        attributes = {
+            "db.system": "postgresql",
+            "db.operation.batch.size": len(items),
+            "db.query.summary": tracing.statement_summary(sql),
+        }
+        with tracing.batch_span("db.group_commit", (item.trace for item in items), attributes):
+            await self._write_group_now(conn, sql, items)
+
+    async def _write_group_now(self, conn: Any, sql: str, items: list[_Pending]) -> None:
         self.round_trips += 1
         self.statements += len(items)
         try:

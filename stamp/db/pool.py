@@ -68,6 +68,9 @@ async def create_pool(
         timeout=CONNECT_TIMEOUT,
         init=init_connection,
         reset=_keep_session,
+        # No idle-connection expiry: it arms a loop timer on every release and
+        # cancels it on every acquire, i.e. on each of the group commit's batches.
+        max_inactive_connection_lifetime=0,
         server_settings={"application_name": application_name},
     )
     assert pool is not None  # only None when created without awaiting

@@ -19,6 +19,7 @@ from asyncpg.pool import PoolConnectionProxy
 
 from stamp.domain import (
     ACTIVE_STATES,
+    CertificateContent,
     CertificateKey,
     CertificateRecord,
     Event,
@@ -90,7 +91,7 @@ def _record_columns(t: str) -> str:
 {t}.certificate_type, {t}.quantity, {t}.period_start, {t}.period_end, {t}.grid_area,
 {t}.clear_attributes, {t}.hashed_attributes, {t}.state, {t}.version, {t}.position, {t}.attempts,
 {t}.transaction_id, {t}.transaction, {t}.blinding, {t}.salts, {t}.failed_step, {t}.withdrawn,
-{t}.redelivery_requested_at IS NOT NULL AS redelivery
+{t}.redelivery_requested_at IS NOT NULL AS redelivery, {t}.traceparent
 """
 
 
@@ -106,9 +107,10 @@ WITH inserted AS (
     INSERT INTO certificates (
         registry_name, id, recipient_id, metering_point_id, certificate_type, quantity,
         period_start, period_end, grid_area, clear_attributes, hashed_attributes,
-        request_digest, state, lease_owner, lease_until)
+        request_digest, state, lease_owner, lease_until, traceparent)
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'stored',
-            $13::text, CASE WHEN $13::text IS NULL THEN NULL ELSE now() + make_interval(secs => $14) END)
+            $13::text, CASE WHEN $13::text IS NULL THEN NULL ELSE now() + make_interval(secs => $14) END,
+            $15::text)
     ON CONFLICT DO NOTHING
     RETURNING {_record_columns("certificates")}, certificates.created_at
 ),
@@ -291,8 +293,9 @@ SELECT version FROM changed
 # --- functions ---------------------------------------------------------------------------
 
 
-def record_from_row(row: asyncpg.Record) -> CertificateRecord:
-    return CertificateRecord(
+def content_from_row(row: asyncpg.Record) -> CertificateContent:
+    """The content of a stored certificate (the record's columns, or a conflict's)."""
+    return CertificateContent(
         key=CertificateKey(row["registry_name"], row["id"]),
         recipient_id=row["recipient_id"],
         metering_point_id=row["metering_point_id"],
@@ -303,6 +306,12 @@ def record_from_row(row: asyncpg.Record) -> CertificateRecord:
         grid_area=row["grid_area"],
         clear_attributes=tuple((k, v) for k, v in row["clear_attributes"]),
         hashed_attributes=tuple((k, v) for k, v in row["hashed_attributes"]),
+    )
+
+
+def record_from_row(row: asyncpg.Record) -> CertificateRecord:
+    return CertificateRecord(
+        content=content_from_row(row),
         state=State(row["state"]),
         version=row["version"],
         position=row["position"],
@@ -314,6 +323,7 @@ def record_from_row(row: asyncpg.Record) -> CertificateRecord:
         failed_step=row["failed_step"],
         redelivery=row["redelivery"],
         withdrawn=row["withdrawn"],
+        traceparent=row["traceparent"],
     )
 
 
@@ -353,18 +363,12 @@ class Lease:
 
 @dataclass(frozen=True, slots=True)
 class NewCertificateRow:
-    registry_name: str
-    certificate_id: str
-    recipient_id: str
-    metering_point_id: str
-    certificate_type: int
-    quantity: int
-    start: int
-    end: int
-    grid_area: str
-    clear_attributes: tuple[tuple[str, str], ...]
-    hashed_attributes: tuple[tuple[str, str], ...]
+    """A certificate to store: its content and the digest of the request that posted
+    it (an identical re-post is recognised by it)."""
+
+    content: CertificateContent
     request_digest: bytes
+    traceparent: str | None = None  # the intake's trace context (stamp/tracing.py), when on
 
 
 async def insert_certificate(
@@ -383,21 +387,23 @@ def stored_record(row: asyncpg.Record | None) -> CertificateRecord | None:
 
 
 def insert_certificate_args(new: NewCertificateRow, lease: Lease | None) -> tuple[Any, ...]:
+    c = new.content
     return (
-        new.registry_name,
-        new.certificate_id,
-        new.recipient_id,
-        new.metering_point_id,
-        new.certificate_type,
-        new.quantity,
-        new.start,
-        new.end,
-        new.grid_area,
-        [list(a) for a in new.clear_attributes],
-        [list(a) for a in new.hashed_attributes],
+        c.key.registry,
+        c.key.certificate_id,
+        c.recipient_id,
+        c.metering_point_id,
+        c.certificate_type,
+        c.quantity,
+        c.start,
+        c.end,
+        c.grid_area,
+        [list(a) for a in c.clear_attributes],
+        [list(a) for a in c.hashed_attributes],
         new.request_digest,
         lease.owner if lease else None,
         lease.seconds if lease else 0.0,
+        new.traceparent,
     )
 
 

@@ -8,7 +8,6 @@ so a second driver of the same withdrawal changes nothing.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -96,8 +95,10 @@ REDRIVE_FAILED = _WITH_EVENT.format(
 )
 
 # Pending withdrawals that nobody drives and whose certificate's issuance is committed:
-# never leased, leased by this instance (a previous run of it, or a tell that got
-# lost) or with an expired lease. A withdrawal waiting for its issuance stays unleased.
+# never leased (waiting until now, or released by a stopped instance) or with an
+# expired lease. What this instance drives keeps a live lease (the supervisor's sweep
+# renews it), so it is not claimed again. A withdrawal waiting for its issuance stays
+# unleased.
 CLAIM_PENDING = """
 UPDATE withdrawn_certificates w
 SET lease_owner = $1, lease_until = now() + make_interval(secs => $2)
@@ -105,12 +106,11 @@ FROM (
     SELECT p.id FROM withdrawn_certificates p
     JOIN certificates c ON c.registry_name = p.registry_name AND c.id = p.certificate_id
     WHERE p.state = 'pending'
-      AND (p.lease_owner IS NULL OR p.lease_owner = $1 OR p.lease_until < now())
-      AND NOT (p.id = ANY($3::bigint[]))
-      -- stamp.withdrawal.course is SEND ($5: ISSUED_STATES)
-      AND (c.state = ANY($5::text[]) OR (c.state = 'failed' AND c.failed_step = 'wallet'))
+      AND (p.lease_owner IS NULL OR p.lease_until < now())
+      -- stamp.withdrawal.course is SEND ($4: ISSUED_STATES)
+      AND (c.state = ANY($4::text[]) OR (c.state = 'failed' AND c.failed_step = 'wallet'))
     ORDER BY p.id
-    LIMIT $4
+    LIMIT $3
     FOR UPDATE OF p SKIP LOCKED
 ) picked
 WHERE w.id = picked.id
@@ -150,9 +150,15 @@ MOOT_NEVER_SENT = (
 # comes back sooner while there are any.
 COUNT_WAITING = "SELECT count(*) FROM withdrawn_certificates WHERE state = 'pending' AND lease_owner IS NULL"
 
+# Like the certificates' leases: renewed by owner while the instance lives, released
+# when it stops or starts (what it drove is then claimed again, by it or another).
 RENEW_LEASES = """
 UPDATE withdrawn_certificates SET lease_until = now() + make_interval(secs => $2)
-WHERE lease_owner = $1 AND state = 'pending' AND id = ANY($3::bigint[])
+WHERE lease_owner = $1 AND state = 'pending'
+"""
+
+RELEASE_ALL_LEASES = """
+UPDATE withdrawn_certificates SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = $1
 """
 
 FEED_PAGE = """
@@ -287,8 +293,9 @@ async def redrive_failed(
 async def find_conflicting(conn: Conn, new: NewCertificateRow) -> asyncpg.Record | None:
     """The stored certificate a new one collides with: the same (registry, id), even
     withdrawn, or one of the same metering point, not withdrawn, whose period overlaps."""
+    c = new.content
     return await conn.fetchrow(
-        SELECT_CONFLICTING, new.registry_name, new.certificate_id, new.metering_point_id, new.start, new.end
+        SELECT_CONFLICTING, c.key.registry, c.key.certificate_id, c.metering_point_id, c.start, c.end
     )
 
 
@@ -304,7 +311,7 @@ async def get_withdrawal(conn: Conn, key: CertificateKey) -> asyncpg.Record | No
     return await conn.fetchrow(SELECT_WITHDRAWAL, key.registry, key.certificate_id)
 
 
-# --- the withdrawal actor ---------------------------------------------------------------------
+# --- the withdrawal actor and the supervisor's lease sweep -----------------------------------
 
 
 async def record_outcome(
@@ -325,10 +332,11 @@ async def record_outcome(
     return row is not None
 
 
-async def claim_pending(conn: Conn, *, lease: Lease, exclude: Sequence[int], limit: int) -> list[Withdrawal]:
-    """Lease pending withdrawals whose certificate's issuance is committed."""
+async def claim_pending(conn: Conn, *, lease: Lease, limit: int) -> list[Withdrawal]:
+    """Lease pending withdrawals whose certificate's issuance is committed and that
+    nobody drives."""
     rows = await conn.fetch(
-        CLAIM_PENDING, lease.owner, lease.seconds, list(exclude), limit, [s.value for s in ISSUED_STATES]
+        CLAIM_PENDING, lease.owner, lease.seconds, limit, [s.value for s in ISSUED_STATES]
     )
     return [_withdrawal(r) for r in rows]
 
@@ -347,6 +355,10 @@ async def count_waiting(conn: Conn) -> int:
     return int(await conn.fetchval(COUNT_WAITING))
 
 
-async def renew_leases(conn: Conn, *, lease: Lease, ids: Sequence[int]) -> None:
-    if ids:
-        await conn.execute(RENEW_LEASES, lease.owner, lease.seconds, list(ids))
+async def renew_leases(conn: Conn, *, lease: Lease) -> None:
+    await conn.execute(RENEW_LEASES, lease.owner, lease.seconds)
+
+
+async def release_all_leases(conn: Conn, owner: str) -> int:
+    status: str = await conn.execute(RELEASE_ALL_LEASES, owner)
+    return int(status.split()[-1])

@@ -2,13 +2,13 @@
 
 Used by Stamp's tests, the demo and the load test in place of a real registry. It
 keeps the real registry's processing model, because Stamp's registry gateway is built
-around it (spec/registry.md):
+around it (docs/registry.md):
 
 - ``SendTransactions`` validates nothing and answers at once; each transaction's status
   becomes PENDING and it is queued.
 - Each stream's transactions are verified strictly in order; different streams are
   verified in batches, off the event loop, in a small executor (range proofs are CPU
-  heavy). The checks are ``registry_rules.verify_transaction`` (crypto.md §7).
+  heavy). The checks are ``registry_rules.verify_transaction`` (docs/registry.md).
 - The status then turns COMMITTED or FAILED after ``commit_delay``. FAILED lives only in
   the status cache (``failed_retention``), then reads UNKNOWN; COMMITTED is also read
   from the log. The cache never downgrades a status, so an identical re-send of a

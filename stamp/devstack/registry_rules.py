@@ -1,4 +1,5 @@
-"""What the Project Origin registry rejects, as a pure function (spec/crypto.md §7).
+"""What the Project Origin registry rejects, as a pure function (docs/registry.md,
+"What the registry rejects").
 
 ``verify_transaction`` decides one transaction against a snapshot of its stream, in the
 registry's exact order: registry-level checks (registry name, stream id, payload type
@@ -17,8 +18,8 @@ Two real behaviours are kept on purpose:
   checked, and the signature is checked over the re-serialized header.
 
 A stream id that is not a UUID and an unconfigured payload family make the real
-registry throw too (PENDING for ever); spec/crypto.md §7 lists them as FAILED, and the
-simulator follows the spec there, with messages of its own.
+registry throw too (PENDING for ever); Stamp's contract with the registry lists them as
+FAILED (docs/registry.md), and the simulator follows it there, with messages of its own.
 """
 
 from __future__ import annotations
@@ -154,7 +155,7 @@ def _verify_issued(
     commitment = event.quantity_commitment
     if len(commitment.content) != COMMITMENT_BYTES or not proof_deserializes(commitment.range_proof):
         return Verdict(Outcome.STUCK, "the quantity commitment or its range proof cannot be parsed")
-    # A non-canonical point (bit 255 set, crypto.md §4a) fails the real verifier's decoding;
+    # A non-canonical point (bit 255 set, docs/crypto.md §4a) fails the real verifier's decoding;
     # checked even when the proof check is skipped, since it costs one decoding.
     if not pedersen.is_canonical(commitment.content):
         return _failed("Invalid range proof for Quantity commitment", ProofCheck.VERIFIED)

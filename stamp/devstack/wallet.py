@@ -1,4 +1,4 @@
-"""Wallet simulator: the receive-slice API of a Project Origin wallet (spec/wallet.md).
+"""Wallet simulator: the receive-slice API of a Project Origin wallet (docs/wallet.md).
 
 Stamp delivers slices here in tests, the demo and the load test. It answers like the
 real wallet (202 ``{}`` / 400 / 404, field names case-insensitive), then verifies each
@@ -96,7 +96,7 @@ class WalletSimConfig:
 
 @dataclass(frozen=True, slots=True)
 class WalletEndpointReference:
-    """What a wallet owner registers at Stamp as a recipient (wallet.md)."""
+    """What a wallet owner registers at Stamp as a recipient (docs/wallet.md)."""
 
     version: int
     endpoint: str

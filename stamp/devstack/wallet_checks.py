@@ -1,4 +1,4 @@
-"""What the wallet simulator does with one slice, as pure functions (spec/wallet.md).
+"""What the wallet simulator does with one slice, as pure functions (docs/wallet.md).
 
 ``parse_slice_request`` reads a receive-slice body the way the real wallet binds it:
 field names match case-insensitively at every level, byte arrays are standard Base64.

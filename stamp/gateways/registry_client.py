@@ -3,7 +3,8 @@
 Transactions go out as the exact bytes Stamp persisted: the SendTransactions request
 is framed by hand (field 1, length-delimited, per transaction) instead of being
 re-serialised from parsed messages, so what the registry hashes is what Stamp stored
-(crypto.md §6, invariant 3).
+(docs/registry.md; invariant "one transaction per certificate" of
+docs/architecture.md).
 
 A registry address is ``host:port`` (plaintext, for a registry on a trusted network
 or behind a sidecar) or ``https://host:port`` (TLS, the server verified against

@@ -1,4 +1,4 @@
-"""HTTP client of the recipients' wallets (wallet.md "Receive slice").
+"""HTTP client of the recipients' wallets (docs/wallet.md, "Receive slice").
 
 One aiohttp session for the process: connection reuse and a per-host limit, so one
 slow wallet cannot take every connection.
@@ -15,15 +15,15 @@ through Stamp), and connects only to hosts the allow-list admits
 from __future__ import annotations
 
 import base64
-import enum
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import aiohttp
 import orjson
 from aiohttp.abc import AbstractResolver, ResolveResult
 
 from stamp import metrics
+from stamp.domain import Delivery, Slice
 from stamp.gateways.endpoint_allow import (
     NOT_ALLOWED,
     EndpointAllowList,
@@ -37,45 +37,26 @@ ANSWER_READ_LIMIT = 512
 to reuse the connection after the usual ``{}``, never a memory cost."""
 
 
-class DeliveryOutcome(enum.Enum):
-    DELIVERED = "delivered"
-    REJECTED = "rejected"  # 3xx, 400/404/410/422, endpoint not allowed: permanent
-    TRANSIENT = "transient"  # 5xx, timeouts, connection errors: retry the same body
-
-
-@dataclass(frozen=True, slots=True)
-class Slice:
-    """What the wallet receives for one certificate. R and salts are secrets."""
-
-    endpoint: str
-    public_key: bytes
-    position: int
-    registry: str
-    certificate_id: str
-    quantity: int
-    blinding: bytes = field(repr=False)
-    hashed_attributes: tuple[tuple[str, str, bytes], ...] = field(repr=False)
-
-    def body(self) -> bytes:
-        b64 = base64.b64encode
-        return orjson.dumps(
-            {
-                "publicKey": b64(self.public_key).decode(),
-                "position": self.position,
-                "certificateId": {"registry": self.registry, "streamId": self.certificate_id},
-                "quantity": self.quantity,
-                "randomR": b64(self.blinding).decode(),
-                "hashedAttributes": [
-                    {"key": k, "value": v, "salt": b64(salt).decode()}
-                    for k, v, salt in self.hashed_attributes
-                ],
-            }
-        )
+def slice_body(slice_: Slice) -> bytes:
+    """The receive-slice request body (camelCase, byte arrays as standard Base64)."""
+    b64 = base64.b64encode
+    return orjson.dumps(
+        {
+            "publicKey": b64(slice_.public_key).decode(),
+            "position": slice_.position,
+            "certificateId": {"registry": slice_.key.registry, "streamId": slice_.key.certificate_id},
+            "quantity": slice_.quantity,
+            "randomR": b64(slice_.blinding).decode(),
+            "hashedAttributes": [
+                {"key": k, "value": v, "salt": b64(salt).decode()} for k, v, salt in slice_.hashed_attributes
+            ],
+        }
+    )
 
 
 @dataclass(frozen=True, slots=True)
 class DeliveryResult:
-    outcome: DeliveryOutcome
+    outcome: Delivery
     status: int | None
     reason: str
 
@@ -136,15 +117,18 @@ class WalletClient:
             return True
         return is_ip_literal(host) and not self._allow.allows_address(host)
 
-    async def deliver(self, slice_: Slice) -> DeliveryResult:
-        if self._literal_refused(slice_.endpoint):
+    async def deliver(self, endpoint: str, slice_: Slice) -> DeliveryResult:
+        """POST the slice to ``endpoint``; how the wallet took it (Delivery.REJECTED:
+        3xx, 400/404/410/422, endpoint not allowed; TRANSIENT: 5xx, timeouts,
+        connection errors)."""
+        if self._literal_refused(endpoint):
             metrics.wallet_answer("not_allowed")
-            return DeliveryResult(DeliveryOutcome.REJECTED, None, NOT_ALLOWED)
+            return DeliveryResult(Delivery.REJECTED, None, NOT_ALLOWED)
         session = self._get_session()
         try:
             async with session.post(
-                slice_.endpoint,
-                data=slice_.body(),
+                endpoint,
+                data=slice_body(slice_),
                 headers={"Content-Type": "application/json"},
                 allow_redirects=False,
             ) as response:
@@ -152,26 +136,24 @@ class WalletClient:
                 await _discard_answer(response)
         except EndpointNotAllowed:
             metrics.wallet_answer("not_allowed")
-            return DeliveryResult(DeliveryOutcome.REJECTED, None, NOT_ALLOWED)
+            return DeliveryResult(Delivery.REJECTED, None, NOT_ALLOWED)
         except TimeoutError:
             metrics.wallet_answer("timeout")
-            return DeliveryResult(DeliveryOutcome.TRANSIENT, None, "wallet did not answer in time")
+            return DeliveryResult(Delivery.TRANSIENT, None, "wallet did not answer in time")
         except aiohttp.ClientError as exc:
             metrics.wallet_answer("error")
-            return DeliveryResult(
-                DeliveryOutcome.TRANSIENT, None, f"wallet unreachable: {type(exc).__name__}"
-            )
+            return DeliveryResult(Delivery.TRANSIENT, None, f"wallet unreachable: {type(exc).__name__}")
         metrics.wallet_answer(str(status))
         if 200 <= status < 300:
-            return DeliveryResult(DeliveryOutcome.DELIVERED, status, "")
+            return DeliveryResult(Delivery.DELIVERED, status, "")
         if 300 <= status < 400:
             # Following it would hand R and the salts to whatever host the answer names.
             return DeliveryResult(
-                DeliveryOutcome.REJECTED, status, f"wallet answered {status}, a redirect: not followed"
+                Delivery.REJECTED, status, f"wallet answered {status}, a redirect: not followed"
             )
         if status in (400, 404, 410, 422):
-            return DeliveryResult(DeliveryOutcome.REJECTED, status, f"wallet answered {status}")
-        return DeliveryResult(DeliveryOutcome.TRANSIENT, status, f"wallet answered {status}")
+            return DeliveryResult(Delivery.REJECTED, status, f"wallet answered {status}")
+        return DeliveryResult(Delivery.TRANSIENT, status, f"wallet answered {status}")
 
 
 async def _discard_answer(response: aiohttp.ClientResponse) -> None:

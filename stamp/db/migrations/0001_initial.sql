@@ -1,4 +1,4 @@
--- Stamp's initial schema (DESIGN.md §4). Every state change of a certificate is one
+-- Stamp's initial schema (docs/database.md). Every state change of a certificate is one
 -- transaction that updates the row WHERE version = expected and appends an event.
 
 CREATE TABLE recipients (
