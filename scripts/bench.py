@@ -21,7 +21,7 @@ Ceilings, each measured here and now:
   in its own process, driven by the same load driver and concurrency as Stamp.
 
 Batch intake: the main run again as batches of 1,000 (``POST /v1/certificates/batch``,
-2 batches in flight), with its intake/s, its ratio to the single route's intake/s in the
+``--batch-concurrency`` batches in flight, default 2), with its intake/s, its ratio to the single route's intake/s in the
 same run and the p99 of a batch against the targets (≥ 10,000 certificates/s, < 1 s).
 
 Then Stamp (``stamp.loadtest``: simulators in a child process, Stamp processes as
@@ -93,6 +93,7 @@ class Plan:
     full: bool
     two_instances: bool
     batch_only: bool = False
+    batch_concurrency: int = BATCH_CONCURRENCY
 
 
 # --- crypto ceiling -----------------------------------------------------------------------
@@ -458,7 +459,7 @@ async def bench(args: argparse.Namespace, plan: Plan) -> dict[str, Any]:
     note("crypto ceiling again")
     ceilings["crypto_at_end"] = await asyncio.to_thread(crypto_ceiling, plan.crypto_bundles, True)
     results["ratios"] = ratios(results)
-    results["batch_intake"] = batch_figures(results["stamp"][0], results["stamp"][1])
+    results["batch_intake"] = batch_figures(results["stamp"][0], results["stamp"][1], plan)
     results["machine"]["load_average_end"] = list(os.getloadavg())
     return results
 
@@ -471,7 +472,7 @@ def batch_run_options(plan: Plan, common: dict[str, Any]) -> LoadOptions:
     return LoadOptions(
         certificates=plan.certificates,
         recipients=plan.recipients,
-        schedule=Schedule.closed(plan.certificates, BATCH_CONCURRENCY),
+        schedule=Schedule.closed(plan.certificates, plan.batch_concurrency),
         batch=BATCH_SIZE,
         **common,
     )
@@ -499,18 +500,18 @@ async def batch_comparison(
         results["stamp"].append(await stamp_run(server_dsn, name, single, note))
         batched = batch_run_options(plan, common)
         results["stamp"].append(await stamp_run(server_dsn, batch_run_name(plan), batched, note))
-    results["batch_intake"] = batch_figures(results["stamp"][0], results["stamp"][1])
+    results["batch_intake"] = batch_figures(results["stamp"][0], results["stamp"][1], plan)
     results["machine"]["load_average_end"] = list(os.getloadavg())
     return results
 
 
-def batch_figures(single: dict[str, Any], batched: dict[str, Any]) -> dict[str, Any]:
+def batch_figures(single: dict[str, Any], batched: dict[str, Any], plan: Plan) -> dict[str, Any]:
     single_rate = single["intake"]["accepted_per_second"]
     batch_rate = batched["intake"]["accepted_per_second"]
     p99 = batched["intake"]["batches"]["latency_seconds"]["p99"]
     return {
         "batch_size": BATCH_SIZE,
-        "batches_in_flight": BATCH_CONCURRENCY,
+        "batches_in_flight": plan.batch_concurrency,
         "single_accepted_per_second": single_rate,
         "batch_accepted_per_second": batch_rate,
         "batch_per_single": batch_rate / single_rate if single_rate else None,
@@ -670,6 +671,12 @@ def main() -> int:
         "-n", "--certificates", type=int, help="certificates of the main run (default 10,000)"
     )
     parser.add_argument("--recipients", type=int, help="recipients of the main runs (default 1,000)")
+    parser.add_argument(
+        "--batch-concurrency",
+        type=int,
+        default=BATCH_CONCURRENCY,
+        help=f"batches of {BATCH_SIZE} in flight in the batch intake run (default {BATCH_CONCURRENCY})",
+    )
     parser.add_argument("--commit-delay", type=float, default=0.2, help="registry commit delay, s (0.2)")
     parser.add_argument(
         "--proof-sample", type=int, default=10, help="the registry simulator verifies 1 range proof in N (10)"
@@ -696,6 +703,7 @@ def main() -> int:
         full=args.full,
         two_instances=not args.no_two_instances,
         batch_only=args.batch_only,
+        batch_concurrency=max(1, args.batch_concurrency),
     )
     quiet_logs()
     results = asyncio.run(bench(args, plan))

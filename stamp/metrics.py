@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 import threading
 import time
+from collections.abc import Collection
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -145,6 +146,20 @@ def certificate_received(key: CertificateKey | None = None) -> None:
     with _accepted_lock:
         _accepted[key] = time.monotonic()
         if len(_accepted) > MAX_TRACKED_ACCEPTED:
+            del _accepted[next(iter(_accepted))]
+
+
+def certificates_received(keys: Collection[CertificateKey]) -> None:
+    """Many new certificates accepted at once (a batch): ``certificate_received`` for
+    each, under one lock and one counter increment."""
+    if not keys:
+        return
+    RECEIVED.inc(len(keys))
+    now = time.monotonic()
+    with _accepted_lock:
+        for key in keys:
+            _accepted[key] = now
+        while len(_accepted) > MAX_TRACKED_ACCEPTED:
             del _accepted[next(iter(_accepted))]
 
 

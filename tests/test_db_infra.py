@@ -262,6 +262,24 @@ async def test_a_metering_point_period_is_certified_once(clean_db: asyncpg.Pool)
         await add_certificate(clean_db, recipient, start=1800)
 
 
+async def test_the_period_exclusion_compares_metering_points_not_only_their_hashes(
+    clean_db: asyncpg.Pool,
+) -> None:
+    # Migration 0009 leads the GiST index with a 64-bit hash of the metering point, for
+    # speed; the metering point itself must stay in the constraint, or two metering
+    # points whose hashes collide would refuse each other's periods.
+    columns = await clean_db.fetchval(
+        "SELECT array_agg(pg_get_indexdef(i.indexrelid, k, true) ORDER BY k) "
+        "FROM pg_index i, generate_series(1, i.indnkeyatts) k "
+        "WHERE i.indexrelid = 'certificates_metering_period_excl'::regclass"
+    )
+    assert columns == [
+        "hashtextextended(metering_point_id, 0::bigint)",
+        "metering_point_id",
+        "int8range(period_start, period_end, '[)'::text)",
+    ]
+
+
 async def test_a_certificate_is_keyed_by_registry_and_id(clean_db: asyncpg.Pool) -> None:
     recipient = await add_recipient(clean_db)
     certificate_id = await add_certificate(clean_db, recipient, start=0)

@@ -54,6 +54,57 @@ async def test_transition_lines_carry_the_documented_fields(empty_database_dsn: 
     assert lines[0]["request_id"] == request_id
 
 
+@pytest.mark.asyncio(loop_scope="session")
+async def test_a_batch_is_one_intake_line_that_each_stored_event_names(
+    empty_database_dsn: str, tmp_path: Path
+) -> None:
+    scenario = await start_scenario(empty_database_dsn, tmp_path, STAMP_AUTO_MIGRATE="true")
+    try:
+        await scenario.create_recipients(1)
+        bodies = [certificate_body(scenario.recipients[0]) for _ in range(3)]
+        invalid = certificate_body(scenario.recipients[0], certificate={"quantity": 0})
+        ids = [body["certificate"]["id"] for body in bodies]
+        request_id = f"batch-{uuid.uuid4().hex[:12]}"
+        async with aiohttp.ClientSession() as http:
+            async with http.post(
+                f"{scenario.stamp.base}/v1/certificates/batch",
+                json={"certificates": [*bodies, invalid]},
+                headers={"X-Request-Id": request_id},
+            ) as r:
+                assert r.status == 200, await r.text()
+            scenario.ids += ids
+            await scenario.wait_terminal(timeout=60)
+            histories = []
+            for certificate_id in ids:
+                async with http.get(
+                    f"{scenario.stamp.base}/v1/certificates/{REGISTRY}/{certificate_id}"
+                ) as r:
+                    histories.append((await r.json())["events"])
+        assert await scenario.stamp.terminate() == 0
+    finally:
+        await stop_scenario(scenario)
+
+    lines = json_lines(scenario.log_path.read_text())
+    batch_lines = [line for line in lines if line.get("event") == "certificates.batch_stored"]
+    assert len(batch_lines) == 1, batch_lines
+    (batch,) = batch_lines
+    assert batch["request_id"] == request_id and batch["level"] == "info"
+    assert (batch["items"], batch["accepted"], batch["already_accepted"], batch["failed"]) == (4, 3, 0, 1)
+    # Each certificate's intake is found from its history: the stored event names the batch.
+    for events in histories:
+        assert events[0]["type"] == "CertificateStored"
+        assert events[0]["detail"] == {"batchId": batch["batch_id"]}
+    # No per-certificate line for the intake; the transitions after it are logged as before.
+    for certificate_id in ids:
+        states = [
+            line["state"]
+            for line in lines
+            if line.get("event") == "certificate.transitioned"
+            and line.get("certificate_id") == certificate_id
+        ]
+        assert states == LIFECYCLE[1:], (certificate_id, states)
+
+
 def test_the_processor_masks_secret_named_keys_in_any_case() -> None:
     event = {
         "event": "x",

@@ -5,7 +5,8 @@ outcome of each certificate; then, for those it did not store, what they collide
 Each certificate stays atomic on its own: ``ON CONFLICT DO NOTHING`` skips a
 certificate that collides (with a stored one, or with one earlier in the same batch)
 without failing the others, and a stored certificate gets its ``CertificateStored``
-event in the same statement.
+event in the same statement, whose detail names the batch (``batchId``, the id on the
+batch's log line).
 """
 
 from __future__ import annotations
@@ -46,7 +47,9 @@ inserted AS (
 ),
 event AS (
     INSERT INTO certificate_events (registry_name, certificate_id, event_type, state, detail, instance_id)
-    SELECT registry_name, id::uuid, 'CertificateStored', state, '{{}}'::jsonb, lease_owner FROM inserted
+    SELECT registry_name, id::uuid, 'CertificateStored', state, jsonb_build_object('batchId', $16::text),
+           lease_owner
+    FROM inserted
 )
 SELECT * FROM inserted
 """
@@ -64,7 +67,8 @@ CROSS JOIN LATERAL (
            c.request_digest, c.state, c.withdrawn
     FROM certificates c
     WHERE (c.registry_name = t.registry_name AND c.id = t.id)
-       OR (c.metering_point_id = t.metering_point_id
+       OR (hashtextextended(c.metering_point_id, 0) = hashtextextended(t.metering_point_id, 0)
+           AND c.metering_point_id = t.metering_point_id
            AND int8range(c.period_start, c.period_end, '[)') && int8range(t.period_start, t.period_end, '[)')
            AND NOT c.withdrawn)
     ORDER BY (c.registry_name = t.registry_name AND c.id = t.id) DESC, c.period_start
@@ -94,9 +98,11 @@ async def insert_batch(
     *,
     lease_owner: str,
     lease_seconds: float,
+    batch_id: str,
 ) -> StoredBatch:
     """Store every row that collides with nothing, in one statement; ``leased[i]``:
-    row i is leased to ``lease_owner`` (admitted at once) if it is stored."""
+    row i is leased to ``lease_owner`` (admitted at once) if it is stored. Each stored
+    row's ``CertificateStored`` event names ``batch_id``."""
     result = await conn.fetch(
         INSERT_BATCH,
         [r.content.key.registry for r in rows],
@@ -114,6 +120,7 @@ async def insert_batch(
         [lease_owner if lease else None for lease in leased],
         lease_seconds,
         [r.traceparent for r in rows],
+        batch_id,
     )
     recipients: dict[CertificateKey, str] = {}
     admitted: list[CertificateRecord] = []

@@ -178,16 +178,17 @@ FROM withdrawn_certificates WHERE registry_name = $1 AND certificate_id = $2
 
 # The certificate a new one collides with: the same key (withdrawn or not, first), else
 # a live certificate of the metering point whose period overlaps (the exclusion
-# constraint of migration 0004; the expression and predicate match its GiST index).
-# A withdrawn certificate no longer holds its period; the answer says whether the row
-# is withdrawn.
+# constraint of migrations 0004 and 0009; the expressions and predicate match its GiST
+# index, whose leading column is the metering point's hash). A withdrawn certificate
+# no longer holds its period; the answer says whether the row is withdrawn.
 SELECT_CONFLICTING = """
 SELECT registry_name, id::text, recipient_id::text, metering_point_id, certificate_type,
        quantity, period_start, period_end, grid_area, clear_attributes, hashed_attributes,
        request_digest, state, withdrawn
 FROM certificates
 WHERE (registry_name = $1 AND id = $2)
-   OR (metering_point_id = $3
+   OR (hashtextextended(metering_point_id, 0) = hashtextextended($3, 0)
+       AND metering_point_id = $3
        AND int8range(period_start, period_end, '[)') && int8range($4, $5, '[)')
        AND NOT withdrawn)
 ORDER BY (registry_name = $1 AND id = $2) DESC, period_start
