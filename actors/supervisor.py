@@ -53,8 +53,9 @@ from stamp.domain import CertificateKey, CertificateRecord, Step, step_of
 log = structlog.get_logger(__name__)
 TICK_SECONDS = 1.0
 MAX_CRASHES = 3
-"""An actor that crashes this often on one certificate marks it failed instead of
-looping: the crash is a bug or bad data that a restart does not cure."""
+"""An actor that crashes this often on one certificate marks it failed (a re-delivery:
+ends it failed, the certificate staying delivered) instead of looping: the crash is a
+bug or bad data that a restart does not cure."""
 MAX_TRACKED_CRASHES = 1024
 """Crash counts kept at once. An entry lives only while its certificate holds a slot,
 so there are at most ``max_in_flight``; the cap bounds the map whatever happens."""

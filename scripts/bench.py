@@ -21,8 +21,9 @@ Ceilings, each measured here and now:
   in its own process, driven by the same load driver and concurrency as Stamp.
 
 Batch intake: the main run again as batches of 1,000 (``POST /v1/certificates/batch``,
-``--batch-concurrency`` batches in flight, default 2), with its intake/s, its ratio to the single route's intake/s in the
-same run and the p99 of a batch against the targets (≥ 10,000 certificates/s, < 1 s).
+``--batch-concurrency`` batches in flight, default 2), with its intake/s, its ratio to
+the single route's intake/s in the same run and the p99 of a batch against the targets
+(≥ 10,000 certificates/s, < 1 s).
 
 Then Stamp (``stamp.loadtest``: simulators in a child process, Stamp processes as
 ``stamp serve``, a fresh database each), and the ratios Stamp/ceiling. PostgreSQL is

@@ -28,8 +28,10 @@ the event(s) in brackets to the history):
 
 Every delivery goes to the endpoint the recipient has *when it is sent* (read by the
 wallet gateway), and the event recording it names that endpoint; a failed attempt is
-recorded, with its endpoint, by the claim before the next one
-[CertificateWalletAttemptFailed], so the history shows where each delivery went.
+recorded, with its endpoint, as soon as it failed (ATTEMPT_FAILED, a version bump
+[CertificateWalletAttemptFailed]) before the backoff starts, so the history shows where
+each delivery went and a crash during the backoff loses no attempt. A delivery that
+succeeds at once makes no such write.
 
 A withdrawn certificate still goes through its issuance (the registry can only
 withdraw a stream it holds) but its slice is never delivered (``withheld_from_wallet``).
@@ -48,7 +50,7 @@ Retry and failure rules, all of them:
   ``max_attempts`` the certificate fails with step, reason and attempts. A wallet
   400/404 fails at once; a registry FAILED rejects at once.
 - After a wallet attempt that did not succeed the delivery is claimed again (a version
-  bump) before the next one, so two drivers never both deliver.
+  bump) right before the next one, after the backoff, so two drivers never both deliver.
 - Draining (shutdown): an answer that must be recorded (a write, a wallet delivery) is
   awaited and recorded; anything else stops at once and resumes after restart.
 - Answers nobody waits for (late, duplicated, for an older write) change nothing.
@@ -181,6 +183,7 @@ class WriteKind(enum.Enum):
     FAIL = "fail"
     CLAIM_DELIVERY = "claim_delivery"
     CLAIM_REDELIVERY = "claim_redelivery"
+    ATTEMPT_FAILED = "attempt_failed"  # a wallet attempt failed: recorded before the backoff
     REDELIVERED = "redelivered"  # the re-delivery ended (its event says how)
 
 
@@ -305,9 +308,6 @@ class Journey:
     fresh_transaction: bool = False  # persisted by this driver: never sent before
     draining: bool = False
     finished: bool = False
-    # The last wallet attempt that did not succeed (endpoint, reason, attempt): the
-    # claim before the next attempt records it in the history.
-    last_failure: Mapping[str, Any] | None = None
 
     @classmethod
     def resume(cls, record: CertificateRecord) -> Journey:
@@ -393,10 +393,10 @@ def advance(journey: Journey, event: LifecycleEvent, rules: Rules) -> tuple[Jour
             if attempts >= rules.wallet_max_attempts:
                 return _wallet_gave_up(journey, reason, attempts, endpoint)
             failure = {"endpoint": endpoint, "reason": reason, "attempt": attempts}
-            journey = dataclasses.replace(
-                journey, claimed=False, last_failure=failure, attempts=attempts, awaiting=Awaiting.TIMER
+            journey = dataclasses.replace(journey, claimed=False, attempts=attempts)
+            return _persist(
+                journey, WriteKind.ATTEMPT_FAILED, record.state, Event.WALLET_ATTEMPT_FAILED, failure
             )
-            return journey, (Wait(Step.WALLET, attempts, reason),)
         case RetryDue():
             if journey.draining:
                 return _finish(journey, None, "left for restart")
@@ -508,7 +508,7 @@ def _next(journey: Journey, rules: Rules) -> tuple[Journey, tuple[Effect, ...]]:
         if journey.recipient is None:
             return _await(journey, Awaiting.RECIPIENT), (LoadRecipient(record.content.recipient_id),)
         if not journey.claimed:
-            return _claim(journey, WriteKind.CLAIM_REDELIVERY, State.DELIVERED)
+            return _persist(journey, WriteKind.CLAIM_REDELIVERY, State.DELIVERED, None)
         return _await(journey, Awaiting.WALLET), (Deliver(record, journey.recipient),)
     if state is State.STORED and record.position is None:
         return _await(journey, Awaiting.ALLOCATION), (
@@ -535,16 +535,8 @@ def _next(journey: Journey, rules: Rules) -> tuple[Journey, tuple[Effect, ...]]:
     if not journey.claimed:
         # Resumed or retried: move the version on first, so that only one driver of
         # this certificate can be delivering it.
-        return _claim(journey, WriteKind.CLAIM_DELIVERY, State.MARKED_AS_ISSUED)
+        return _persist(journey, WriteKind.CLAIM_DELIVERY, State.MARKED_AS_ISSUED, None)
     return _await(journey, Awaiting.WALLET), (Deliver(record, journey.recipient),)
-
-
-def _claim(journey: Journey, kind: WriteKind, state: State) -> tuple[Journey, tuple[Effect, ...]]:
-    """Claim the next wallet attempt; the claim records the last failed one, if any."""
-    failure = journey.last_failure
-    if failure is None:
-        return _persist(journey, kind, state, None)
-    return _persist(journey, kind, state, Event.WALLET_ATTEMPT_FAILED, failure)
 
 
 def _written(journey: Journey, event: Written, rules: Rules) -> tuple[Journey, tuple[Effect, ...]]:
@@ -569,12 +561,18 @@ def _written(journey: Journey, event: Written, rules: Rules) -> tuple[Journey, t
         record=record,
         pending=None,
         database_failures=0,
-        claimed=journey.claimed
-        or write.state is State.MARKED_AS_ISSUED
-        or write.kind is WriteKind.CLAIM_REDELIVERY,
-        last_failure=None if write.kind in _CLAIMS else journey.last_failure,
+        # A recorded failure is no claim: the next attempt is claimed after the backoff.
+        claimed=write.kind is not WriteKind.ATTEMPT_FAILED
+        and (
+            journey.claimed
+            or write.state is State.MARKED_AS_ISSUED
+            or write.kind is WriteKind.CLAIM_REDELIVERY
+        ),
         fresh_transaction=journey.fresh_transaction or write.kind is WriteKind.RECORD_TRANSACTION,
     )
+    if write.kind is WriteKind.ATTEMPT_FAILED and not journey.draining and not withheld_from_wallet(record):
+        journey = dataclasses.replace(journey, awaiting=Awaiting.TIMER)
+        return journey, (Wait(Step.WALLET, journey.attempts, str(write.detail["reason"])),)
     moved: tuple[Effect, ...] = ()
     if record.state is not previous.state:
         journey = dataclasses.replace(journey, attempts=0)
@@ -586,9 +584,6 @@ def _written(journey: Journey, event: Written, rules: Rules) -> tuple[Journey, t
             moved = (Moved(record, previous.state),)
     journey, effects = _next(journey, rules)
     return journey, moved + effects
-
-
-_CLAIMS = (WriteKind.CLAIM_DELIVERY, WriteKind.CLAIM_REDELIVERY)
 
 
 def _persist(

@@ -483,6 +483,10 @@ def _print_certificate(view: dict[str, Any]) -> None:
         ("created", view["createdAt"]),
         ("updated", view["updatedAt"]),
     ]
+    withdrawal = view.get("withdrawal")
+    if withdrawal is not None:
+        reason = f" ({withdrawal['reason']})" if withdrawal["reason"] else ""
+        rows.append(("withdrawal", f"{withdrawal['state']}{reason} since {withdrawal['withdrawnAt']}"))
     for label, value in rows:
         if value:
             _say(f"  {label:<19}{value}")

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import aiohttp
 import asyncpg
+import orjson
 import pytest
+from aiohttp import web
 
 from stamp.devstack.registry import RegistrySimConfig, RegistrySimulator
 from stamp.devstack.wallet import WalletSimConfig, WalletSimulator
@@ -125,3 +127,98 @@ async def _wait_until(
         return condition(states.get("delivered", 0))
 
     await wait_until(holds, timeout=timeout, interval=0.05, what="the delivered count")
+
+
+async def test_sigkill_right_after_a_failed_wallet_attempt_keeps_the_attempt_in_the_history(
+    database_dsn: str, tmp_path: Path
+) -> None:
+    """A failed wallet attempt is recorded when it fails, not with the next claim: a
+    kill during the backoff (long here) loses no attempt from the history."""
+    registry = RegistrySimulator(
+        RegistrySimConfig(registries=(REGISTRY,), issuer_keys={GRID_AREA: (ISSUER.public_pem(),)})
+    )
+    await registry.start()
+    wallet = WalletSimulator(WalletSimConfig(registries={REGISTRY: registry.address}))
+    await wallet.start()
+    hits: list[int] = []
+
+    async def unavailable(request: web.Request) -> web.Response:
+        await request.read()
+        hits.append(1)
+        return web.Response(status=503)
+
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", unavailable)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    down_url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/v1/slices"  # type: ignore[union-attr]
+    key_file = tmp_path / "dk1.pem"
+    key_file.write_text(ISSUER.private_pem())
+    stamp = StampProcess(
+        {
+            "STAMP_DATABASE_URL": database_dsn,
+            "STAMP_PORT": str(free_port()),
+            "STAMP_REGISTRIES": f"{REGISTRY}={registry.address}",
+            "STAMP_ISSUER_KEYS": f"{GRID_AREA}={key_file}",
+            "STAMP_INSTANCE_ID": f"crash-{uuid.uuid4().hex[:6]}",
+            "STAMP_REGISTRY_POLL_INITIAL_SECONDS": "0.05",
+            "STAMP_REGISTRY_POLL_MAX_SECONDS": "0.2",
+            # The next attempt is at least 30 s away: only a record made when the
+            # attempt failed can be in the history at the kill.
+            "STAMP_WALLET_RETRY_BASE_SECONDS": "60",
+            "STAMP_WALLET_RETRY_CAP_SECONDS": "60",
+            "STAMP_CRYPTO_WORKERS": "1",
+            "STAMP_LOG_LEVEL": "info",
+        },
+        tmp_path / "stamp.log",
+    )
+    conn = await asyncpg.connect(database_dsn)
+
+    async def failed_attempts() -> list[asyncpg.Record]:
+        return list(
+            await conn.fetch(
+                "SELECT detail FROM certificate_events WHERE certificate_id = $1 "
+                "AND event_type = 'CertificateWalletAttemptFailed' ORDER BY seq",
+                certificate_id,
+            )
+        )
+
+    try:
+        await stamp.start()
+        reference = wallet.create_endpoint()
+        async with aiohttp.ClientSession() as http:
+            moved = {**reference.as_json(), "endpoint": down_url}
+            async with http.post(f"{stamp.base}/v1/recipients", json={"walletEndpointReference": moved}) as r:
+                assert r.status == 201
+                recipient = (await r.json())["id"]
+            body = certificate_body(recipient)
+            certificate_id = body["certificate"]["id"]
+            assert await _post(http, stamp.base, body) == 202
+            await wait_until(lambda: hits, timeout=60, what="a wallet attempt")
+            await wait_until(failed_attempts, timeout=10, what="the failed attempt in the history")
+            stamp.kill()
+            (kept,) = await failed_attempts()
+            assert len(hits) == 1
+            assert orjson.loads(kept["detail"]) == {
+                "endpoint": down_url,
+                "reason": "wallet answered 503",
+                "attempt": 1,
+            }
+
+            # Restarted with the wallet back (its endpoint moved while Stamp was down):
+            # delivered, the failed attempt still in the history.
+            await conn.execute(
+                "UPDATE recipients SET wallet_endpoint_url = $2 WHERE id = $1", recipient, reference.endpoint
+            )
+            await stamp.start()
+        await _wait_until(conn, [certificate_id], lambda delivered: delivered == 1, timeout=120)
+        assert len(await failed_attempts()) >= 1
+        await wallet.wait_for([certificate_id], within=30)
+    finally:
+        stamp.stop()
+        await conn.close()
+        await runner.cleanup()
+        await wallet.stop()
+        await registry.stop()

@@ -208,16 +208,29 @@ def test_a_wallet_rejection_fails_at_once() -> None:
     assert persist.write.detail == {"step": "wallet", "reason": "wallet answered 404", "attempts": 1}
 
 
-def test_a_transient_wallet_answer_waits_claims_again_and_gives_up_after_max_attempts() -> None:
+def test_a_transient_wallet_answer_is_recorded_then_waits_claims_again_and_gives_up() -> None:
     j = _delivering()
     transient = lc.WalletAnswered(Delivery.TRANSIENT, 503, "wallet answered 503")
     j, fx = run(j, transient)
+    (record_failure,) = fx
+    # Recorded before the backoff: a crash while waiting loses no attempt.
+    assert isinstance(record_failure, lc.Persist)
+    assert record_failure.write.kind is lc.WriteKind.ATTEMPT_FAILED
+    assert record_failure.write.event is Event.WALLET_ATTEMPT_FAILED
+    assert record_failure.write.state is State.MARKED_AS_ISSUED
+    assert dict(record_failure.write.detail) == {
+        "endpoint": "",
+        "reason": "wallet answered 503",
+        "attempt": 1,
+    }
+    j, fx = run(j, lc.Written(4, 5))
     assert fx == [lc.Wait(Step.WALLET, 1, "wallet answered 503")]
     j, fx = run(j, lc.RetryDue())
     (claim,) = fx
     assert isinstance(claim, lc.Persist) and claim.write.kind is lc.WriteKind.CLAIM_DELIVERY
-    j, fx = run(j, lc.Written(4, 5), transient, lc.RetryDue(), lc.Written(5, 6))
-    assert kinds(fx) == ["Deliver", "Wait", "Persist", "Deliver"]
+    assert claim.write.event is None
+    j, fx = run(j, lc.Written(5, 6), transient, lc.Written(6, 7), lc.RetryDue(), lc.Written(7, 8))
+    assert kinds(fx) == ["Deliver", "Persist", "Wait", "Persist", "Deliver"]
     j, fx = run(j, transient)
     (fail,) = fx
     assert isinstance(fail, lc.Persist) and fail.write.kind is lc.WriteKind.FAIL
@@ -347,13 +360,17 @@ def test_a_failing_redelivery_is_retried_recording_each_attempt_then_given_up() 
     j = _redelivering()
     failed = lc.WalletAnswered(Delivery.TRANSIENT, 503, "wallet answered 503", endpoint=NEW_URL)
     j, fx = run(j, failed)
+    (recorded,) = fx
+    assert isinstance(recorded, lc.Persist) and recorded.write.kind is lc.WriteKind.ATTEMPT_FAILED
+    assert recorded.write.event is Event.WALLET_ATTEMPT_FAILED and recorded.write.state is State.DELIVERED
+    assert dict(recorded.write.detail) == {"endpoint": NEW_URL, "reason": "wallet answered 503", "attempt": 1}
+    j, fx = run(j, lc.Written(6, 7))
     assert kinds(fx) == ["Wait"]
     j, fx = run(j, lc.RetryDue())
     (claim,) = fx
     assert isinstance(claim, lc.Persist) and claim.write.kind is lc.WriteKind.CLAIM_REDELIVERY
-    assert claim.write.event is Event.WALLET_ATTEMPT_FAILED
-    assert dict(claim.write.detail) == {"endpoint": NEW_URL, "reason": "wallet answered 503", "attempt": 1}
-    j, fx = run(j, lc.Written(6, 7), failed, lc.RetryDue(), lc.Written(7, 8), failed)
+    assert claim.write.event is None
+    j, fx = run(j, lc.Written(7, 8), failed, lc.Written(8, 9), lc.RetryDue(), lc.Written(9, 10), failed)
     (persist,) = [e for e in fx if isinstance(e, lc.Persist) and e.write.kind is lc.WriteKind.REDELIVERED]
     assert persist.write.event is Event.REDELIVERY_FAILED and persist.write.detail["attempts"] == 3
 
@@ -363,12 +380,15 @@ def test_a_delivery_failing_at_one_endpoint_records_where_each_attempt_went() ->
     j, fx = run(
         _delivering(), lc.WalletAnswered(Delivery.TRANSIENT, 503, "wallet answered 503", endpoint=old)
     )
-    j, fx = run(j, lc.RetryDue())
-    (claim,) = fx
+    (recorded,) = fx
+    assert isinstance(recorded, lc.Persist) and recorded.write.kind is lc.WriteKind.ATTEMPT_FAILED
+    assert recorded.write.event is Event.WALLET_ATTEMPT_FAILED and recorded.write.detail["endpoint"] == old
+    j, fx = run(j, lc.Written(recorded.write.expected, recorded.write.expected + 1), lc.RetryDue())
+    assert kinds(fx) == ["Wait", "Persist"]
+    claim = fx[-1]
     assert isinstance(claim, lc.Persist) and claim.write.kind is lc.WriteKind.CLAIM_DELIVERY
-    assert claim.write.event is Event.WALLET_ATTEMPT_FAILED and claim.write.detail["endpoint"] == old
     j, fx = run(j, lc.Written(claim.write.expected, claim.write.expected + 1))
-    assert kinds(fx) == ["Deliver"] and j.last_failure is None
+    assert kinds(fx) == ["Deliver"]
     j, fx = run(j, lc.WalletAnswered(Delivery.DELIVERED, 202, "", endpoint=NEW_URL))
     (persist,) = fx
     assert isinstance(persist, lc.Persist) and persist.write.event is Event.SENT_TO_WALLET

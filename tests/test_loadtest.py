@@ -12,6 +12,7 @@ from typing import Any
 
 import asyncpg
 import orjson
+import psutil
 import pytest
 import pytest_asyncio
 
@@ -20,6 +21,7 @@ from stamp.load.report import missing_fields, percentiles
 from stamp.load.run import LiveFigures, LoadOptions, build_report
 from stamp.load.scrape import Scrape, histogram_quantile
 from tests.conftest import create_database, drop_database, dsn_for_database
+from tests.waiting import wait_until
 
 
 @pytest_asyncio.fixture(loop_scope="session")
@@ -230,3 +232,40 @@ def test_certificate_bodies_never_collide_on_id_or_metering_period() -> None:
         assert certificate_id not in seen_ids and key not in seen_periods
         seen_ids.add(certificate_id)
         seen_periods.add(key)
+
+
+@pytest.mark.slow
+async def test_a_terminated_loadtest_stops_its_stack_and_drops_its_database(loadtest_dsn: str) -> None:
+    """SIGTERM (a CI timeout, `kill`) in the middle of a run: the Stamp and simulator
+    processes it started exit and its own database is dropped, as on Ctrl-C."""
+    command = [
+        sys.executable, "-m", "stamp.cli", "loadtest", "-n", "100000", "-r", "50",
+        "--database-url", loadtest_dsn, "--no-progress",
+    ]  # fmt: skip
+    process = await asyncio.create_subprocess_exec(*command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    conn = await asyncpg.connect(loadtest_dsn)
+    try:
+        pattern = f"stamp_loadtest_{process.pid}_%"
+
+        async def stack_running() -> list[psutil.Process] | None:
+            try:
+                children = psutil.Process(process.pid).children(recursive=True)
+                serving = [c for c in children if "serve" in c.cmdline()]
+            except psutil.NoSuchProcess:
+                return None
+            exists = await conn.fetchval("SELECT count(*) FROM pg_database WHERE datname LIKE $1", pattern)
+            return children if serving and exists else None
+
+        children = await wait_until(stack_running, what="the load test's stack", timeout=120, interval=0.5)
+        await asyncio.sleep(2)  # certificates in flight
+        process.terminate()
+        output, _ = await asyncio.wait_for(process.communicate(), 90)
+        assert process.returncode == 130, output.decode(errors="replace")
+        _, alive = psutil.wait_procs(children, timeout=30)
+        assert alive == [], [p.cmdline() for p in alive]
+        leftovers = await conn.fetchval("SELECT count(*) FROM pg_database WHERE datname LIKE $1", pattern)
+        assert leftovers == 0, "the run's own database is dropped"
+    finally:
+        if process.returncode is None:
+            process.kill()
+        await conn.close()

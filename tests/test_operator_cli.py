@@ -356,6 +356,33 @@ async def test_certificates_show_prints_the_failure_and_the_history(
     assert unknown.code == 3 and "not found" in unknown.err
 
 
+async def test_certificates_show_prints_the_withdrawals_own_state(
+    cli: Any, cli_dsn: str, failed_certificate: tuple[str, str]
+) -> None:
+    _, certificate_id = failed_certificate
+    before = (await asyncio.to_thread(cli, "certificates", "show", REGISTRY, certificate_id, "--json")).json()
+    assert "withdrawal" not in before
+    conn = await asyncpg.connect(cli_dsn)
+    try:
+        async with conn.transaction():
+            await conn.execute("UPDATE certificates SET withdrawn = true WHERE id = $1", certificate_id)
+            withdrawal_id = await conn.fetchval(
+                "INSERT INTO withdrawn_certificates"
+                " (registry_name, certificate_id, transaction, transaction_id, state, reason)"
+                " VALUES ($1, $2, 'tx', 'wtx-1', 'failed', 'registry unavailable') RETURNING id",
+                REGISTRY,
+                certificate_id,
+            )
+    finally:
+        await conn.close()
+    view = (await asyncio.to_thread(cli, "certificates", "show", REGISTRY, certificate_id, "--json")).json()
+    withdrawal = view["withdrawal"]
+    assert withdrawal["id"] == withdrawal_id and withdrawal["transactionId"] == "wtx-1"
+    assert (withdrawal["state"], withdrawal["reason"]) == ("failed", "registry unavailable")
+    human = await asyncio.to_thread(cli, "certificates", "show", REGISTRY, certificate_id)
+    assert f"failed (registry unavailable) since {withdrawal['withdrawnAt']}" in human.out
+
+
 async def test_certificates_retry_resumes_a_failed_certificate_once(
     cli: Any, cli_dsn: str, failed_certificate: tuple[str, str]
 ) -> None:

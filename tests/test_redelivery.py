@@ -324,3 +324,47 @@ async def test_a_redelivery_whose_driver_died_is_resumed_from_the_database(stack
     assert stack.wallet.received_requests(certificate_id) == [first]
     events = await _events(stack, certificate_id)
     assert events[-1]["type"] == "CertificateRedelivered"
+
+
+async def test_a_redelivery_whose_driver_keeps_crashing_ends_failed_and_the_certificate_stays_delivered(
+    stack: Stack,
+) -> None:
+    recipient = await stack.create_recipient()
+    certificate_id = str(uuid.uuid4())
+    # A delivered row whose slice cannot be built (a salt is missing for a hashed
+    # attribute), with a re-delivery asked for: its driver crashes on every try.
+    await stack.pool.execute(
+        """INSERT INTO certificates (registry_name, id, recipient_id, metering_point_id, certificate_type,
+               quantity, period_start, period_end, grid_area, clear_attributes, hashed_attributes,
+               request_digest, state, version, position, blinding, salts, transaction, transaction_id,
+               redelivery_requested_at)
+           VALUES ($1, $2, $3, $4, 2, 10, 1700000000, 1700003600, 'DK1', '[]', $5, $6,
+                   'delivered', 6, 1, $7, '{}', $8, 'tx-id', now())""",
+        REGISTRY,
+        certificate_id,
+        recipient,
+        f"crash-{certificate_id}",
+        [["assetId", "1"]],
+        b"x" * 32,
+        bytes(32),
+        b"not-a-transaction",
+    )
+
+    async def ended() -> bool:
+        events = await _events(stack, certificate_id)
+        return bool(events) and events[-1]["type"] == "CertificateRedeliveryFailed"
+
+    await _until(ended)
+    status, view = await stack.get_certificate(REGISTRY, certificate_id)
+    assert status == 200
+    assert view["state"] == "delivered" and view["failure"] is None
+    detail = view["events"][-1]["detail"]
+    assert detail["crashes"] == 3 and detail["reason"].startswith("internal error (3 crashes): ")
+    row = await stack.pool.fetchrow(
+        "SELECT redelivery_requested_at, lease_owner FROM certificates WHERE id = $1", certificate_id
+    )
+    assert row["redelivery_requested_at"] is None and row["lease_owner"] is None
+    # Nobody drives it any more: the history stays as it is.
+    await asyncio.sleep(1.5)
+    assert (await _events(stack, certificate_id))[-1]["type"] == "CertificateRedeliveryFailed"
+    assert stack.wallet.received_requests(certificate_id) == []

@@ -247,6 +247,34 @@ async def test_a_certificate_withdrawn_while_in_the_registry_waits_for_its_issua
     assert types.index("CertificateIssuedInRegistry") < types.index("CertificateWithdrawalCommitted")
 
 
+async def test_the_certificate_view_shows_the_withdrawals_own_state(stack: Stack) -> None:
+    body = certificate_body(await stack.create_recipient())
+    certificate_id = body["certificate"]["id"]
+    stack.registry.hold(certificate_ids=[certificate_id])
+    try:
+        await post_certificate(stack, body)
+        await wait_state(stack, certificate_id, "sent_to_registry")
+        _, view = await stack.get_certificate(REGISTRY, certificate_id)
+        assert "withdrawal" not in view  # not withdrawn: no withdrawal object at all
+        status, answer = await withdraw(stack, certificate_id)
+        assert status == 201, answer
+        _, view = await stack.get_certificate(REGISTRY, certificate_id)
+        pending = view["withdrawal"]
+        assert view["withdrawn"] is True
+        assert pending["state"] == "pending" and pending["reason"] is None
+        assert pending["id"] == answer["id"] and pending["withdrawnAt"] == answer["withdrawnDate"]
+    finally:
+        stack.registry.release(certificate_ids=[certificate_id])
+    row = await wait_withdrawal(stack, certificate_id)
+    _, view = await stack.get_certificate(REGISTRY, certificate_id)
+    committed = view["withdrawal"]
+    assert committed["state"] == "committed" == row["state"]
+    assert committed["transactionId"] == row["transaction_id"]
+    assert committed["withdrawnAt"] == answer["withdrawnDate"]
+    assert committed["updatedAt"] >= committed["withdrawnAt"]
+    assert set(committed) == {"id", "state", "reason", "transactionId", "withdrawnAt", "updatedAt"}
+
+
 async def test_a_certificate_withdrawn_between_wallet_attempts_is_not_delivered(stack: Stack) -> None:
     reference = stack.wallet.create_endpoint()
     async with stack.http.post(
@@ -355,6 +383,7 @@ async def test_a_withdrawal_is_moot_when_the_registry_rejects_the_issuance(stack
     assert view["state"] == "rejected" and view["withdrawn"] is True
     moot = view["events"][-1]
     assert moot["type"] == "CertificateWithdrawalMoot" and moot["detail"]["withdrawalId"] == answer["id"]
+    assert view["withdrawal"]["state"] == "moot" and view["withdrawal"]["reason"] == row["reason"]
     assert (await withdraw(stack, certificate_id))[0] == 409  # already withdrawn (moot)
 
 

@@ -109,12 +109,27 @@ def test_a_withdrawal_between_wallet_attempts_stops_the_next_one_and_says_one_ma
     j, _ = run(lc.Journey.resume(SENT), lc.Started())
     j, fx = run(j, lc.RegistryCommitted(KEY), lc.Written(2, 3, False), lc.RecipientFound(RECIPIENT))
     assert any(isinstance(e, lc.Deliver) for e in fx)
-    j, fx = run(j, lc.WalletAnswered(Delivery.TRANSIENT, None, "timeout"), lc.RetryDue())
+    j, fx = run(
+        j, lc.WalletAnswered(Delivery.TRANSIENT, None, "timeout"), lc.Written(3, 4, False), lc.RetryDue()
+    )
     [claim] = fx[-1:]
     assert isinstance(claim, lc.Persist) and claim.write.kind is lc.WriteKind.CLAIM_DELIVERY
-    j, fx = run(j, lc.Written(3, 4, True))  # the claim's answer: withdrawn meanwhile
+    j, fx = run(j, lc.Written(4, 5, True))  # the claim's answer: withdrawn meanwhile
     assert not any(isinstance(e, lc.Deliver) for e in fx)
     [withhold] = [e for e in fx if isinstance(e, lc.Persist)]
     assert withhold.write.kind is lc.WriteKind.WITHHOLD
     assert withhold.write.detail["failedDeliveryAttempts"] == 1
     assert "may have reached the wallet" in withhold.write.detail["note"]
+
+
+def test_a_withdrawal_seen_when_a_failed_attempt_is_recorded_withholds_without_waiting() -> None:
+    j, _ = run(lc.Journey.resume(SENT), lc.Started())
+    j, fx = run(j, lc.RegistryCommitted(KEY), lc.Written(2, 3, False), lc.RecipientFound(RECIPIENT))
+    j, fx = run(j, lc.WalletAnswered(Delivery.TRANSIENT, None, "timeout"))
+    [recorded] = fx
+    assert isinstance(recorded, lc.Persist) and recorded.write.kind is lc.WriteKind.ATTEMPT_FAILED
+    j, fx = run(j, lc.Written(3, 4, True))  # the failure's record answers: withdrawn meanwhile
+    assert not any(isinstance(e, (lc.Wait, lc.Deliver)) for e in fx)
+    [withhold] = [e for e in fx if isinstance(e, lc.Persist)]
+    assert withhold.write.kind is lc.WriteKind.WITHHOLD
+    assert withhold.write.detail["failedDeliveryAttempts"] == 1

@@ -56,11 +56,27 @@ def certificate_detail(row: asyncpg.Record, events: list[asyncpg.Record]) -> dic
     view = certificate_summary(row)
     view["clearTextAttributes"] = dict(row["clear_attributes"])
     view["hashedAttributes"] = [{"key": k, "value": v} for k, v in row["hashed_attributes"]]
+    if row["withdrawal_id"] is not None:
+        view["withdrawal"] = withdrawal_view(row)
     view["events"] = [
         {"type": e["event_type"], "state": e["state"], "at": rfc3339(e["at"]), "detail": e["detail"]}
         for e in events
     ]
     return view
+
+
+def withdrawal_view(row: asyncpg.Record) -> dict[str, Any]:
+    """The certificate's withdrawal as the registry side sees it (docs/withdrawal.md):
+    ``pending`` (waiting for the issuance, or being sent), ``committed``, ``failed``,
+    ``moot``."""
+    return {
+        "id": row["withdrawal_id"],
+        "state": row["withdrawal_state"],
+        "reason": row["withdrawal_reason"],
+        "transactionId": row["withdrawal_transaction_id"],
+        "withdrawnAt": rfc3339(row["withdrawal_withdrawn_at"]),
+        "updatedAt": rfc3339(row["withdrawal_updated_at"]),
+    }
 
 
 def encode_cursor(row: asyncpg.Record) -> str:

@@ -123,12 +123,18 @@ SELECT i.* FROM (VALUES (1)) AS one (n) LEFT JOIN inserted i ON true
 
 SELECT_RECORD = f"SELECT {_record_columns('c')} FROM certificates c WHERE registry_name = $1 AND id = $2"
 
+# The certificate with its withdrawal, if any (the registry side of it: its own state).
 SELECT_VIEW = """
-SELECT registry_name, id::text AS id, recipient_id::text AS recipient_id, metering_point_id,
-       certificate_type, quantity, period_start, period_end, grid_area, clear_attributes,
-       hashed_attributes, state, position, transaction_id, rejection_reason, failed_step,
-       failure_reason, attempts, withdrawn, created_at, updated_at
-FROM certificates WHERE registry_name = $1 AND id = $2
+SELECT c.registry_name, c.id::text AS id, c.recipient_id::text AS recipient_id, c.metering_point_id,
+       c.certificate_type, c.quantity, c.period_start, c.period_end, c.grid_area, c.clear_attributes,
+       c.hashed_attributes, c.state, c.position, c.transaction_id, c.rejection_reason, c.failed_step,
+       c.failure_reason, c.attempts, c.withdrawn, c.created_at, c.updated_at,
+       w.id AS withdrawal_id, w.state AS withdrawal_state, w.reason AS withdrawal_reason,
+       w.transaction_id AS withdrawal_transaction_id, w.withdrawn_at AS withdrawal_withdrawn_at,
+       w.updated_at AS withdrawal_updated_at
+FROM certificates c
+LEFT JOIN withdrawn_certificates w ON w.registry_name = c.registry_name AND w.certificate_id = c.id
+WHERE c.registry_name = $1 AND c.id = $2
 """
 
 SELECT_EVENTS = """
@@ -253,12 +259,14 @@ SELECT (SELECT version FROM changed) AS version, (SELECT withdrawn FROM changed)
 """
 
 # Before every wallet delivery after the first: only the writer that moves the
-# version on may send, so two drivers of one certificate never both deliver. The claim
-# records the attempt that failed before it, if any ($6 the event, $7 its detail).
+# version on may send, so two drivers of one certificate never both deliver ($6 an
+# event to record with it, if any, $7 its detail). The same statement records a failed
+# wallet attempt the moment it failed (state and attempts unchanged, the lease kept
+# through the backoff), so a crash before the next claim loses no attempt.
 _CLAIM = """
 WITH claimed AS (
     UPDATE certificates
-    SET version = version + 1, attempts = attempts + 1, updated_at = now(),
+    SET version = version + 1, {counted} updated_at = now(),
         lease_owner = $4, lease_until = now() + make_interval(secs => $5)
     WHERE registry_name = $1 AND id = $2 AND version = $3 AND {condition}
     RETURNING registry_name, id, version, state, withdrawn
@@ -269,10 +277,12 @@ event AS (
 )
 SELECT (SELECT version FROM claimed) AS version, (SELECT withdrawn FROM claimed) AS withdrawn
 """
-CLAIM_DELIVERY = _CLAIM.format(condition="state = 'marked_as_issued'")
+CLAIM_DELIVERY = _CLAIM.format(counted="attempts = attempts + 1,", condition="state = 'marked_as_issued'")
 CLAIM_REDELIVERY = _CLAIM.format(
-    condition="state = 'delivered' AND redelivery_requested_at IS NOT NULL AND NOT withdrawn"
+    counted="attempts = attempts + 1,",
+    condition="state = 'delivered' AND redelivery_requested_at IS NOT NULL AND NOT withdrawn",
 )
+RECORD_ATTEMPT_FAILED = _CLAIM.format(counted="", condition="state = $8")
 
 RETRY_FAILED = """
 WITH changed AS (
@@ -583,8 +593,12 @@ def claim_delivery_args(
     )
 
 
+# A certificate whose driver keeps crashing: an unfinished one fails; a delivered one
+# whose re-delivery was asked for stays delivered and its re-delivery ends failed (its
+# slice was delivered once; only the repeat is given up). Either way it is no longer
+# driven, and the event says why.
 FAIL_AFTER_CRASHES = """
-WITH changed AS (
+WITH failed AS (
     UPDATE certificates
     SET state = 'failed', version = version + 1, updated_at = now(), failed_step = $3,
         failure_reason = $4, attempts = $5, lease_owner = NULL, lease_until = NULL
@@ -592,18 +606,30 @@ WITH changed AS (
       AND state IN ('stored', 'sent_to_registry', 'issued_in_registry', 'marked_as_issued')
     RETURNING registry_name, id, state
 ),
+redelivery_ended AS (
+    UPDATE certificates
+    SET redelivery_requested_at = NULL, version = version + 1, updated_at = now(), attempts = 0,
+        lease_owner = NULL, lease_until = NULL
+    WHERE registry_name = $1 AND id = $2 AND state = 'delivered' AND redelivery_requested_at IS NOT NULL
+    RETURNING registry_name, id, state
+),
 event AS (
     INSERT INTO certificate_events (registry_name, certificate_id, event_type, state, detail)
     SELECT registry_name, id, 'CertificateFailed', state,
            jsonb_build_object('step', $3::text, 'reason', $4::text, 'attempts', $5::int)
-    FROM changed
+    FROM failed
+    UNION ALL
+    SELECT registry_name, id, 'CertificateRedeliveryFailed', state,
+           jsonb_build_object('reason', $4::text, 'crashes', $5::int)
+    FROM redelivery_ended
 )
-SELECT count(*) FROM changed
+SELECT (SELECT count(*) FROM failed) + (SELECT count(*) FROM redelivery_ended)
 """
 
 
 async def fail_after_crashes(conn: Conn, key: CertificateKey, step: str, reason: str, attempts: int) -> bool:
-    """Unconditional (not versioned): the actor that would own the version is dead."""
+    """Unconditional (not versioned): the actor that would own the version is dead.
+    An unfinished certificate fails; a pending re-delivery ends failed."""
     return bool(
         await conn.fetchval(FAIL_AFTER_CRASHES, key.registry, key.certificate_id, step, reason, attempts)
     )
@@ -648,13 +674,19 @@ _WRITES = {
     WriteKind.FAIL: FAIL,
     WriteKind.REDELIVERED: REDELIVERED,
 }
-_CLAIMS = {WriteKind.CLAIM_DELIVERY: CLAIM_DELIVERY, WriteKind.CLAIM_REDELIVERY: CLAIM_REDELIVERY}
+_CLAIMS = {
+    WriteKind.CLAIM_DELIVERY: CLAIM_DELIVERY,
+    WriteKind.CLAIM_REDELIVERY: CLAIM_REDELIVERY,
+    WriteKind.ATTEMPT_FAILED: RECORD_ATTEMPT_FAILED,
+}
 
 
 def lifecycle_write(key: CertificateKey, write: Write, lease: Lease) -> tuple[str, tuple[Any, ...]]:
     """The statement and arguments of one write of the lifecycle (stamp/lifecycle.py)."""
     if write.kind in _CLAIMS:
         args = claim_delivery_args(key, write.expected, lease, write.event, dict(write.detail))
+        if write.kind is WriteKind.ATTEMPT_FAILED:
+            args = (*args, write.state.value)
         return _CLAIMS[write.kind], args
     if write.kind is WriteKind.ISSUE_AND_MARK:
         return ISSUE_AND_MARK, (key.registry, key.certificate_id, write.expected, lease.owner, lease.seconds)
@@ -673,13 +705,15 @@ def lifecycle_write(key: CertificateKey, write: Write, lease: Lease) -> tuple[st
 
 # --- re-delivery and moved endpoints -------------------------------------------------------
 
-# Re-delivery requests: every delivered certificate the filters select ($1 a recipient,
-# $2/$3 one certificate, $4 delivered at or after), locked, and those not withdrawn nor
-# already pending marked, each with its CertificateRedeliveryRequested event, in one
-# statement: the request is durable before it is answered.
+# Re-delivery requests, one page per statement (its own transaction): the next $8
+# delivered certificates the filters select ($1 a recipient, $2/$3 one certificate, $4
+# delivered at or after), after the keyset ($5, $6, $7) in (created_at, registry_name,
+# id) order (the recipient index), locked, and those not withdrawn nor already pending
+# marked, each with its CertificateRedeliveryRequested event: every page is durable
+# before the request is answered, and a page never locks more than $8 rows.
 REQUEST_REDELIVERY = """
 WITH candidates AS (
-    SELECT c.registry_name, c.id, c.withdrawn, c.redelivery_requested_at IS NOT NULL AS pending
+    SELECT c.registry_name, c.id, c.created_at, c.withdrawn, c.redelivery_requested_at IS NOT NULL AS pending
     FROM certificates c
     WHERE c.state = 'delivered'
       AND ($1::uuid IS NULL OR c.recipient_id = $1::uuid)
@@ -689,6 +723,9 @@ WITH candidates AS (
           WHERE e.registry_name = c.registry_name AND e.certificate_id = c.id
             AND e.event_type IN ('CertificateSentToWallet', 'CertificateRedelivered')
             AND e.at >= $4::timestamptz))
+      AND ($5::timestamptz IS NULL OR (c.created_at, c.registry_name, c.id) > ($5, $6::text, $7::uuid))
+    ORDER BY c.created_at, c.registry_name, c.id
+    LIMIT $8
     FOR UPDATE OF c
 ),
 changed AS (
@@ -702,8 +739,13 @@ event AS (
     INSERT INTO certificate_events (registry_name, certificate_id, event_type, state, detail)
     SELECT registry_name, id, 'CertificateRedeliveryRequested', state, '{}'::jsonb FROM changed
 )
-SELECT registry_name, id::text AS id, withdrawn, pending FROM candidates ORDER BY registry_name, id
+SELECT registry_name, id::text AS id, created_at, withdrawn, pending
+FROM candidates ORDER BY created_at, registry_name, id
 """
+
+REDELIVERY_PAGE = 2000
+"""Certificates a re-delivery request locks and marks per transaction: a recipient with
+hundreds of thousands of them is requested page by page, never in one long lock."""
 
 SELECT_STATE = """
 SELECT state, withdrawn FROM certificates WHERE registry_name = $1 AND id = $2
@@ -730,27 +772,41 @@ async def request_redelivery(
     recipient_id: str | None = None,
     key: CertificateKey | None = None,
     delivered_since: datetime | None = None,
+    page: int = REDELIVERY_PAGE,
 ) -> list[RedeliveryRequested]:
     """Ask for the re-delivery of delivered certificates (one, or a recipient's);
-    each certificate selected, with what the request did to it."""
-    rows = await conn.fetch(
-        REQUEST_REDELIVERY,
-        recipient_id,
-        key.registry if key else None,
-        key.certificate_id if key else None,
-        delivered_since,
-    )
-    return [
-        RedeliveryRequested(
-            CertificateKey(r["registry_name"], r["id"]),
-            Redelivery.WITHDRAWN
-            if r["withdrawn"]
-            else Redelivery.ALREADY_REQUESTED
-            if r["pending"]
-            else Redelivery.REQUESTED,
+    each certificate selected, with what the request did to it.
+
+    Page by page, each its own transaction when ``conn`` is not inside one: an
+    interrupted request keeps the pages it wrote, and repeating it finds those
+    certificates ``alreadyRequested`` (nothing is queued twice)."""
+    outcomes: list[RedeliveryRequested] = []
+    after: tuple[datetime | None, str | None, str | None] = (None, None, None)
+    while True:
+        rows = await conn.fetch(
+            REQUEST_REDELIVERY,
+            recipient_id,
+            key.registry if key else None,
+            key.certificate_id if key else None,
+            delivered_since,
+            *after,
+            page,
         )
-        for r in rows
-    ]
+        outcomes.extend(
+            RedeliveryRequested(
+                CertificateKey(r["registry_name"], r["id"]),
+                Redelivery.WITHDRAWN
+                if r["withdrawn"]
+                else Redelivery.ALREADY_REQUESTED
+                if r["pending"]
+                else Redelivery.REQUESTED,
+            )
+            for r in rows
+        )
+        if len(rows) < page:
+            return outcomes
+        last = rows[-1]
+        after = (last["created_at"], last["registry_name"], last["id"])
 
 
 async def certificate_state(conn: Conn, key: CertificateKey) -> tuple[State, bool] | None:

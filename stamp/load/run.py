@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -191,7 +192,15 @@ def options_from_args(args: argparse.Namespace) -> LoadOptions:
 def cmd_loadtest(args: argparse.Namespace) -> int:
     options = options_from_args(args)
     quiet_logs()
-    report = asyncio.run(run_loadtest(options))
+    # A SIGTERM (a CI job's timeout, `kill`) takes the Ctrl-C path: asyncio.run cancels the
+    # run, so the stack stops its Stamp processes and drops its database instead of
+    # leaving them behind.
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: signal.raise_signal(signal.SIGINT))
+    try:
+        report = asyncio.run(run_loadtest(options))
+    except KeyboardInterrupt:
+        print("loadtest: interrupted; the local stack was stopped and its database dropped", file=sys.stderr)
+        return 130
     print(render(report), file=sys.stderr if args.json == "-" else sys.stdout)
     if args.json:
         text = orjson.dumps(report, option=orjson.OPT_INDENT_2).decode()
