@@ -15,6 +15,7 @@ measured in docs/benchmarks.md ("Actors on shared threads").
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import itertools
 import logging
@@ -22,6 +23,7 @@ import queue
 import sys
 import threading
 from collections import deque
+from collections.abc import Iterator
 from typing import Any
 
 import pykka
@@ -34,6 +36,9 @@ ACTOR_THREADS = 4
 slow handler (a log write to a full pipe) from holding up every other actor."""
 TURN_MESSAGES = 32
 """Messages an actor handles per turn before it queues again behind the others."""
+BUSY_INTAKE_REQUESTS = 16
+"""Intake requests in flight from which actor turns run one at a time (see
+``_RunQueue._work``); below saturation there are a few at most, so nothing changes."""
 
 logger = logging.getLogger("pykka")
 
@@ -47,6 +52,10 @@ class _RunQueue:
         self._started = False
         self._lock = threading.Lock()
         self._names = itertools.count(1)
+        self._one_at_a_time = threading.Lock()
+        # Intake requests being handled (``intake_request``); written on the event loop
+        # only, read by the actor threads.
+        self.intake_requests = 0
 
     def schedule(self, actor: StampActor) -> None:
         if not self._started:
@@ -66,10 +75,31 @@ class _RunQueue:
 
     def _work(self) -> None:
         while True:
-            self._ready.get()._turn()
+            actor = self._ready.get()
+            if self.intake_requests < BUSY_INTAKE_REQUESTS:
+                actor._turn()
+                continue
+            # Requests wait for their 202: the event loop's thread answers them, and it
+            # competes for the GIL with every actor thread that has a turn to run. Turns
+            # one at a time give the loop about half of the GIL instead of a fifth; the
+            # pipeline goes on, more slowly, until the burst is answered. No deadlock:
+            # actors never block inside a turn, so a turn always ends and frees the lock.
+            with self._one_at_a_time:
+                actor._turn()
 
 
 RUN_QUEUE = _RunQueue(ACTOR_THREADS)
+
+
+@contextlib.contextmanager
+def intake_request() -> Iterator[None]:
+    """Counts an intake request while it is handled (on the event loop); many at once
+    make the actor threads take turns one at a time (``BUSY_INTAKE_REQUESTS``)."""
+    RUN_QUEUE.intake_requests += 1
+    try:
+        yield
+    finally:
+        RUN_QUEUE.intake_requests -= 1
 
 
 class _Mailbox:

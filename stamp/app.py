@@ -62,7 +62,10 @@ WALLET_CLIENT = web.AppKey("wallet_client", WalletClient)
 # keeps their resident memory low.
 ACTOR_THREAD_STACK_BYTES = 512 * 1024
 PR_SET_PDEATHSIG = 1
-INTAKE_WRITERS = 4
+INTAKE_WRITERS = 8
+POOL_SIZE = 24
+"""Connections: one writer per pipeline statement kind, the reads, and
+``INTAKE_WRITERS`` intake-insert batches, so an intake batch does not wait for one."""
 CRYPTO_WORKER_NICENESS = 10
 
 
@@ -79,7 +82,7 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
         # Named for the instance, so an operator (or a test) can tell in
         # pg_stat_activity which Stamp holds which connection; PostgreSQL keeps 63 bytes.
         application_name = f"stamp:{settings.instance_id}"[:63]
-        pool = await create_pool(dsn, min_size=2, max_size=20, application_name=application_name)
+        pool = await create_pool(dsn, min_size=2, max_size=POOL_SIZE, application_name=application_name)
         async with pool.acquire() as conn:
             if settings.auto_migrate:
                 applied = await apply_migrations(conn)

@@ -4,6 +4,7 @@ failures reported, nothing handled after a stop."""
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import threading
 import time
@@ -12,7 +13,7 @@ from typing import Any
 import pykka
 import pytest
 
-from actors.base import ACTOR_THREADS, StampActor
+from actors.base import ACTOR_THREADS, BUSY_INTAKE_REQUESTS, RUN_QUEUE, StampActor, intake_request
 
 
 class Counter(StampActor):
@@ -137,3 +138,44 @@ def test_each_actor_keeps_its_own_context_between_messages() -> None:
     finally:
         for ref in refs:
             ref.stop()
+
+
+class Sleeper(StampActor):
+    """Holds its turn for a while and records how many turns run at once."""
+
+    def __init__(self, running: list[int], peak: list[int], lock: threading.Lock) -> None:
+        super().__init__()
+        self.in_turn, self.peak, self.lock = running, peak, lock
+
+    def on_receive(self, message: Any) -> Any:
+        with self.lock:
+            self.in_turn[0] += 1
+            self.peak[0] = max(self.peak[0], self.in_turn[0])
+        time.sleep(0.02)
+        with self.lock:
+            self.in_turn[0] -= 1
+        return None
+
+
+def _peak_turns_at_once(busy: bool) -> int:
+    running, peak, lock = [0], [0], threading.Lock()
+    refs = [Sleeper.start(running, peak, lock) for _ in range(ACTOR_THREADS * 2)]
+    try:
+        with contextlib.ExitStack() as stack:
+            if busy:  # as many intake requests in flight as make the actors yield
+                for _ in range(BUSY_INTAKE_REQUESTS):
+                    stack.enter_context(intake_request())
+            futures = [ref.ask("go", block=False) for ref in refs for _ in range(3)]
+            for future in futures:
+                future.get(timeout=20)
+    finally:
+        for ref in refs:
+            ref.stop()
+    return peak[0]
+
+
+def test_turns_run_one_at_a_time_while_many_intake_requests_wait() -> None:
+    # Unbusy, the shared threads run turns side by side (so the check below can fail).
+    assert _peak_turns_at_once(busy=False) > 1
+    assert _peak_turns_at_once(busy=True) == 1
+    assert RUN_QUEUE.intake_requests == 0
