@@ -16,7 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stamp.api.batch_items import read_plain_item
-from stamp.api.requests import ValidationProblem, parse_json_object, parse_new_certificate, request_digest
+from stamp.api.problems import ValidationProblem
+from stamp.api.requests import parse_json_object, parse_new_certificate, request_digest
 from stamp.domain import CertificateContent
 from stamp.load.driver import CertificateFactory
 

@@ -348,7 +348,7 @@ def test_native_entry_points_check_lengths_and_types(decaf: backend.DecafGroup) 
 @SLOW
 @given(encoding=st.binary(min_size=32, max_size=32))
 def test_both_backends_accept_exactly_the_same_encodings(decaf: backend.DecafGroup, encoding: bytes) -> None:
-    verdicts = []
+    verdicts: list[bytes | None] = []
     for group in (backend.SODIUM, decaf):
         try:
             verdicts.append(group.encode(group.decode(encoding)))

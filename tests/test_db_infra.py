@@ -337,7 +337,7 @@ async def test_wait_for_database_gives_up_after_its_timeout_without_revealing_th
 
 
 async def test_wait_for_database_fails_at_once_for_a_database_that_does_not_exist(pg_server_dsn: str) -> None:
-    from tests.conftest import dsn_for_database
+    from stamp.load.database import database_dsn as dsn_for_database
 
     started = time.monotonic()
     with pytest.raises(DatabaseUnavailable, match="does not exist"):

@@ -113,7 +113,7 @@ def issued_event(stack: Stack, certificate_id: str) -> electricity_pb2.IssuedEve
 
 async def test_every_posted_field_reaches_the_registry_and_the_wallet_unchanged(stack: Stack) -> None:
     recipient_id, endpoint = await _recipient(stack)
-    bodies = [
+    bodies: list[dict[str, Any]] = [
         {
             "recipientId": recipient_id,
             "registryName": REGISTRY,

@@ -104,11 +104,12 @@ async def test_survivors_take_over_a_killed_instance_after_its_leases_expire(
                 list(ACTIVE),
             )
         }
-        states_at_kill = dict(
-            await conn.fetch(
+        states_at_kill: dict[str, str] = {
+            r["id"]: r["state"]
+            for r in await conn.fetch(
                 "SELECT id::text, state FROM certificates WHERE id = ANY($1::uuid[])", list(held)
             )
-        )
+        }
         print(f"{victim} held {len(held)} certificates when it was killed")
         assert held, "the victim drove nothing at the kill: the test proves no takeover"
 

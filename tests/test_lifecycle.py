@@ -22,6 +22,9 @@ from stamp.domain import (
     Delivery,
     Event,
     Recipient,
+    RegistryCommitted,
+    RegistryGaveUp,
+    RegistryRejected,
     State,
     Step,
 )
@@ -105,7 +108,7 @@ def test_a_new_certificate_travels_the_whole_journey() -> None:
     j, fx = run(j, lc.Written(1, 2))
     assert kinds(fx) == ["Moved", "Submit"]
     assert fx[1] == lc.Submit(KEY, TX, "tx-1", check_first=False)  # persisted by this driver: never sent
-    j, fx = run(j, lc.RegistryCommitted(KEY))
+    j, fx = run(j, RegistryCommitted(KEY))
     (persist,) = fx
     assert isinstance(persist, lc.Persist) and persist.write.kind is lc.WriteKind.ISSUE_AND_MARK
     j, fx = run(j, lc.Written(2, 3))
@@ -174,13 +177,13 @@ def _after_send() -> lc.Journey:
     [
         (
             _after_send,
-            [lc.RegistryRejected(KEY, "bad signature")],
+            [RegistryRejected(KEY, "bad signature")],
             lc.WriteKind.REJECT,
             {"reason": "bad signature"},
         ),
         (
             _after_send,
-            [lc.RegistryGaveUp(KEY, "still PENDING", 4)],
+            [RegistryGaveUp(KEY, "still PENDING", 4)],
             lc.WriteKind.FAIL,
             {"step": "registry", "reason": "still PENDING", "attempts": 4},
         ),
@@ -248,7 +251,7 @@ def test_crypto_failures_retry_then_fail_with_the_step() -> None:
 
 def test_database_failures_repeat_the_same_write_for_ever() -> None:
     j = _after_send()
-    j, fx = run(j, lc.RegistryCommitted(KEY))
+    j, fx = run(j, RegistryCommitted(KEY))
     (first,) = fx
     for attempt in range(1, 30):
         j, fx = run(j, lc.DatabaseFailed("ConnectionRefusedError"))
@@ -271,7 +274,7 @@ def test_an_unknown_recipient_fails_at_the_position_step() -> None:
 
 
 def test_a_stale_write_or_allocation_stops_the_driver_and_touches_nothing() -> None:
-    j, fx = run(_after_send(), lc.RegistryCommitted(KEY), lc.Written(2, None))
+    j, fx = run(_after_send(), RegistryCommitted(KEY), lc.Written(2, None))
     assert j.finished
     assert kinds(fx) == ["Persist", "Finish"] and fx[-1] == lc.Finish(
         None, "stale transition to marked_as_issued: the certificate was changed by another writer"
@@ -408,11 +411,11 @@ def test_draining_leaves_anything_else_for_the_restart() -> None:
         lc.WalletAnswered(Delivery.DELIVERED, 200, ""),
         lc.PositionAllocated(9, 9),
         BUILT,
-        lc.RegistryCommitted(KEY),
+        RegistryCommitted(KEY),
     ],
 )
 def test_answers_nobody_waits_for_change_nothing(late: lc.LifecycleEvent) -> None:
-    j, fx = run(_after_send(), lc.RegistryRejected(KEY, "no"))
+    j, fx = run(_after_send(), RegistryRejected(KEY, "no"))
     j2, fx = run(j, late)
     assert fx == [] and j2 == j
 
@@ -561,10 +564,10 @@ class LifecycleMachine(RuleBasedStateMachine):
                 return [lc.Written(write.expected, self.row.apply(write))]
             case lc.Submit(key=key):
                 if outcome == "permanent":
-                    return [lc.RegistryRejected(key, "invalid")]
+                    return [RegistryRejected(key, "invalid")]
                 if outcome in ("transient", "db_down"):
-                    return [lc.RegistryGaveUp(key, "UNAVAILABLE", 3)]
-                return [lc.RegistryCommitted(key)]
+                    return [RegistryGaveUp(key, "UNAVAILABLE", 3)]
+                return [RegistryCommitted(key)]
             case lc.Deliver():
                 if outcome == "permanent":
                     return [lc.WalletAnswered(Delivery.REJECTED, 404, "wallet answered 404")]
@@ -597,9 +600,9 @@ class LifecycleMachine(RuleBasedStateMachine):
     def late_noise(self) -> None:
         """Answers nobody asked for reach the newest driver."""
         driver = self.drivers[-1]
-        for event in (lc.RetryDue(), lc.Written(-1, 99), lc.RegistryCommitted(KEY)):
+        for event in (lc.RetryDue(), lc.Written(-1, 99), RegistryCommitted(KEY)):
             awaited = (isinstance(event, lc.RetryDue) and driver.journey.awaiting is lc.Awaiting.TIMER) or (
-                isinstance(event, lc.RegistryCommitted) and driver.journey.awaiting is lc.Awaiting.REGISTRY
+                isinstance(event, RegistryCommitted) and driver.journey.awaiting is lc.Awaiting.REGISTRY
             )
             if not awaited:
                 before = driver.journey
@@ -667,7 +670,7 @@ def test_replay_after_any_crash_reaches_a_terminal_state_when_outcomes_are_good(
                 case lc.Persist(write=write):
                     machine_events = [lc.Written(write.expected, row.apply(write))]
                 case lc.Submit():
-                    machine_events = [lc.RegistryCommitted(KEY)]
+                    machine_events = [RegistryCommitted(KEY)]
                 case lc.Deliver():
                     machine_events = [lc.WalletAnswered(Delivery.DELIVERED, 202, "")]
                 case _:

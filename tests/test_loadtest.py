@@ -16,11 +16,12 @@ import psutil
 import pytest
 import pytest_asyncio
 
+from stamp.load.database import create_database, drop_database
+from stamp.load.database import database_dsn as dsn_for_database
 from stamp.load.driver import CertificateFactory, Outcome, Schedule
 from stamp.load.report import missing_fields, percentiles
 from stamp.load.run import LiveFigures, LoadOptions, build_report
 from stamp.load.scrape import Scrape, histogram_quantile
-from tests.conftest import create_database, drop_database, dsn_for_database
 from tests.waiting import wait_until
 
 

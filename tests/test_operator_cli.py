@@ -30,7 +30,8 @@ from stamp.crypto.hdkeys import ExtendedPrivateKey
 from stamp.crypto.issuer_keys import PKCS8_V1_PREFIX, IssuerKey, verify_signature
 from stamp.db.embedded import EmbeddedPostgres
 from stamp.db.migrate import apply_migrations
-from tests.conftest import create_database, drop_database, dsn_for_database
+from stamp.load.database import create_database, drop_database
+from stamp.load.database import database_dsn as dsn_for_database
 from tests.stack import REGISTRY, certificate_body, running_stack
 
 

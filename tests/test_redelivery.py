@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -59,7 +59,7 @@ async def _events(stack: Stack, certificate_id: str) -> list[dict[str, Any]]:
     return events
 
 
-async def _until(predicate: Any, within: float = 30.0) -> None:
+async def _until(predicate: Callable[[], Awaitable[bool]], within: float = 30.0) -> None:
     deadline = asyncio.get_running_loop().time() + within
     while not await predicate():
         assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
@@ -283,7 +283,8 @@ async def test_a_redelivery_the_wallet_refuses_ends_and_the_certificate_stays_de
 
     async def ended() -> bool:
         events = await _events(stack, certificate_id)
-        return events[-1]["type"] == "CertificateRedeliveryFailed"
+        last: str = events[-1]["type"]
+        return last == "CertificateRedeliveryFailed"
 
     await _until(ended)
     status, view = await stack.get_certificate(REGISTRY, certificate_id)

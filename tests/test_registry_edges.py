@@ -52,9 +52,8 @@ class Arrivals:
                 "SELECT transaction, transaction_id FROM certificates WHERE id = $1::uuid", certificate_id
             )
             persisted = None if row is None or row["transaction"] is None else bytes(row["transaction"])
-            self.seen.append(
-                Arrival(certificate_id, tx.SerializeToString(), persisted, row and row["transaction_id"])
-            )
+            persisted_id = None if row is None else row["transaction_id"]
+            self.seen.append(Arrival(certificate_id, tx.SerializeToString(), persisted, persisted_id))
 
     def of(self, certificate_id: str) -> list[Arrival]:
         return [a for a in self.seen if a.certificate_id == certificate_id]

@@ -8,6 +8,7 @@ import hashlib
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -112,7 +113,7 @@ async def test_many_recipients_concurrently_get_gapless_positions(stack: Stack) 
 
     statuses = await asyncio.gather(*(post(b) for b in bodies))
     assert statuses.count(202) == len(bodies)
-    states = await stack.wait_terminal([(REGISTRY, b["certificate"]["id"]) for b in bodies], timeout=240)  # type: ignore[index]
+    states = await stack.wait_terminal([(REGISTRY, b["certificate"]["id"]) for b in bodies], timeout=240)
     assert set(states.values()) == {"delivered"}
     rows = await stack.pool.fetch(
         "SELECT recipient_id::text, array_agg(position ORDER BY position) AS positions FROM certificates "
@@ -195,7 +196,9 @@ async def test_unknown_recipient_is_404(stack: Stack) -> None:
         ({"certificate": {"id": "not-a-uuid"}}, "certificate.id"),
     ],
 )
-async def test_invalid_certificates_are_400_naming_the_field(stack: Stack, change: dict, field: str) -> None:
+async def test_invalid_certificates_are_400_naming_the_field(
+    stack: Stack, change: dict[str, Any], field: str
+) -> None:
     recipient = await stack.create_recipient()
     body = certificate_body(recipient, start=1_700_000_000, **change)
     status, problem = await stack.post_certificate(body)

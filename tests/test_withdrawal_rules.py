@@ -10,7 +10,7 @@ import dataclasses
 import pytest
 
 from stamp import lifecycle as lc
-from stamp.domain import CertificateKey, Delivery, Event, State, Step
+from stamp.domain import CertificateKey, Delivery, Event, RegistryCommitted, State, Step
 from stamp.withdrawal import Course, course, withdrawal_refusal
 from tests.test_lifecycle import MARKED, RECIPIENT, SENT, record, run
 
@@ -88,7 +88,7 @@ def test_a_withdrawn_certificate_resumed_in_marked_as_issued_is_withheld_not_del
 
 def test_a_withdrawal_seen_in_the_answer_of_the_issuance_write_withholds_the_delivery() -> None:
     j, _ = run(lc.Journey.resume(SENT), lc.Started())
-    j, fx = run(j, lc.RegistryCommitted(KEY))
+    j, fx = run(j, RegistryCommitted(KEY))
     [persist] = fx
     assert isinstance(persist, lc.Persist) and persist.write.kind is lc.WriteKind.ISSUE_AND_MARK
     # The issuance write answers the flag set by a withdrawal recorded meanwhile.
@@ -101,13 +101,13 @@ def test_a_withdrawal_seen_in_the_answer_of_the_issuance_write_withholds_the_del
 
 def test_the_same_answer_without_a_withdrawal_delivers() -> None:
     j, _ = run(lc.Journey.resume(SENT), lc.Started())
-    j, fx = run(j, lc.RegistryCommitted(KEY), lc.Written(2, 3, False), lc.RecipientFound(RECIPIENT))
+    j, fx = run(j, RegistryCommitted(KEY), lc.Written(2, 3, False), lc.RecipientFound(RECIPIENT))
     assert any(isinstance(e, lc.Deliver) for e in fx)
 
 
 def test_a_withdrawal_between_wallet_attempts_stops_the_next_one_and_says_one_may_have_landed() -> None:
     j, _ = run(lc.Journey.resume(SENT), lc.Started())
-    j, fx = run(j, lc.RegistryCommitted(KEY), lc.Written(2, 3, False), lc.RecipientFound(RECIPIENT))
+    j, fx = run(j, RegistryCommitted(KEY), lc.Written(2, 3, False), lc.RecipientFound(RECIPIENT))
     assert any(isinstance(e, lc.Deliver) for e in fx)
     j, fx = run(
         j, lc.WalletAnswered(Delivery.TRANSIENT, None, "timeout"), lc.Written(3, 4, False), lc.RetryDue()
@@ -124,7 +124,7 @@ def test_a_withdrawal_between_wallet_attempts_stops_the_next_one_and_says_one_ma
 
 def test_a_withdrawal_seen_when_a_failed_attempt_is_recorded_withholds_without_waiting() -> None:
     j, _ = run(lc.Journey.resume(SENT), lc.Started())
-    j, fx = run(j, lc.RegistryCommitted(KEY), lc.Written(2, 3, False), lc.RecipientFound(RECIPIENT))
+    j, fx = run(j, RegistryCommitted(KEY), lc.Written(2, 3, False), lc.RecipientFound(RECIPIENT))
     j, fx = run(j, lc.WalletAnswered(Delivery.TRANSIENT, None, "timeout"))
     [recorded] = fx
     assert isinstance(recorded, lc.Persist) and recorded.write.kind is lc.WriteKind.ATTEMPT_FAILED
