@@ -108,7 +108,7 @@ class StatementBatcher:
             self._loop.call_soon_threadsafe(self._start_writer, sql)
         except RuntimeError as exc:  # the loop is closed: shutting down, nothing will run it
             with self._lock:
-                self._writing.pop(sql, None)
+                self._writer_done(sql)  # the writer counted above never starts; others may run
                 failed = list(self._pending.pop(sql, ()))
             self._settle(failed, None, exc)
 
