@@ -1,15 +1,20 @@
 """A TCP proxy on loopback that a test can cut and restore: "PostgreSQL is away" for
-one Stamp only, without stopping the server other test sessions share."""
+one Stamp only, without stopping the server other test sessions share.
+
+The server may be reached over TCP or, as the embedded PostgreSQL of ``./scripts/test``
+on a machine without a server is, over a Unix socket named in the DSN's query
+(``?host=/dir&port=N``); the proxy listens on TCP either way."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 
 class TcpProxy:
     def __init__(self, target_host: str, target_port: int) -> None:
+        # A host that is a directory is where PostgreSQL keeps its Unix socket.
         self.target = (target_host, target_port)
         self.port = 0
         self._server: asyncio.Server | None = None
@@ -18,13 +23,18 @@ class TcpProxy:
     @classmethod
     def for_dsn(cls, dsn: str) -> TcpProxy:
         parts = urlsplit(dsn)
-        return cls(parts.hostname or "127.0.0.1", parts.port or 5432)
+        query = dict(parse_qsl(parts.query))
+        host = query.get("host") or parts.hostname or "127.0.0.1"
+        port = int(query.get("port") or parts.port or 5432)
+        return cls(host, port)
 
     def dsn(self, dsn: str) -> str:
-        """``dsn`` with its host and port replaced by this proxy's."""
+        """``dsn`` with its host and port replaced by this proxy's (a socket directory
+        and port in its query, which would win over the address, are dropped)."""
         parts = urlsplit(dsn)
         user = f"{parts.username}@" if parts.username else ""
-        return urlunsplit(parts._replace(netloc=f"{user}127.0.0.1:{self.port}"))
+        query = urlencode([(k, v) for k, v in parse_qsl(parts.query) if k not in ("host", "port")])
+        return urlunsplit(parts._replace(netloc=f"{user}127.0.0.1:{self.port}", query=query))
 
     async def start(self) -> None:
         """Listen (again, on the same port once it had one)."""
@@ -43,7 +53,11 @@ class TcpProxy:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            up_reader, up_writer = await asyncio.open_connection(*self.target)
+            host, port = self.target
+            if host.startswith("/"):
+                up_reader, up_writer = await asyncio.open_unix_connection(f"{host}/.s.PGSQL.{port}")
+            else:
+                up_reader, up_writer = await asyncio.open_connection(host, port)
         except OSError:
             writer.transport.abort()
             return

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import uuid
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import aiohttp
 import asyncpg
@@ -78,7 +79,7 @@ async def test_proxy_passes_traffic_through(database_dsn: str) -> None:
     try:
         conn = await asyncpg.connect(proxy.dsn(database_dsn))
         try:
-            assert await conn.fetchval("SELECT current_database()") == database_dsn.rsplit("/", 1)[1]
+            assert await conn.fetchval("SELECT current_database()") == urlsplit(database_dsn).path.lstrip("/")
         finally:
             await conn.close()
         await proxy.cut()
