@@ -669,30 +669,40 @@ class WalletSimulator:
         if parsed.public_key in self._disabled:
             return _problem(400, "the wallet is disabled")
         self._accept(parsed, endpoint)
-        return web.json_response({}, status=202)
+        return web.Response(status=202, body=b"{}", content_type="application/json")
 
     def _accept(self, slice_: SliceRequest, endpoint: _Endpoint) -> None:
         received = _Received(len(self._received) + 1, endpoint, slice_, time.time())
         self._received.append(received)
-        bound = log.bind(
-            endpoint=endpoint.name,
-            registry=slice_.registry,
-            certificate_id=slice_.certificate_id,
-            position=slice_.position,
-        )
         certificate = (slice_.registry, slice_.certificate_id)
         self._deliveries[certificate] += 1
         if self._deliveries[certificate] > 1:
-            bound.warning("wallet_sim.duplicate_delivery", deliveries=self._deliveries[certificate])
+            self._log_slice(received).warning(
+                "wallet_sim.duplicate_delivery", deliveries=self._deliveries[certificate]
+            )
         users = self._positions.setdefault((slice_.public_key, slice_.position), [])
         if slice_.certificate_id not in users:
             users.append(slice_.certificate_id)
             if len(users) > 1:
-                bound.warning("wallet_sim.position_reused", certificate_ids=users)
-        bound.debug("wallet_sim.slice_accepted", sequence=received.sequence)
+                self._log_slice(received).warning("wallet_sim.position_reused", certificate_ids=users)
+        log.debug(
+            "wallet_sim.slice_accepted", certificate_id=slice_.certificate_id, sequence=received.sequence
+        )
         task = asyncio.get_running_loop().create_task(self._verify(received), name="wallet-sim-verify")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    @staticmethod
+    def _log_slice(received: _Received) -> Any:
+        """A logger bound to the slice: only for what is logged, never per slice (the
+        load test posts thousands a minute)."""
+        s = received.slice
+        return log.bind(
+            endpoint=received.endpoint.name,
+            registry=s.registry,
+            certificate_id=s.certificate_id,
+            position=s.position,
+        )
 
     # --- verification -------------------------------------------------------------------------
 
@@ -744,18 +754,13 @@ class WalletSimulator:
             delay = min(delay * 2, self.config.retry_max)
 
     def _finish(self, received: _Received, verdict: SliceVerdict) -> None:
-        received.status = SliceStatus.VERIFIED if verdict.check is Check.VERIFIED else SliceStatus.INVALID
+        if verdict.check is Check.VERIFIED:
+            received.status = SliceStatus.VERIFIED
+            log.debug("wallet_sim.slice_verified", certificate_id=received.slice.certificate_id)
+            return
+        received.status = SliceStatus.INVALID
         received.reason = verdict.reason
-        fields = {
-            "endpoint": received.endpoint.name,
-            "registry": received.slice.registry,
-            "certificate_id": received.slice.certificate_id,
-            "position": received.slice.position,
-        }
-        if received.status is SliceStatus.VERIFIED:
-            log.debug("wallet_sim.slice_verified", **fields)
-        else:
-            log.warning("wallet_sim.slice_invalid", reason=verdict.reason, **fields)
+        self._log_slice(received).warning("wallet_sim.slice_invalid", reason=verdict.reason)
 
     # --- test routes ----------------------------------------------------------------------------
 
