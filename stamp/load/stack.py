@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import shutil
 import signal
 import socket
 import sys
 import tempfile
+import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -240,6 +242,39 @@ class ProcessSample:
     rss_bytes: int
     threads: int
     children_rss_bytes: int
+
+
+class ProcessSampler:
+    """``sample_process`` for a process sampled every second: its children (the crypto
+    workers, started once) are listed again only every ``refresh`` seconds or when one
+    is gone, since listing them scans every process of the machine."""
+
+    def __init__(self, pid: int, refresh: float = 10.0) -> None:
+        self._pid = pid
+        self._refresh = refresh
+        self._process: psutil.Process | None = None
+        self._children: list[psutil.Process] = []
+        self._listed_at = -math.inf
+
+    def sample(self) -> ProcessSample | None:
+        try:
+            if self._process is None:
+                self._process = psutil.Process(self._pid)
+            now = time.monotonic()
+            if now - self._listed_at >= self._refresh:
+                self._children = self._process.children(recursive=True)
+                self._listed_at = now
+            with self._process.oneshot():
+                rss, threads = self._process.memory_info().rss, self._process.num_threads()
+        except psutil.Error:
+            return None
+        children = 0
+        for child in self._children:
+            try:
+                children += child.memory_info().rss
+            except psutil.Error:
+                self._listed_at = -math.inf  # one is gone: list them again next time
+        return ProcessSample(rss, threads, children)
 
 
 def sample_process(pid: int) -> ProcessSample | None:
