@@ -16,12 +16,14 @@ import psutil
 import pytest
 import pytest_asyncio
 
+from stamp.crypto.issuer_keys import IssuerKey
 from stamp.load.database import create_database, drop_database
 from stamp.load.database import database_dsn as dsn_for_database
 from stamp.load.driver import CertificateFactory, Outcome, Schedule
 from stamp.load.report import missing_fields, percentiles
 from stamp.load.run import MONITORED, LiveFigures, LoadOptions, build_report
 from stamp.load.scrape import Scrape, histogram_quantile
+from stamp.load.stack import StackOptions, _start_simulators
 from tests.waiting import wait_until
 
 
@@ -96,6 +98,30 @@ async def test_small_loadtest_passes_the_invariant_check_and_reports_every_field
         assert leftovers == 0, "the run's own database is dropped"
     finally:
         await conn.close()
+
+
+async def test_the_stack_runs_this_installation_whatever_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Started inside another checkout, the stack's children used to import that
+    checkout's ``stamp`` (``python -m`` puts the working directory first)."""
+    shadow = tmp_path / "stamp" / "load"
+    shadow.mkdir(parents=True)
+    (tmp_path / "stamp" / "__init__.py").write_text("")
+    (shadow / "__init__.py").write_text("")
+    (shadow / "simulators.py").write_text(
+        'print(\'{"registry": "shadowed", "wallet": "shadowed"}\', flush=True)\n'
+    )
+    monkeypatch.chdir(tmp_path)
+    work_dir = tmp_path / "work"
+    work_dir.mkdir()
+    process, registry, wallet = await _start_simulators(StackOptions(), IssuerKey.generate(), work_dir)
+    try:
+        assert registry != "shadowed" and wallet.startswith("http://127.0.0.1:")
+    finally:
+        assert process.stdin is not None
+        process.stdin.close()
+        await asyncio.wait_for(process.wait(), 10)
 
 
 def _outcome(certificate_id: str, answered_at: float) -> Outcome:

@@ -72,6 +72,13 @@ class LocalStack:
         return report
 
 
+def _python_module(module: str) -> tuple[str, ...]:
+    """``python -m module`` of this very installation. ``-P``: ``-m`` would put the
+    working directory first on the path, and a load test started inside another
+    checkout would then measure that checkout's Stamp and simulators."""
+    return (sys.executable, "-P", "-m", module)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -121,7 +128,7 @@ async def local_stack(options: StackOptions) -> AsyncIterator[LocalStack]:
             }
             log = (work_dir / f"stamp-{index}.log").open("ab")
             process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "stamp.cli", "serve", env=env, stdout=log, stderr=log
+                *_python_module("stamp.cli"), "serve", env=env, stdout=log, stderr=log
             )
             log.close()
             stamps.append(process)
@@ -158,9 +165,7 @@ async def _start_simulators(
 ) -> tuple[asyncio.subprocess.Process, str, str]:
     log = (work_dir / "simulators.log").open("ab")
     process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "stamp.load.simulators",
+        *_python_module("stamp.load.simulators"),
         "--issuer-public-pem-b64",
         issuer.public_pem_base64(),
         "--commit-delay",
