@@ -16,12 +16,14 @@ import psutil
 import pytest
 import pytest_asyncio
 
+from stamp.crypto.issuer_keys import IssuerKey
 from stamp.load.database import create_database, drop_database
 from stamp.load.database import database_dsn as dsn_for_database
 from stamp.load.driver import CertificateFactory, Outcome, Schedule
 from stamp.load.report import missing_fields, percentiles
-from stamp.load.run import LiveFigures, LoadOptions, build_report
+from stamp.load.run import MONITORED, LiveFigures, LoadOptions, build_report
 from stamp.load.scrape import Scrape, histogram_quantile
+from stamp.load.stack import StackOptions, _start_simulators
 from tests.waiting import wait_until
 
 
@@ -80,6 +82,11 @@ async def test_small_loadtest_passes_the_invariant_check_and_reports_every_field
     assert 1 <= resources["db_commits_per_certificate"] < 100
     assert resources["cpu_seconds"]["stamp"] > 0 and resources["cpu_seconds"]["stamp_crypto_workers"] > 0
     assert "range proofs: all verified (100)" in report["registry"]["report"]
+    # The wallet simulator read the registry simulator in its process, each read counted
+    # as the RPC it stands for.
+    assert report["registry"]["walletReads"] == "in-process"
+    assert report["registry"]["stats"]["stream_calls"] >= 100
+    assert resources["peak_crypto_workers_rss_bytes"] > 10 * 2**20
     conn = await asyncpg.connect(loadtest_dsn)
     try:
         assert await conn.fetchval("SELECT to_regclass('certificates')") is None, (
@@ -91,6 +98,30 @@ async def test_small_loadtest_passes_the_invariant_check_and_reports_every_field
         assert leftovers == 0, "the run's own database is dropped"
     finally:
         await conn.close()
+
+
+async def test_the_stack_runs_this_installation_whatever_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Started inside another checkout, the stack's children used to import that
+    checkout's ``stamp`` (``python -m`` puts the working directory first)."""
+    shadow = tmp_path / "stamp" / "load"
+    shadow.mkdir(parents=True)
+    (tmp_path / "stamp" / "__init__.py").write_text("")
+    (shadow / "__init__.py").write_text("")
+    (shadow / "simulators.py").write_text(
+        'print(\'{"registry": "shadowed", "wallet": "shadowed"}\', flush=True)\n'
+    )
+    monkeypatch.chdir(tmp_path)
+    work_dir = tmp_path / "work"
+    work_dir.mkdir()
+    process, registry, wallet = await _start_simulators(StackOptions(), IssuerKey.generate(), work_dir)
+    try:
+        assert registry != "shadowed" and wallet.startswith("http://127.0.0.1:")
+    finally:
+        assert process.stdin is not None
+        process.stdin.close()
+        await asyncio.wait_for(process.wait(), 10)
 
 
 def _outcome(certificate_id: str, answered_at: float) -> Outcome:
@@ -195,6 +226,32 @@ def test_buckets_can_be_narrowed_to_one_route_and_status() -> None:
     name = "stamp_http_request_duration_seconds"
     assert scrape.buckets(name) == {0.1: 10.0, math.inf: 11.0}
     assert scrape.buckets(name, route="/v1/certificates", status="202") == {0.1: 3.0, math.inf: 4.0}
+
+
+def test_the_monitors_narrow_parse_reads_its_samples_as_the_full_parse_does() -> None:
+    text = (
+        "# HELP stamp_certificates_issued_total Certificates issued\n"
+        "# TYPE stamp_certificates_issued_total counter\n"
+        'stamp_certificates_issued_total{type="production"} 7.0\n'
+        'stamp_certificates_issued_total{type="consumption"} 2.0\n'
+        'stamp_certificates_issued_created{type="production"} 1.7e9\n'
+        "# TYPE stamp_live_actors gauge\n"
+        'stamp_live_actors{kind="certificate"} 12.0\n'
+        'stamp_live_actors{kind="recipient",note="a {brace} and a \\"quote\\""} 3.0\n'
+        "stamp_mailbox_depth 5.0\n"
+        "# TYPE stamp_http_request_duration_seconds histogram\n"
+        'stamp_http_request_duration_seconds_bucket{le="+Inf"} 4.0\n'
+    )
+    full = Scrape.parse(text)
+    narrow = Scrape.parse(text, MONITORED)
+    for name in ("stamp_certificates_issued_total", "stamp_live_actors", "stamp_mailbox_depth"):
+        assert narrow.total(name) == full.total(name) > 0
+    assert narrow.by_label("stamp_live_actors", "kind") == {"certificate": 12.0, "recipient": 3.0}
+    assert {name for name, _ in narrow.samples} == {
+        "stamp_certificates_issued_total",
+        "stamp_live_actors",
+        "stamp_mailbox_depth",
+    }
 
 
 def test_histogram_quantile_interpolates_inside_the_bucket() -> None:

@@ -31,6 +31,7 @@ from stamp.crypto.hdkeys import ExtendedPrivateKey, ExtendedPublicKey
 from stamp.crypto.issuer_keys import IssuerKey
 from stamp.devstack import cli
 from stamp.devstack.registry import RegistrySimConfig, RegistrySimulator
+from stamp.devstack.registry_reader import GrpcStreamReader, LocalStreamReader, RegistryUnreadable
 from stamp.devstack.wallet import (
     SliceRecord,
     SliceStatus,
@@ -38,6 +39,7 @@ from stamp.devstack.wallet import (
     WalletSimConfig,
     WalletSimulator,
 )
+from stamp.devstack.wallet_checks import Check, parse_slice_request, verify_slice
 from stamp.domain import CertificateContent, CertificateKey
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -157,8 +159,10 @@ async def settled(env: Env, issued: Issued) -> list[SliceRecord]:
     return await env.wallet.wait_for([issued.certificate_id], within=5)
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def env() -> AsyncIterator[Env]:
+@pytest_asyncio.fixture(scope="module", loop_scope="session", params=["grpc", "in-process"])
+async def env(request: pytest.FixtureRequest) -> AsyncIterator[Env]:
+    """Every test runs twice: the wallet reading the registry over gRPC, and reading the
+    registry simulator on the same loop (what the load test's simulators process does)."""
     registry = RegistrySimulator(
         RegistrySimConfig(
             registries=(REGISTRY,), issuer_keys={GRID_AREA: (ISSUER.public_pem(),)}, commit_delay=0.01
@@ -168,7 +172,8 @@ async def env() -> AsyncIterator[Env]:
     wallet = WalletSimulator(
         WalletSimConfig(
             registries={REGISTRY: registry.address}, verify_window=3, retry_initial=0.02, retry_max=0.1
-        )
+        ),
+        registry=registry if request.param == "in-process" else None,
     )
     await wallet.start()
     channel = grpc.aio.insecure_channel(registry.address)
@@ -542,6 +547,73 @@ async def test_endpoint_created_over_http_receives_and_the_slices_json_reports_i
     async with env.http.get(f"{env.wallet.base_url}/v1/_test/slices?summary=true") as r:
         summary = await r.json()
     assert summary["received"] == env.wallet.received_count() and "verified" not in summary
+
+
+# --- how the wallet reads the registry -------------------------------------------------------------------
+
+
+async def test_the_wallet_says_how_it_reads_each_registry(env: Env) -> None:
+    kind = "in-process" if env.wallet._local_registry is not None else "grpc"
+    assert env.wallet.snapshot(details=False)["registryReads"] == {REGISTRY: kind}
+
+
+async def test_in_process_and_grpc_readers_give_the_same_transactions_and_verdicts(env: Env) -> None:
+    local = LocalStreamReader(env.registry, timeout=5)
+    remote = GrpcStreamReader(env.registry.address, timeout=5)
+    try:
+        reference = env.wallet.create_endpoint()
+        issued = await issue(env, reference, position=3)
+        key = ExtendedPublicKey.from_base64(reference.public_key_b64)
+        calls = env.registry.stats().stream_calls
+        from_local = await local.read(issued.certificate_id)
+        from_grpc = await remote.read(issued.certificate_id)
+        assert env.registry.stats().stream_calls == calls + 2  # both count as the RPC
+        assert [t.SerializeToString() for t in from_local] == [t.SerializeToString() for t in from_grpc]
+        assert len(from_local) == 1
+        unchanged: Change = lambda i: {}  # noqa: E731
+        for change in [unchanged, *(c for c, _ in WRONG_VALUES.values())]:
+            request = parse_slice_request(orjson.dumps(issued.body(**change(issued))))
+            verdict = verify_slice(request, key, from_local)
+            assert verdict == verify_slice(request, key, from_grpc)
+            assert verdict.check is (Check.VERIFIED if change is unchanged else Check.INVALID)
+        unknown = str(uuid.uuid4())
+        assert await local.read(unknown) == await remote.read(unknown) == []
+    finally:
+        await remote.close()
+
+
+async def test_in_process_reads_obey_the_registrys_faults(env: Env) -> None:
+    reader = LocalStreamReader(env.registry, timeout=0.2)
+    issued = await issue(env, env.wallet.create_endpoint(), position=1)
+    env.registry.fail_next("GetStreamTransactions", code=grpc.StatusCode.UNAVAILABLE)
+    try:
+        with pytest.raises(RegistryUnreadable, match="UNAVAILABLE: injected fault"):
+            await reader.read(issued.certificate_id)
+        assert len(await reader.read(issued.certificate_id)) == 1  # one call only
+        env.registry.set_latency(0.5, "GetStreamTransactions")
+        with pytest.raises(RegistryUnreadable, match="DEADLINE_EXCEEDED"):
+            await reader.read(issued.certificate_id)
+        env.registry.set_latency(0.0)
+        await env.registry.go_down()
+        with pytest.raises(RegistryUnreadable, match="UNAVAILABLE"):
+            await reader.read(issued.certificate_id)
+    finally:
+        env.registry.clear_faults()
+        await env.registry.go_up()
+    assert len(await reader.read(issued.certificate_id)) == 1
+
+
+async def test_a_failed_receipt_check_is_counted_and_the_slice_verified_on_retry(env: Env) -> None:
+    issued = await issue(env, env.wallet.create_endpoint(), position=1)
+    errors = env.wallet.snapshot(details=False)["receiptCheckErrors"]
+    env.registry.fail_next("GetStreamTransactions")
+    try:
+        assert await post(env, issued.body()) == (202, {})
+        [record] = await settled(env, issued)
+    finally:
+        env.registry.clear_faults()
+    assert record.status is SliceStatus.VERIFIED, record.reason
+    assert env.wallet.snapshot(details=False)["receiptCheckErrors"] == errors + 1
 
 
 # --- the CLI ------------------------------------------------------------------------------------------------

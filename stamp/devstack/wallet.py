@@ -2,8 +2,9 @@
 
 Stamp delivers slices here in tests, the demo and the load test. It answers like the
 real wallet (202 ``{}`` / 400 / 404, field names case-insensitive), then verifies each
-accepted slice asynchronously by reading the registry over gRPC
-(``GetStreamTransactions``), as the real wallet does. It is stricter than the real
+accepted slice asynchronously by reading the registry's ``GetStreamTransactions``, as the
+real wallet does: over gRPC, or straight from a registry simulator on the same event
+loop (``registry=``; ``stamp.devstack.registry_reader``). It is stricter than the real
 wallet and *flags* what the real one would silently store twice or drop:
 
 - duplicates: the same certificate delivered more than once;
@@ -38,14 +39,19 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import grpc
 import orjson
 import structlog
 from aiohttp import web
 
-from protos.project_origin.common.v1 import common_pb2
-from protos.project_origin.registry.v1 import registry_pb2, registry_pb2_grpc
+from protos.project_origin.registry.v1 import registry_pb2
 from stamp.crypto.hdkeys import ExtendedPrivateKey, ExtendedPublicKey
+from stamp.devstack.registry import RegistrySimulator
+from stamp.devstack.registry_reader import (
+    GrpcStreamReader,
+    LocalStreamReader,
+    RegistryUnreadable,
+    StreamReader,
+)
 from stamp.devstack.wallet_checks import (
     Check,
     MalformedSlice,
@@ -243,14 +249,21 @@ class _Received:
 
 
 class WalletSimulator:
-    def __init__(self, config: WalletSimConfig | None = None) -> None:
+    """``registry``: a registry simulator running on the same event loop. The registry
+    names it serves are read from it directly (``LocalStreamReader``: the same answer,
+    counts and faults as its RPC, without the wire); the others, and every name when it
+    is None, over gRPC at the address ``config.registries`` gives."""
+
+    def __init__(
+        self, config: WalletSimConfig | None = None, *, registry: RegistrySimulator | None = None
+    ) -> None:
         self.config = config or WalletSimConfig()
+        self._local_registry = registry
         self._host = "127.0.0.1"
         self._port = 0
         self._runner: web.AppRunner | None = None
         self._stopping = asyncio.Event()
-        self._channels: dict[str, grpc.aio.Channel] = {}
-        self._stubs: dict[str, registry_pb2_grpc.RegistryServiceStub] = {}
+        self._readers: dict[str, StreamReader] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
         self._endpoints: dict[bytes, _Endpoint] = {}
@@ -273,17 +286,15 @@ class WalletSimulator:
         if self._runner is not None:
             raise RuntimeError("the wallet simulator is already started")
         self._stopping = asyncio.Event()
+        local = self._local_registry
         for name, address in self.config.registries.items():
-            target, tls = split_registry_address(address)
-            channel = (
-                grpc.aio.secure_channel(
-                    target, grpc.ssl_channel_credentials(self.config.registry_root_certificates)
+            self._readers[name] = (
+                LocalStreamReader(local, self.config.rpc_timeout)
+                if local is not None and name in local.config.registries
+                else GrpcStreamReader(
+                    address, self.config.rpc_timeout, self.config.registry_root_certificates
                 )
-                if tls
-                else grpc.aio.insecure_channel(target)
             )
-            self._channels[name] = channel
-            self._stubs[name] = registry_pb2_grpc.RegistryServiceStub(channel)  # type: ignore[no-untyped-call]
         runner = web.AppRunner(self._build_app(), access_log=None, shutdown_timeout=1.0)
         await runner.setup()
         site = web.TCPSite(runner, host, port)
@@ -291,12 +302,16 @@ class WalletSimulator:
             await site.start()
         except BaseException:
             await runner.cleanup()
-            await self._close_channels()
+            await self._close_readers()
             raise
         self._runner = runner
         self._host = host
         self._port = int(runner.addresses[0][1])
-        log.info("wallet_sim.started", url=self.base_url, registries=list(self.config.registries))
+        log.info(
+            "wallet_sim.started",
+            url=self.base_url,
+            registries={name: reader.kind for name, reader in self._readers.items()},
+        )
         return self._port
 
     async def stop(self) -> None:
@@ -310,14 +325,13 @@ class WalletSimulator:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self._close_channels()
+        await self._close_readers()
 
-    async def _close_channels(self) -> None:
-        channels = list(self._channels.values())
-        self._channels.clear()
-        self._stubs.clear()
-        for channel in channels:
-            await channel.close(None)
+    async def _close_readers(self) -> None:
+        readers = list(self._readers.values())
+        self._readers.clear()
+        for reader in readers:
+            await reader.close()
 
     async def __aenter__(self) -> WalletSimulator:
         await self.start()
@@ -508,6 +522,7 @@ class WalletSimulator:
             "earlyDeliveryCount": len(flags.early_deliveries),
             "receiptCheckErrors": self._receipt_check_errors,
             "faultsInjected": self._faults.injected,
+            "registryReads": {name: reader.kind for name, reader in self._readers.items()},
             "streamedAnswers": [a.as_json() for a in self._streamed],
         }
         if not details:
@@ -654,37 +669,47 @@ class WalletSimulator:
         if parsed.public_key in self._disabled:
             return _problem(400, "the wallet is disabled")
         self._accept(parsed, endpoint)
-        return web.json_response({}, status=202)
+        return web.Response(status=202, body=b"{}", content_type="application/json")
 
     def _accept(self, slice_: SliceRequest, endpoint: _Endpoint) -> None:
         received = _Received(len(self._received) + 1, endpoint, slice_, time.time())
         self._received.append(received)
-        bound = log.bind(
-            endpoint=endpoint.name,
-            registry=slice_.registry,
-            certificate_id=slice_.certificate_id,
-            position=slice_.position,
-        )
         certificate = (slice_.registry, slice_.certificate_id)
         self._deliveries[certificate] += 1
         if self._deliveries[certificate] > 1:
-            bound.warning("wallet_sim.duplicate_delivery", deliveries=self._deliveries[certificate])
+            self._log_slice(received).warning(
+                "wallet_sim.duplicate_delivery", deliveries=self._deliveries[certificate]
+            )
         users = self._positions.setdefault((slice_.public_key, slice_.position), [])
         if slice_.certificate_id not in users:
             users.append(slice_.certificate_id)
             if len(users) > 1:
-                bound.warning("wallet_sim.position_reused", certificate_ids=users)
-        bound.debug("wallet_sim.slice_accepted", sequence=received.sequence)
+                self._log_slice(received).warning("wallet_sim.position_reused", certificate_ids=users)
+        log.debug(
+            "wallet_sim.slice_accepted", certificate_id=slice_.certificate_id, sequence=received.sequence
+        )
         task = asyncio.get_running_loop().create_task(self._verify(received), name="wallet-sim-verify")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    @staticmethod
+    def _log_slice(received: _Received) -> Any:
+        """A logger bound to the slice: only for what is logged, never per slice (the
+        load test posts thousands a minute)."""
+        s = received.slice
+        return log.bind(
+            endpoint=received.endpoint.name,
+            registry=s.registry,
+            certificate_id=s.certificate_id,
+            position=s.position,
+        )
 
     # --- verification -------------------------------------------------------------------------
 
     async def _verify(self, received: _Received) -> None:
         slice_ = received.slice
-        stub = self._stubs.get(slice_.registry)
-        if stub is None:
+        reader = self._readers.get(slice_.registry)
+        if reader is None:
             self._finish(received, SliceVerdict(Check.INVALID, f"registry {slice_.registry!r} is unknown"))
             return
         loop = asyncio.get_running_loop()
@@ -695,10 +720,10 @@ class WalletSimulator:
         while True:
             transactions: list[registry_pb2.Transaction] | None
             try:
-                transactions = await self._read_stream(stub, slice_.certificate_id)
-            except (grpc.RpcError, TimeoutError) as exc:
+                transactions = await reader.read(slice_.certificate_id)
+            except RegistryUnreadable as exc:
                 transactions = None
-                last = f"the registry could not be read ({_rpc_error(exc)})"
+                last = f"the registry could not be read ({exc})"
             if first:
                 first = False
                 if transactions is None:
@@ -728,26 +753,14 @@ class WalletSimulator:
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.config.retry_max)
 
-    async def _read_stream(
-        self, stub: registry_pb2_grpc.RegistryServiceStub, certificate_id: str
-    ) -> list[registry_pb2.Transaction]:
-        request = registry_pb2.GetStreamTransactionsRequest(stream_id=common_pb2.Uuid(value=certificate_id))
-        response = await stub.GetStreamTransactions(request, timeout=self.config.rpc_timeout)
-        return list(response.transactions)
-
     def _finish(self, received: _Received, verdict: SliceVerdict) -> None:
-        received.status = SliceStatus.VERIFIED if verdict.check is Check.VERIFIED else SliceStatus.INVALID
+        if verdict.check is Check.VERIFIED:
+            received.status = SliceStatus.VERIFIED
+            log.debug("wallet_sim.slice_verified", certificate_id=received.slice.certificate_id)
+            return
+        received.status = SliceStatus.INVALID
         received.reason = verdict.reason
-        fields = {
-            "endpoint": received.endpoint.name,
-            "registry": received.slice.registry,
-            "certificate_id": received.slice.certificate_id,
-            "position": received.slice.position,
-        }
-        if received.status is SliceStatus.VERIFIED:
-            log.debug("wallet_sim.slice_verified", **fields)
-        else:
-            log.warning("wallet_sim.slice_invalid", reason=verdict.reason, **fields)
+        self._log_slice(received).warning("wallet_sim.slice_invalid", reason=verdict.reason)
 
     # --- test routes ----------------------------------------------------------------------------
 
@@ -860,9 +873,3 @@ def _key_bytes(endpoint: EndpointRef) -> bytes:
         return base64.b64decode(endpoint, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise KeyError("the public key is not Base64") from exc
-
-
-def _rpc_error(exc: BaseException) -> str:
-    if isinstance(exc, grpc.aio.AioRpcError):
-        return f"{exc.code().name}: {exc.details()}"
-    return type(exc).__name__

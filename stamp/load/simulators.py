@@ -36,6 +36,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--commit-delay", type=float, default=0.2)
     parser.add_argument("--proof-sample", type=int, default=1, help="verify one range proof in N")
     parser.add_argument("--verify-workers", type=int, default=2, help="registry verification threads")
+    parser.add_argument(
+        "--wallet-reads",
+        choices=("in-process", "grpc"),
+        default="in-process",
+        help="how the wallet reads the registry to verify a slice: from the registry simulator in "
+        "this process (same answer, counts and faults as the RPC, without its CPU; default) or "
+        "over gRPC as a wallet in another process would",
+    )
     return parser
 
 
@@ -50,7 +58,10 @@ async def run(args: argparse.Namespace) -> int:
         )
     )
     await registry.start()
-    wallet = WalletSimulator(WalletSimConfig(registries={REGISTRY: registry.address}))
+    wallet = WalletSimulator(
+        WalletSimConfig(registries={REGISTRY: registry.address}),
+        registry=registry if args.wallet_reads == "in-process" else None,
+    )
     await wallet.start()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -69,6 +80,7 @@ async def run(args: argparse.Namespace) -> int:
                         "report": registry.report(),
                         "proofSample": args.proof_sample,
                         "commitDelay": args.commit_delay,
+                        "walletReads": args.wallet_reads,
                     }
                 )
         stop.set()

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import shutil
 import signal
 import socket
 import sys
 import tempfile
+import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,6 +72,13 @@ class LocalStack:
         return report
 
 
+def _python_module(module: str) -> tuple[str, ...]:
+    """``python -m module`` of this very installation. ``-P``: ``-m`` would put the
+    working directory first on the path, and a load test started inside another
+    checkout would then measure that checkout's Stamp and simulators."""
+    return (sys.executable, "-P", "-m", module)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -119,7 +128,7 @@ async def local_stack(options: StackOptions) -> AsyncIterator[LocalStack]:
             }
             log = (work_dir / f"stamp-{index}.log").open("ab")
             process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "stamp.cli", "serve", env=env, stdout=log, stderr=log
+                *_python_module("stamp.cli"), "serve", env=env, stdout=log, stderr=log
             )
             log.close()
             stamps.append(process)
@@ -156,9 +165,7 @@ async def _start_simulators(
 ) -> tuple[asyncio.subprocess.Process, str, str]:
     log = (work_dir / "simulators.log").open("ab")
     process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "stamp.load.simulators",
+        *_python_module("stamp.load.simulators"),
         "--issuer-public-pem-b64",
         issuer.public_pem_base64(),
         "--commit-delay",
@@ -240,6 +247,39 @@ class ProcessSample:
     rss_bytes: int
     threads: int
     children_rss_bytes: int
+
+
+class ProcessSampler:
+    """``sample_process`` for a process sampled every second: its children (the crypto
+    workers, started once) are listed again only every ``refresh`` seconds or when one
+    is gone, since listing them scans every process of the machine."""
+
+    def __init__(self, pid: int, refresh: float = 10.0) -> None:
+        self._pid = pid
+        self._refresh = refresh
+        self._process: psutil.Process | None = None
+        self._children: list[psutil.Process] = []
+        self._listed_at = -math.inf
+
+    def sample(self) -> ProcessSample | None:
+        try:
+            if self._process is None:
+                self._process = psutil.Process(self._pid)
+            now = time.monotonic()
+            if now - self._listed_at >= self._refresh:
+                self._children = self._process.children(recursive=True)
+                self._listed_at = now
+            with self._process.oneshot():
+                rss, threads = self._process.memory_info().rss, self._process.num_threads()
+        except psutil.Error:
+            return None
+        children = 0
+        for child in self._children:
+            try:
+                children += child.memory_info().rss
+            except psutil.Error:
+                self._listed_at = -math.inf  # one is gone: list them again next time
+        return ProcessSample(rss, threads, children)
 
 
 def sample_process(pid: int) -> ProcessSample | None:
