@@ -15,7 +15,8 @@ slices of ``SLICE_HANDOFFS`` every ``SLICE_SECONDS``, oldest first, so the loop 
 its time answering 202s. The pipeline goes on, more slowly, and catches up when the
 burst is over (then everything held is released at once). Nothing is lost: an accepted
 certificate is in PostgreSQL before its 202, and held work only waits; none waits
-longer than ``MAX_HOLD_SECONDS``, so a steady stream of intakes cannot starve it.
+longer than ``max_hold_seconds`` (at most ``MAX_HOLD_SECONDS``, and short enough for
+the lease renewals), so a steady stream of intakes cannot starve it.
 Timers and the crypto pool are not held: a timer only tells its actor, which then
 hands its work here, and the crypto pool runs beside the loop.
 """
@@ -51,8 +52,11 @@ SLICE_HANDOFFS = 4
 SLICE_SECONDS = 0.02
 """Time between two slices while intake is busy: with ``SLICE_HANDOFFS``, 200 hand-offs
 a second (a few dozen certificates a second, at about 8 hand-offs each)."""
-MAX_HOLD_SECONDS = 2.0
-"""No hand-off is held longer: a lease sweep or a registry poll is at most this late."""
+MAX_HOLD_SECONDS = 10.0
+"""No hand-off is held longer, whatever the intake: a lease sweep (leases last
+``STAMP_LEASE_SECONDS``, 60 s, and are renewed every third of it) or a registry poll is
+at most this late. Longer than a burst: work released because it is overdue comes out
+all at once, which the slices are there to avoid."""
 UNHELD_CHUNK = 64
 """Held hand-offs released per loop callback once intake is quiet, so that a long
 queue does not become one long callback either."""
@@ -130,8 +134,11 @@ class LoopBridge:
         loop: asyncio.AbstractEventLoop,
         executor: concurrent.futures.Executor | None = None,
         batcher: StatementBatcher | None = None,
+        *,
+        max_hold_seconds: float = MAX_HOLD_SECONDS,
     ) -> None:
         self.loop = loop
+        self.max_hold_seconds = max_hold_seconds
         self.executor = executor
         self.batcher = batcher
         self._tasks: set[asyncio.Task[Any]] = set()  # referenced while they run
@@ -203,7 +210,7 @@ class LoopBridge:
         now = time.monotonic()
         with self._held_lock:
             count = SLICE_HANDOFFS if busy else UNHELD_CHUNK
-            overdue = now - MAX_HOLD_SECONDS
+            overdue = now - self.max_hold_seconds
             taken: list[_Held] = []
             while self._held and (len(taken) < count or self._held[0].since <= overdue):
                 taken.append(self._held.popleft())
