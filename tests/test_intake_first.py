@@ -20,6 +20,8 @@ import pytest
 from actors import bridge as bridge_module
 from actors.base import RUN_QUEUE, StampActor, intake_request
 from actors.bridge import HOLD_INTAKE_REQUESTS, SLICE_HANDOFFS, SLICE_SECONDS, LoopBridge, Reply
+from stamp.api.runtime import RUNTIME
+from stamp.db import queries
 from stamp.db.batcher import StatementBatcher
 from tests.stack import certificate_body, running_stack
 
@@ -220,3 +222,13 @@ async def test_certificates_reach_their_terminal_state_while_intake_stays_busy(
         # A lease renewal, held, still comes before half the lease is gone.
         assert bridges[0].max_hold_seconds <= stack.settings.lease_seconds / 6
     assert RUN_QUEUE.intake_requests == 0
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_a_recipient_created_here_is_cached_at_once(database_dsn: str, tmp_path: Path) -> None:
+    """The first certificates of a new recipient (often a burst) need no recipient query."""
+    async with running_stack(database_dsn, tmp_path) as stack:
+        recipient = await stack.create_recipient()
+        cached = stack.app[RUNTIME].recipients.peek(recipient)
+        assert cached is not None
+        assert cached == await queries.get_recipient(stack.pool, recipient)
