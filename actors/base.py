@@ -91,10 +91,16 @@ class _RunQueue:
 RUN_QUEUE = _RunQueue(ACTOR_THREADS)
 
 
+def intake_requests() -> int:
+    """Intake requests being handled now (read from any thread)."""
+    return RUN_QUEUE.intake_requests
+
+
 @contextlib.contextmanager
 def intake_request() -> Iterator[None]:
     """Counts an intake request while it is handled (on the event loop); many at once
-    make the actor threads take turns one at a time (``BUSY_INTAKE_REQUESTS``)."""
+    make the actor threads take turns one at a time (``BUSY_INTAKE_REQUESTS``) and the
+    bridge hold the pipeline's work for the loop (``actors.bridge.HOLD_INTAKE_REQUESTS``)."""
     RUN_QUEUE.intake_requests += 1
     try:
         yield

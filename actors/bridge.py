@@ -7,12 +7,27 @@ actor, the message for a value, the message for a failure). Timers are loop time
 whose expiry is a tell as well. Each crossing between the loop and an actor thread
 costs a wake-up and a GIL hand-over; all of them are counted here
 (``stamp_actor_handoffs_total``).
+
+Intake first: the one event loop answers the HTTP edge and runs the pipeline's I/O.
+While ``HOLD_INTAKE_REQUESTS`` intake requests are being handled, the work actors hand
+to the loop (``run``, ``spawn``, ``write``) is queued here instead and released in
+slices of ``SLICE_HANDOFFS`` every ``SLICE_SECONDS``, oldest first, so the loop spends
+its time answering 202s. The pipeline goes on, more slowly, and catches up when the
+burst is over (then everything held is released at once). Nothing is lost: an accepted
+certificate is in PostgreSQL before its 202, and held work only waits; none waits
+longer than ``max_hold_seconds`` (at most ``MAX_HOLD_SECONDS``, and short enough for
+the lease renewals), so a steady stream of intakes cannot starve it.
+Timers and the crypto pool are not held: a timer only tells its actor, which then
+hands its work here, and the crypto pool runs beside the loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import threading
+import time
+from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -22,11 +37,36 @@ import asyncpg
 import pykka
 import structlog
 
+from actors.base import intake_requests
 from stamp import metrics
 from stamp.db.batcher import StatementBatcher
 
 T = TypeVar("T")
 log = structlog.get_logger(__name__)
+
+HOLD_INTAKE_REQUESTS = 8
+"""Intake requests being handled from which the pipeline's loop work is held. Below
+saturation a request takes a few ms, so at hundreds per second fewer are in flight."""
+SLICE_HANDOFFS = 4
+"""Held hand-offs released per slice while intake is busy."""
+SLICE_SECONDS = 0.02
+"""Time between two slices while intake is busy: with ``SLICE_HANDOFFS``, 200 hand-offs
+a second (a few dozen certificates a second, at about 8 hand-offs each)."""
+MAX_HOLD_SECONDS = 10.0
+"""No hand-off is held longer, whatever the intake: a lease sweep (leases last
+``STAMP_LEASE_SECONDS``, 60 s, and are renewed every third of it) or a registry poll is
+at most this late. Longer than a burst: work released because it is overdue comes out
+all at once, which the slices are there to avoid."""
+UNHELD_CHUNK = 64
+"""Held hand-offs released per loop callback once intake is quiet, so that a long
+queue does not become one long callback either."""
+
+
+@dataclass(slots=True)
+class _Held:
+    since: float
+    start: Callable[[], None]  # runs on the loop
+    closed: Callable[[BaseException], object]  # the answer when the loop is closed
 
 
 def describe(exc: BaseException) -> str:
@@ -94,11 +134,18 @@ class LoopBridge:
         loop: asyncio.AbstractEventLoop,
         executor: concurrent.futures.Executor | None = None,
         batcher: StatementBatcher | None = None,
+        *,
+        max_hold_seconds: float = MAX_HOLD_SECONDS,
     ) -> None:
         self.loop = loop
+        self.max_hold_seconds = max_hold_seconds
         self.executor = executor
         self.batcher = batcher
         self._tasks: set[asyncio.Task[Any]] = set()  # referenced while they run
+        self._held: deque[_Held] = deque()
+        self._held_lock = threading.Lock()
+        self._releasing = False  # a release is scheduled on the loop (or running)
+        self.held_total = 0  # hand-offs that waited in the queue (tests, benchmarks)
 
     def run(self, coro: Coroutine[Any, Any, T], reply: Reply[T]) -> None:
         """Run coro on the loop; its value or failure comes back as ``reply`` says."""
@@ -127,19 +174,89 @@ class LoopBridge:
             task.add_done_callback(self._tasks.discard)
             task.add_done_callback(done)
 
-        try:
-            self.loop.call_soon_threadsafe(start)
-        except RuntimeError as exc:  # the loop is closed (shutting down): the answer is the failure
+        def refused(exc: BaseException) -> None:
             coro.close()
             closed(exc)
+
+        self._hand(start, refused)
+
+    def _hand(self, start: Callable[[], None], closed: Callable[[BaseException], object]) -> None:
+        """Run ``start`` on the loop: now, or held while intake is busy (see the module).
+        Once anything is held, later work queues behind it: the loop sees an actor's
+        hand-offs in the order it made them."""
+        with self._held_lock:
+            hold = bool(self._held) or intake_requests() >= HOLD_INTAKE_REQUESTS
+            if hold:
+                self._held.append(_Held(time.monotonic(), start, closed))
+                self.held_total += 1
+                wake = not self._releasing
+                self._releasing = True
+        if not hold:
+            try:
+                self.loop.call_soon_threadsafe(start)
+            except RuntimeError as exc:  # the loop is closed (shutting down): the answer is the failure
+                closed(exc)
+            return
+        if wake:
+            try:
+                self.loop.call_soon_threadsafe(self._release)
+            except RuntimeError as exc:
+                self._refuse_held(exc)
+
+    def _release(self) -> None:
+        """On the loop: start a slice of the held work (all of it, in chunks, once
+        intake is quiet) and come back for the rest."""
+        busy = intake_requests() >= HOLD_INTAKE_REQUESTS
+        now = time.monotonic()
+        with self._held_lock:
+            count = SLICE_HANDOFFS if busy else UNHELD_CHUNK
+            overdue = now - self.max_hold_seconds
+            taken: list[_Held] = []
+            while self._held and (len(taken) < count or self._held[0].since <= overdue):
+                taken.append(self._held.popleft())
+            again = bool(self._held)
+            self._releasing = again
+        for held in taken:
+            try:
+                held.start()
+            except Exception:  # one bad hand-off must not strand the others
+                log.exception("loop.release_failed")
+        if again:
+            if busy:
+                self.loop.call_later(SLICE_SECONDS, self._release)
+            else:
+                self.loop.call_soon(self._release)
+
+    def _refuse_held(self, exc: BaseException) -> None:
+        """The loop is closed: everything held gets the failure as its answer."""
+        with self._held_lock:
+            held, self._held = list(self._held), deque()
+            self._releasing = False
+        for item in held:
+            item.closed(exc)
+
+    @property
+    def held(self) -> int:
+        """Hand-offs waiting for the loop now."""
+        return len(self._held)
 
     def write(
         self, sql: str, args: Sequence[Any], lock_key: tuple[str, ...], reply: Reply[asyncpg.Record]
     ) -> None:
         """One statement through the group commit; its row comes back as ``reply`` says.
-        (The batcher counts the hand-off to the loop: it only crosses to start a writer.)"""
-        assert self.batcher is not None
-        self.batcher.submit(sql, args, lock_key, reply)
+        (The batcher counts the hand-off to the loop: it only crosses to start a writer.)
+        While intake is busy the statement is held like any other hand-off: the
+        pipeline's commits then do not compete with the intake inserts."""
+        batcher = self.batcher
+        assert batcher is not None
+        if not self._held and intake_requests() < HOLD_INTAKE_REQUESTS:
+            batcher.submit(sql, args, lock_key, reply)
+            return
+        metrics.handed_to_loop()
+        self._hand(
+            partial(batcher.submit, sql, args, lock_key, reply, on_loop=True),
+            lambda exc: tell_quietly(reply.to, reply.outcome(None, exc)),
+        )
 
     def compute(self, fn: Callable[[Any], T], arg: Any, reply: Reply[T]) -> None:
         """Run a CPU-heavy pure function in the executor (process pool). Submitted from

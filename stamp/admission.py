@@ -32,6 +32,14 @@ class RecipientCache:
         under the GIL); None when it is not cached."""
         return self._entries.get(recipient_id)
 
+    def remember(self, recipient: Recipient) -> None:
+        """Cache a recipient just stored here (on the loop): its first certificates,
+        often a burst of them, need no query to find it."""
+        self._entries[recipient.id] = recipient
+        self._entries.move_to_end(recipient.id)
+        if len(self._entries) > self._size:
+            self._entries.popitem(last=False)
+
     def forget(self, recipient_id: str) -> None:
         """Drop a recipient that changed (a moved endpoint); read again when next asked."""
         self._entries.pop(recipient_id, None)

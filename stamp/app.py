@@ -26,7 +26,7 @@ import structlog
 from aiohttp import web
 from aiohttp.web_urldispatcher import AbstractResource
 
-from actors.bridge import LoopBridge, tell_from_loop
+from actors.bridge import MAX_HOLD_SECONDS, LoopBridge, tell_from_loop
 from actors.deps import ActorDeps
 from actors.messages import Drain
 from actors.registry_gateway import RegistryGateway
@@ -191,7 +191,10 @@ async def actors_ctx(app: web.Application) -> AsyncIterator[None]:
     # The intake insert is the one statement a client waits for (its 202): several
     # of its batches may be written at once (docs/benchmarks.md, "Actors on shared threads").
     batcher = StatementBatcher(pool, loop, writers={queries.INSERT_CERTIFICATE: INTAKE_WRITERS})
-    bridge = LoopBridge(loop, app[EXECUTOR], batcher)
+    # A renewal of the leases (every third of STAMP_LEASE_SECONDS) held at most a sixth
+    # more: renewed before half the lease is gone, whatever the intake.
+    max_hold = min(MAX_HOLD_SECONDS, settings.lease_seconds / 6)
+    bridge = LoopBridge(loop, app[EXECUTOR], batcher, max_hold_seconds=max_hold)
     registry_gateway = RegistryGateway.start(app[REGISTRY_CLIENT], bridge, settings)
     wallet_gateway = WalletGateway.start(app[WALLET_CLIENT], bridge, settings)
     recipients = RecipientCache(pool)

@@ -79,6 +79,7 @@ async def create_recipient(request: web.Request) -> web.Response:
         str(uuid.uuid4()), new.wallet_endpoint_version, new.wallet_endpoint_url, new.wallet_public_key
     )
     await queries.insert_recipient(runtime.pool, recipient)
+    runtime.recipients.remember(recipient)
     location = f"{runtime.settings.path_base}/v1/recipients/{recipient.id}"
     return json_response({"id": recipient.id}, status=201, headers={"Location": location})
 
