@@ -232,3 +232,37 @@ async def test_a_recipient_created_here_is_cached_at_once(database_dsn: str, tmp
         cached = stack.app[RUNTIME].recipients.peek(recipient)
         assert cached is not None
         assert cached == await queries.get_recipient(stack.pool, recipient)
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_clients_that_send_their_bodies_slowly_do_not_count_as_intake(
+    database_dsn: str, tmp_path: Path
+) -> None:
+    """An intake counts once its body is in hand: a few connections that send headers
+    and then trickle (or withhold) the body must not hold the pipeline back."""
+    async with running_stack(database_dsn, tmp_path) as stack:
+        recipient = await stack.create_recipient()
+        host, port = stack.base.removeprefix("http://").split("/")[0].split(":")
+        writers = []
+        try:
+            for _ in range(HOLD_INTAKE_REQUESTS + 2):
+                _, writer = await asyncio.open_connection(host, int(port))
+                writer.write(
+                    b"POST /v1/certificates HTTP/1.1\r\nHost: stamp\r\n"
+                    b"Content-Type: application/json\r\nContent-Length: 4000\r\n\r\n{"
+                )
+                await writer.drain()
+                writers.append(writer)
+            await asyncio.sleep(0.3)  # each handler has started and waits for its body
+            assert RUN_QUEUE.intake_requests == 0
+            # The pipeline is not held meanwhile: a certificate goes all the way.
+            body = certificate_body(recipient)
+            status, answer = await stack.post_certificate(body)
+            assert status == 202, answer
+            key = (body["registryName"], body["certificate"]["id"])
+            states = await stack.wait_terminal([key], timeout=30)
+            assert states == {key[1]: "delivered"}
+        finally:
+            for writer in writers:
+                writer.close()
+    assert RUN_QUEUE.intake_requests == 0

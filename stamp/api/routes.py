@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import uuid
+from typing import Any
 
 import asyncpg
 import structlog
@@ -141,17 +142,20 @@ def _b64(data: bytes) -> str:
 
 @routes.post("/v1/certificates")
 async def create_certificate(request: web.Request) -> web.Response:
-    # Counted while handled: a burst of them makes the actors yield the GIL to the loop.
-    with intake_request():
-        return await _create_certificate(request)
-
-
-async def _create_certificate(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
-    settings = runtime.settings
     if runtime.draining:
         raise problems.Unavailable("Stamp is shutting down", retry_after=5)
-    body = await read_json_body(request, settings.max_body_bytes)
+    body = await read_json_body(request, runtime.settings.max_body_bytes)
+    # Counted only once its body is in hand: a burst of them makes the actors yield to
+    # the loop and holds the pipeline's loop work back, which a handful of clients that
+    # send their bodies slowly must not be able to switch on.
+    with intake_request():
+        return await _create_certificate(request, body)
+
+
+async def _create_certificate(request: web.Request, body: dict[str, Any]) -> web.Response:
+    runtime = request.app[RUNTIME]
+    settings = runtime.settings
     new = parse_new_certificate(
         body,
         registries=settings.registries.keys(),
