@@ -62,6 +62,10 @@ UNHELD_CHUNK = 64
 queue does not become one long callback either."""
 
 
+def _intake_busy() -> bool:
+    return intake_requests() >= HOLD_INTAKE_REQUESTS
+
+
 @dataclass(slots=True)
 class _Held:
     since: float
@@ -185,7 +189,7 @@ class LoopBridge:
         Once anything is held, later work queues behind it: the loop sees an actor's
         hand-offs in the order it made them."""
         with self._held_lock:
-            hold = bool(self._held) or intake_requests() >= HOLD_INTAKE_REQUESTS
+            hold = bool(self._held) or _intake_busy()
             if hold:
                 self._held.append(_Held(time.monotonic(), start, closed))
                 self.held_total += 1
@@ -206,7 +210,7 @@ class LoopBridge:
     def _release(self) -> None:
         """On the loop: start a slice of the held work (all of it, in chunks, once
         intake is quiet) and come back for the rest."""
-        busy = intake_requests() >= HOLD_INTAKE_REQUESTS
+        busy = _intake_busy()
         now = time.monotonic()
         with self._held_lock:
             count = SLICE_HANDOFFS if busy else UNHELD_CHUNK
@@ -249,7 +253,7 @@ class LoopBridge:
         pipeline's commits then do not compete with the intake inserts."""
         batcher = self.batcher
         assert batcher is not None
-        if not self._held and intake_requests() < HOLD_INTAKE_REQUESTS:
+        if not self._held and not _intake_busy():
             batcher.submit(sql, args, lock_key, reply)
             return
         metrics.handed_to_loop()

@@ -24,6 +24,7 @@ from stamp.api.runtime import RUNTIME
 from stamp.db import queries
 from stamp.db.batcher import StatementBatcher
 from tests.stack import certificate_body, running_stack
+from tests.waiting import wait_until
 
 HANDOFFS = 40
 
@@ -39,6 +40,17 @@ class Collector(StampActor):
         with self.lock:
             self.got.append(message)
         return None
+
+
+@contextlib.contextmanager
+def collector() -> Iterator[tuple[list[object], Any]]:
+    """A started Collector actor and the messages it has been told; stopped after."""
+    got: list[object] = []
+    ref = Collector.start(got, threading.Lock())
+    try:
+        yield got, ref
+    finally:
+        ref.stop()
 
 
 @contextlib.contextmanager
@@ -82,10 +94,8 @@ def _hand_over(bridge: LoopBridge, started: list[int], to: Any) -> None:
 
 
 def test_held_while_intake_is_busy_then_released_in_order() -> None:
-    got: list[object] = []
-    ref = Collector.start(got, threading.Lock())
-    started: list[int] = []
-    try:
+    with collector() as (got, ref):
+        started: list[int] = []
         with loop_in_thread() as loop:
             bridge = LoopBridge(loop)
             with intake_busy():
@@ -101,16 +111,12 @@ def test_held_while_intake_is_busy_then_released_in_order() -> None:
             assert sorted(got) == list(range(HANDOFFS))  # type: ignore[type-var]
             assert bridge.held == 0
             assert bridge.held_total >= HANDOFFS - SLICE_HANDOFFS
-    finally:
-        ref.stop()
     assert RUN_QUEUE.intake_requests == 0
 
 
 def test_quiet_intake_holds_nothing() -> None:
-    got: list[object] = []
-    ref = Collector.start(got, threading.Lock())
-    started: list[int] = []
-    try:
+    with collector() as (got, ref):
+        started: list[int] = []
         with loop_in_thread() as loop:
             bridge = LoopBridge(loop)
             with contextlib.ExitStack() as stack:  # a few requests: below the threshold
@@ -119,17 +125,13 @@ def test_quiet_intake_holds_nothing() -> None:
                 _hand_over(bridge, started, ref)
                 _wait_for(lambda: len(got) == HANDOFFS, 5)
             assert bridge.held_total == 0
-    finally:
-        ref.stop()
 
 
 def test_nothing_is_held_longer_than_the_maximum(monkeypatch: pytest.MonkeyPatch) -> None:
     # No slices at all: only the age limit lets held work through, while intake stays busy.
     monkeypatch.setattr(bridge_module, "SLICE_HANDOFFS", 0)
-    got: list[object] = []
-    ref = Collector.start(got, threading.Lock())
-    started: list[int] = []
-    try:
+    with collector() as (got, ref):
+        started: list[int] = []
         with loop_in_thread() as loop:
             bridge = LoopBridge(loop, max_hold_seconds=0.3)
             with intake_busy():
@@ -140,14 +142,10 @@ def test_nothing_is_held_longer_than_the_maximum(monkeypatch: pytest.MonkeyPatch
                 _wait_for(lambda: len(got) == HANDOFFS, 5)
                 assert time.monotonic() - handed >= 0.3
                 assert started == list(range(HANDOFFS))
-    finally:
-        ref.stop()
 
 
 def test_a_closed_loop_answers_held_work_with_the_failure() -> None:
-    got: list[object] = []
-    ref = Collector.start(got, threading.Lock())
-    try:
+    with collector() as (got, ref):
         loop = asyncio.new_event_loop()
         loop.close()
         bridge = LoopBridge(loop)
@@ -156,8 +154,6 @@ def test_a_closed_loop_answers_held_work_with_the_failure() -> None:
         _wait_for(lambda: len(got) == HANDOFFS, 5)
         assert all(isinstance(m, str) and "closed" in m for m in got)
         assert bridge.held == 0
-    finally:
-        ref.stop()
 
 
 @pytest.mark.asyncio(loop_scope="session")
@@ -167,10 +163,8 @@ async def test_pipeline_commits_are_held_while_intake_is_busy(db_pool: asyncpg.P
     loop = asyncio.get_running_loop()
     batcher = StatementBatcher(db_pool, loop)
     bridge = LoopBridge(loop, batcher=batcher)
-    got: list[object] = []
-    ref = Collector.start(got, threading.Lock())
-    sql = "SELECT $1::int AS n"
-    try:
+    with collector() as (got, ref):
+        sql = "SELECT $1::int AS n"
         with intake_busy():
             # From an actor's thread, as actors write; the first slice may take some.
             writes = [
@@ -184,14 +178,9 @@ async def test_pipeline_commits_are_held_while_intake_is_busy(db_pool: asyncpg.P
                 w.join()
             await asyncio.sleep(SLICE_SECONDS / 2)
             assert batcher.statements < HANDOFFS
-        for _ in range(200):
-            if len(got) == HANDOFFS:
-                break
-            await asyncio.sleep(0.01)
+        await wait_until(lambda: len(got) == HANDOFFS, timeout=2, what="every write answered")
         assert sorted(got) == list(range(HANDOFFS))  # type: ignore[type-var]
         assert batcher.statements == HANDOFFS
-    finally:
-        ref.stop()
 
 
 @pytest.mark.asyncio(loop_scope="session")
