@@ -1,12 +1,14 @@
-"""The bridge between Pykka actor threads and the asyncio event loop.
+"""The bridge between Pykka actors and the asyncio event loop's coroutines.
 
 Actors hand work to the loop and get the outcome back as a message (a tell), so no
-actor thread waits on I/O and no coroutine waits on a Pykka future. Every such
+actor turn waits on I/O and no coroutine waits on a Pykka future. Every such
 request says once where the answer goes and what it looks like: a ``Reply`` (the
 actor, the message for a value, the message for a failure). Timers are loop timers
-whose expiry is a tell as well. Each crossing between the loop and an actor thread
-costs a wake-up and a GIL hand-over; all of them are counted here
-(``stamp_actor_handoffs_total``).
+whose expiry is a tell as well. All hand-offs are counted here
+(``stamp_actor_handoffs_total``). Stamp's actors take their turns on this loop
+(actors/base.py), so a hand-off made in a turn is a plain call on the loop's thread
+(the task or timer is started at once); from any other thread (an actor on another
+loop, a test) it crosses with ``call_soon_threadsafe``.
 
 Intake first: the one event loop answers the HTTP edge and runs the pipeline's I/O.
 While ``HOLD_INTAKE_REQUESTS`` intake requests are being handled, the work actors hand
@@ -89,7 +91,8 @@ def tell_quietly(ref: pykka.ActorRef[Any], message: object) -> bool:
 
 
 def tell_from_loop(ref: pykka.ActorRef[Any], message: object) -> bool:
-    """A tell from the event loop to an actor thread: one counted hand-off."""
+    """A tell from the event loop's coroutines to an actor: one counted hand-off (a
+    ``call_soon`` of the actor's turn when it runs on this loop)."""
     metrics.handed_to_actor()
     return tell_quietly(ref, message)
 
@@ -151,6 +154,10 @@ class LoopBridge:
         self._releasing = False  # a release is scheduled on the loop (or running)
         self.held_total = 0  # hand-offs that waited in the queue (tests, benchmarks)
 
+    def on_loop(self) -> bool:
+        """Whether the caller runs on the loop's thread (an actor's turn does)."""
+        return asyncio._get_running_loop() is self.loop
+
     def run(self, coro: Coroutine[Any, Any, T], reply: Reply[T]) -> None:
         """Run coro on the loop; its value or failure comes back as ``reply`` says."""
         metrics.handed_to_loop()
@@ -195,13 +202,20 @@ class LoopBridge:
                 self.held_total += 1
                 wake = not self._releasing
                 self._releasing = True
+        on_loop = self.on_loop()
         if not hold:
+            if on_loop:
+                start()  # in a turn: the task starts now, no loop wake-up needed
+                return
             try:
                 self.loop.call_soon_threadsafe(start)
             except RuntimeError as exc:  # the loop is closed (shutting down): the answer is the failure
                 closed(exc)
             return
         if wake:
+            if on_loop:
+                self.loop.call_soon(self._release)
+                return
             try:
                 self.loop.call_soon_threadsafe(self._release)
             except RuntimeError as exc:
@@ -254,7 +268,7 @@ class LoopBridge:
         batcher = self.batcher
         assert batcher is not None
         if not self._held and not _intake_busy():
-            batcher.submit(sql, args, lock_key, reply)
+            batcher.submit(sql, args, lock_key, reply, on_loop=self.on_loop())
             return
         metrics.handed_to_loop()
         self._hand(
@@ -263,8 +277,9 @@ class LoopBridge:
         )
 
     def compute(self, fn: Callable[[Any], T], arg: Any, reply: Reply[T]) -> None:
-        """Run a CPU-heavy pure function in the executor (process pool). Submitted from
-        the actor's thread and answered from the executor's: the loop is not involved."""
+        """Run a CPU-heavy pure function in the executor (process pool). Submitted in the
+        actor's turn and answered from the executor's thread: a tell, which queues the
+        actor's next turn on its loop thread-safely (actors/base.py)."""
         assert self.executor is not None
         try:
             future = self.executor.submit(fn, arg)
@@ -288,8 +303,11 @@ class LoopBridge:
         def arm() -> None:
             self.loop.call_later(delay, tell_from_loop, ref, message)
 
+        metrics.handed_to_loop()
+        if self.on_loop():
+            arm()
+            return
         try:
-            metrics.handed_to_loop()
             self.loop.call_soon_threadsafe(arm)
         except RuntimeError:  # loop closed during shutdown: nothing left to wake
             log.debug("timer.dropped", reason="event loop closed")
