@@ -10,6 +10,13 @@ from another thread); the turn handles up to ``TURN_MESSAGES`` messages and queu
 again behind everything else on the loop if more are waiting, so a busy actor cannot
 starve the other actors nor the loop's own work (HTTP requests, I/O).
 
+Intake first: the loop also answers the HTTP intake. While ``HOLD_INTAKE_REQUESTS`` or
+more intake requests are being handled (the rule by which actors/bridge.py holds the
+actors' hand-offs), turns are held too: a turn that comes due waits in its loop's queue
+(``_Turns``) and the queue gives ``SLICE_TURNS`` turns every ``SLICE_SECONDS``, oldest
+first; once intake is quiet, everything held runs at once (in chunks). Messages only
+wait in their mailboxes meanwhile; the pipeline goes on, more slowly.
+
 Which loop: the one given when the actor is built (``StampActor(loop)``). Stamp's actors
 get the loop of their process's ``LoopBridge``, the one loop that also runs their I/O:
 an actor's hand-off to the loop is then a plain call, and the answer a ``call_soon``
@@ -35,6 +42,7 @@ import contextvars
 import logging
 import sys
 import threading
+import weakref
 from collections import deque
 from collections.abc import Iterator
 from typing import Any
@@ -46,6 +54,17 @@ from pykka.messages import _ActorStop
 
 TURN_MESSAGES = 32
 """Messages an actor handles per turn before it queues again behind the others."""
+HOLD_INTAKE_REQUESTS = 8
+"""Intake requests being handled from which actor turns (and the bridge's hand-offs to
+the loop) are held. Below saturation a request takes a few ms, so at hundreds per
+second fewer are in flight."""
+SLICE_TURNS = 8
+"""Held turns given per slice while intake is busy."""
+SLICE_SECONDS = 0.02
+"""Time between two slices of held turns while intake is busy."""
+QUIET_CHUNK = 64
+"""Held turns given per loop callback once intake is quiet, so that a long queue does
+not become one long callback."""
 
 logger = logging.getLogger("pykka")
 
@@ -58,11 +77,15 @@ def intake_requests() -> int:
     return _intake_requests
 
 
+def intake_busy() -> bool:
+    """Whether so many intake requests are being handled that the pipeline yields."""
+    return _intake_requests >= HOLD_INTAKE_REQUESTS
+
+
 @contextlib.contextmanager
 def intake_request() -> Iterator[None]:
     """Counts an intake request while it is handled (on the event loop); many at once
-    make the bridge hold the pipeline's work for the loop
-    (``actors.bridge.HOLD_INTAKE_REQUESTS``)."""
+    make the actors' turns and the bridge's hand-offs wait (``HOLD_INTAKE_REQUESTS``)."""
     global _intake_requests
     _intake_requests += 1
     try:
@@ -92,6 +115,65 @@ class _OwnLoop:
 OWN_LOOP = _OwnLoop()
 
 
+class _Turns:
+    """The turns held on one loop while intake is busy (see the module); used on that
+    loop's thread only."""
+
+    __slots__ = ("_loop", "held", "held_total", "releasing")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        # Weakly: the loop is the key of ``_TURNS``, which must not keep it alive.
+        self._loop = weakref.ref(loop)
+        self.held: deque[StampActor] = deque()
+        self.releasing = False
+        self.held_total = 0  # turns that waited in the queue (tests, benchmarks)
+
+    def hold(self, actor: StampActor) -> None:
+        self.held.append(actor)
+        self.held_total += 1
+        if not self.releasing:
+            self.releasing = True
+            self.loop().call_soon(self._release)
+
+    def _release(self) -> None:
+        """Give a slice of the held turns (a chunk once intake is quiet), oldest first,
+        and come back for the rest. A turn that ends with messages left queues again
+        behind the held ones (``StampActor._turn``)."""
+        busy = intake_busy()
+        for _ in range(min(SLICE_TURNS if busy else QUIET_CHUNK, len(self.held))):
+            actor = self.held.popleft()
+            actor.turn_context.run(actor._take_turn)
+        if not self.held:
+            self.releasing = False
+        elif busy:
+            self.loop().call_later(SLICE_SECONDS, self._release)
+        else:
+            self.loop().call_soon(self._release)
+
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The loop (alive: the holder runs on it)."""
+        loop = self._loop()
+        assert loop is not None
+        return loop
+
+
+_TURNS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Turns] = weakref.WeakKeyDictionary()
+_TURNS_LOCK = threading.Lock()
+
+
+def _turns_of(loop: asyncio.AbstractEventLoop) -> _Turns:
+    with _TURNS_LOCK:
+        turns = _TURNS.get(loop)
+        if turns is None:
+            turns = _TURNS[loop] = _Turns(loop)
+        return turns
+
+
+def held_turns(loop: asyncio.AbstractEventLoop) -> int:
+    """Turns waiting on ``loop`` because intake is busy, now."""
+    return len(_turns_of(loop).held)
+
+
 def _schedule(actor: StampActor) -> None:
     """Queue one turn of ``actor`` on its loop, in the actor's own context."""
     loop = actor.turn_loop
@@ -107,6 +189,7 @@ def _schedule(actor: StampActor) -> None:
         # run on the module's own loop, so asks and stops from elsewhere are still
         # answered; its hand-offs to the closed loop fail as their answers.
         actor.turn_loop = OWN_LOOP.get()
+        actor.turns = _turns_of(actor.turn_loop)
         actor.turn_loop.call_soon_threadsafe(actor._turn, context=actor.turn_context)
 
 
@@ -203,6 +286,7 @@ class StampActor(pykka.Actor):
         self.actor_inbox.bind(self)
         self._setup_done = False
         self.turn_loop = loop if loop is not None else OWN_LOOP.get()
+        self.turns = _turns_of(self.turn_loop)
         # Each actor's turns run in a context of its own, as on a thread of its own:
         # what a turn sets in a context variable (the current trace span) stays the
         # actor's between its messages and never shows in another actor's turn.
@@ -222,7 +306,15 @@ class StampActor(pykka.Actor):
         self.actor_inbox.start()
 
     def _turn(self) -> None:
-        """One turn, on the actor's loop and in its context (``_schedule``)."""
+        """A turn comes due, on the actor's loop and in its context (``_schedule``): it
+        runs now, or waits behind the held ones while intake is busy."""
+        turns = self.turns
+        if turns.held or intake_busy():
+            turns.hold(self)
+            return
+        self._take_turn()
+
+    def _take_turn(self) -> None:
         mailbox = self.actor_inbox
         assert isinstance(mailbox, _Mailbox)
         if not self._setup_done:

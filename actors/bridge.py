@@ -20,7 +20,8 @@ certificate is in PostgreSQL before its 202, and held work only waits; none wait
 longer than ``max_hold_seconds`` (at most ``MAX_HOLD_SECONDS``, and short enough for
 the lease renewals), so a steady stream of intakes cannot starve it.
 Timers and the crypto pool are not held: a timer only tells its actor, which then
-hands its work here, and the crypto pool runs beside the loop.
+hands its work here, and the crypto pool runs beside the loop. The actors' turns
+themselves are held by the same rule (``actors.base.HOLD_INTAKE_REQUESTS``).
 """
 
 from __future__ import annotations
@@ -39,16 +40,14 @@ import asyncpg
 import pykka
 import structlog
 
-from actors.base import intake_requests
+from actors.base import HOLD_INTAKE_REQUESTS as HOLD_INTAKE_REQUESTS
+from actors.base import intake_busy
 from stamp import metrics
 from stamp.db.batcher import StatementBatcher
 
 T = TypeVar("T")
 log = structlog.get_logger(__name__)
 
-HOLD_INTAKE_REQUESTS = 8
-"""Intake requests being handled from which the pipeline's loop work is held. Below
-saturation a request takes a few ms, so at hundreds per second fewer are in flight."""
 SLICE_HANDOFFS = 4
 """Held hand-offs released per slice while intake is busy."""
 SLICE_SECONDS = 0.02
@@ -62,10 +61,6 @@ all at once, which the slices are there to avoid."""
 UNHELD_CHUNK = 64
 """Held hand-offs released per loop callback once intake is quiet, so that a long
 queue does not become one long callback either."""
-
-
-def _intake_busy() -> bool:
-    return intake_requests() >= HOLD_INTAKE_REQUESTS
 
 
 @dataclass(slots=True)
@@ -196,7 +191,7 @@ class LoopBridge:
         Once anything is held, later work queues behind it: the loop sees an actor's
         hand-offs in the order it made them."""
         with self._held_lock:
-            hold = bool(self._held) or _intake_busy()
+            hold = bool(self._held) or intake_busy()
             if hold:
                 self._held.append(_Held(time.monotonic(), start, closed))
                 self.held_total += 1
@@ -224,7 +219,7 @@ class LoopBridge:
     def _release(self) -> None:
         """On the loop: start a slice of the held work (all of it, in chunks, once
         intake is quiet) and come back for the rest."""
-        busy = _intake_busy()
+        busy = intake_busy()
         now = time.monotonic()
         with self._held_lock:
             count = SLICE_HANDOFFS if busy else UNHELD_CHUNK
@@ -267,7 +262,7 @@ class LoopBridge:
         pipeline's commits then do not compete with the intake inserts."""
         batcher = self.batcher
         assert batcher is not None
-        if not self._held and not _intake_busy():
+        if not self._held and not intake_busy():
             batcher.submit(sql, args, lock_key, reply, on_loop=self.on_loop())
             return
         metrics.handed_to_loop()

@@ -17,7 +17,16 @@ from typing import Any
 import pykka
 import pytest
 
-from actors.base import OWN_LOOP, TURN_MESSAGES, StampActor
+from actors import base
+from actors.base import (
+    HOLD_INTAKE_REQUESTS,
+    OWN_LOOP,
+    TURN_MESSAGES,
+    StampActor,
+    held_turns,
+    intake_request,
+    intake_requests,
+)
 from tests.stack import certificate_body, running_stack
 
 CERTIFICATES = 10
@@ -240,6 +249,34 @@ def test_a_busy_actor_takes_turns_with_the_other_actors_and_the_loop() -> None:
     assert log.index("other") == TURN_MESSAGES
     assert log.index("loop") == TURN_MESSAGES + 1
     assert log.count("busy") == flood
+
+
+def test_turns_wait_while_intake_is_busy_then_all_run_in_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    # No slices: only a quiet intake lets held turns run.
+    monkeypatch.setattr(base, "SLICE_TURNS", 0)
+    log: list[str] = []
+    with loop_in_thread() as (loop, _):
+        refs = [Recorder.start(f"actor-{i}", log, loop) for i in range(40)]
+        for ref in refs:
+            assert ref.ask("ping", timeout=5)
+        with contextlib.ExitStack() as busy:
+            for _ in range(HOLD_INTAKE_REQUESTS):
+                busy.enter_context(intake_request())
+            for ref in refs:
+                for _ in range(3):
+                    ref.tell(None)
+            time.sleep(0.2)
+            assert log == []  # on a free loop all 120 are handled within a few ms
+            assert held_turns(loop) == len(refs)
+        deadline = time.monotonic() + 10
+        while len(log) < 3 * len(refs):
+            assert time.monotonic() < deadline, log
+            time.sleep(0.01)
+        assert log == [f"actor-{i}" for i in range(40) for _ in range(3)]  # in the order they came due
+        assert held_turns(loop) == 0
+        for ref in refs:
+            ref.stop()
+    assert intake_requests() == 0
 
 
 def test_waiting_for_an_actor_on_its_own_loop_raises_instead_of_hanging() -> None:
