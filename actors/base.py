@@ -119,18 +119,16 @@ class _Turns:
     """The turns held on one loop while intake is busy (see the module); used on that
     loop's thread only."""
 
-    __slots__ = ("_loop", "held", "held_total", "releasing")
+    __slots__ = ("_loop", "held", "releasing")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         # Weakly: the loop is the key of ``_TURNS``, which must not keep it alive.
         self._loop = weakref.ref(loop)
         self.held: deque[StampActor] = deque()
         self.releasing = False
-        self.held_total = 0  # turns that waited in the queue (tests, benchmarks)
 
     def hold(self, actor: StampActor) -> None:
         self.held.append(actor)
-        self.held_total += 1
         if not self.releasing:
             self.releasing = True
             self.loop().call_soon(self._release)
@@ -142,7 +140,10 @@ class _Turns:
         busy = intake_busy()
         for _ in range(min(SLICE_TURNS if busy else QUIET_CHUNK, len(self.held))):
             actor = self.held.popleft()
-            actor.turn_context.run(actor._take_turn)
+            try:
+                actor.turn_context.run(actor._take_turn)
+            except Exception:  # a turn handles its own failures; nothing may strand the rest
+                logger.exception(f"Turn of {actor} failed")
         if not self.held:
             self.releasing = False
         elif busy:
