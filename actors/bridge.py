@@ -1,12 +1,14 @@
-"""The bridge between Pykka actor threads and the asyncio event loop.
+"""The bridge between Pykka actors and the asyncio event loop's coroutines.
 
 Actors hand work to the loop and get the outcome back as a message (a tell), so no
-actor thread waits on I/O and no coroutine waits on a Pykka future. Every such
+actor turn waits on I/O and no coroutine waits on a Pykka future. Every such
 request says once where the answer goes and what it looks like: a ``Reply`` (the
 actor, the message for a value, the message for a failure). Timers are loop timers
-whose expiry is a tell as well. Each crossing between the loop and an actor thread
-costs a wake-up and a GIL hand-over; all of them are counted here
-(``stamp_actor_handoffs_total``).
+whose expiry is a tell as well. All hand-offs are counted here
+(``stamp_actor_handoffs_total``). Stamp's actors take their turns on this loop
+(actors/base.py), so a hand-off made in a turn is a plain call on the loop's thread
+(the task or timer is started at once); from any other thread (an actor on another
+loop, a test) it crosses with ``call_soon_threadsafe``.
 
 Intake first: the one event loop answers the HTTP edge and runs the pipeline's I/O.
 While ``HOLD_INTAKE_REQUESTS`` intake requests are being handled, the work actors hand
@@ -18,7 +20,8 @@ certificate is in PostgreSQL before its 202, and held work only waits; none wait
 longer than ``max_hold_seconds`` (at most ``MAX_HOLD_SECONDS``, and short enough for
 the lease renewals), so a steady stream of intakes cannot starve it.
 Timers and the crypto pool are not held: a timer only tells its actor, which then
-hands its work here, and the crypto pool runs beside the loop.
+hands its work here, and the crypto pool runs beside the loop. The actors' turns
+themselves are held by the same rule (``actors.base.HOLD_INTAKE_REQUESTS``).
 """
 
 from __future__ import annotations
@@ -37,16 +40,14 @@ import asyncpg
 import pykka
 import structlog
 
-from actors.base import intake_requests
+from actors.base import HOLD_INTAKE_REQUESTS as HOLD_INTAKE_REQUESTS
+from actors.base import intake_busy
 from stamp import metrics
 from stamp.db.batcher import StatementBatcher
 
 T = TypeVar("T")
 log = structlog.get_logger(__name__)
 
-HOLD_INTAKE_REQUESTS = 8
-"""Intake requests being handled from which the pipeline's loop work is held. Below
-saturation a request takes a few ms, so at hundreds per second fewer are in flight."""
 SLICE_HANDOFFS = 4
 """Held hand-offs released per slice while intake is busy."""
 SLICE_SECONDS = 0.02
@@ -60,10 +61,6 @@ all at once, which the slices are there to avoid."""
 UNHELD_CHUNK = 64
 """Held hand-offs released per loop callback once intake is quiet, so that a long
 queue does not become one long callback either."""
-
-
-def _intake_busy() -> bool:
-    return intake_requests() >= HOLD_INTAKE_REQUESTS
 
 
 @dataclass(slots=True)
@@ -89,7 +86,8 @@ def tell_quietly(ref: pykka.ActorRef[Any], message: object) -> bool:
 
 
 def tell_from_loop(ref: pykka.ActorRef[Any], message: object) -> bool:
-    """A tell from the event loop to an actor thread: one counted hand-off."""
+    """A tell from the event loop's coroutines to an actor: one counted hand-off (a
+    ``call_soon`` of the actor's turn when it runs on this loop)."""
     metrics.handed_to_actor()
     return tell_quietly(ref, message)
 
@@ -151,6 +149,10 @@ class LoopBridge:
         self._releasing = False  # a release is scheduled on the loop (or running)
         self.held_total = 0  # hand-offs that waited in the queue (tests, benchmarks)
 
+    def on_loop(self) -> bool:
+        """Whether the caller runs on the loop's thread (an actor's turn does)."""
+        return asyncio._get_running_loop() is self.loop
+
     def run(self, coro: Coroutine[Any, Any, T], reply: Reply[T]) -> None:
         """Run coro on the loop; its value or failure comes back as ``reply`` says."""
         metrics.handed_to_loop()
@@ -189,19 +191,26 @@ class LoopBridge:
         Once anything is held, later work queues behind it: the loop sees an actor's
         hand-offs in the order it made them."""
         with self._held_lock:
-            hold = bool(self._held) or _intake_busy()
+            hold = bool(self._held) or intake_busy()
             if hold:
                 self._held.append(_Held(time.monotonic(), start, closed))
                 self.held_total += 1
                 wake = not self._releasing
                 self._releasing = True
+        on_loop = self.on_loop()
         if not hold:
+            if on_loop:
+                start()  # in a turn: the task starts now, no loop wake-up needed
+                return
             try:
                 self.loop.call_soon_threadsafe(start)
             except RuntimeError as exc:  # the loop is closed (shutting down): the answer is the failure
                 closed(exc)
             return
         if wake:
+            if on_loop:
+                self.loop.call_soon(self._release)
+                return
             try:
                 self.loop.call_soon_threadsafe(self._release)
             except RuntimeError as exc:
@@ -210,7 +219,7 @@ class LoopBridge:
     def _release(self) -> None:
         """On the loop: start a slice of the held work (all of it, in chunks, once
         intake is quiet) and come back for the rest."""
-        busy = _intake_busy()
+        busy = intake_busy()
         now = time.monotonic()
         with self._held_lock:
             count = SLICE_HANDOFFS if busy else UNHELD_CHUNK
@@ -253,8 +262,8 @@ class LoopBridge:
         pipeline's commits then do not compete with the intake inserts."""
         batcher = self.batcher
         assert batcher is not None
-        if not self._held and not _intake_busy():
-            batcher.submit(sql, args, lock_key, reply)
+        if not self._held and not intake_busy():
+            batcher.submit(sql, args, lock_key, reply, on_loop=self.on_loop())
             return
         metrics.handed_to_loop()
         self._hand(
@@ -263,8 +272,9 @@ class LoopBridge:
         )
 
     def compute(self, fn: Callable[[Any], T], arg: Any, reply: Reply[T]) -> None:
-        """Run a CPU-heavy pure function in the executor (process pool). Submitted from
-        the actor's thread and answered from the executor's: the loop is not involved."""
+        """Run a CPU-heavy pure function in the executor (process pool). Submitted in the
+        actor's turn and answered from the executor's thread: a tell, which queues the
+        actor's next turn on its loop thread-safely (actors/base.py)."""
         assert self.executor is not None
         try:
             future = self.executor.submit(fn, arg)
@@ -288,8 +298,11 @@ class LoopBridge:
         def arm() -> None:
             self.loop.call_later(delay, tell_from_loop, ref, message)
 
+        metrics.handed_to_loop()
+        if self.on_loop():
+            arm()
+            return
         try:
-            metrics.handed_to_loop()
             self.loop.call_soon_threadsafe(arm)
         except RuntimeError:  # loop closed during shutdown: nothing left to wake
             log.debug("timer.dropped", reason="event loop closed")

@@ -103,7 +103,7 @@ class CertificateActor(StampActor):
         recipients: RecipientDirectory,
         rules: lc.Rules | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(deps.bridge.loop)
         self.journey = lc.Journey.resume(record)
         self.deps = deps
         self.supervisor = supervisor

@@ -47,7 +47,7 @@ def _allocated(batch: tuple[AllocatePosition, ...], row: object) -> PositionsAll
 
 class RecipientActor(StampActor):
     def __init__(self, recipient_id: str, deps: ActorDeps) -> None:
-        super().__init__()
+        super().__init__(deps.bridge.loop)
         self.recipient_id = recipient_id
         self.deps = deps
         self.pending: list[AllocatePosition] = []

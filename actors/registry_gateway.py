@@ -155,7 +155,7 @@ def _settled_by_stream(message: str) -> bool:
 
 class RegistryGateway(StampActor):
     def __init__(self, client: RegistryClient, bridge: LoopBridge, settings: Settings) -> None:
-        super().__init__()
+        super().__init__(bridge.loop)
         self.client = client
         self.bridge = bridge
         self.settings = settings

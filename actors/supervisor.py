@@ -84,7 +84,7 @@ async def _sweep_leases(deps: ActorDeps, renew: bool, withdrawing: bool, claim: 
 
 class Supervisor(StampActor):
     def __init__(self, deps: ActorDeps, withdrawal_actor: Ref | None = None) -> None:
-        super().__init__()
+        super().__init__(deps.bridge.loop)
         self.deps = deps
         self.withdrawal_actor = withdrawal_actor
         self.settings = deps.settings

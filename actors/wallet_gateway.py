@@ -29,7 +29,7 @@ def _identity(answer: WalletAnswered) -> WalletAnswered:
 
 class WalletGateway(StampActor):
     def __init__(self, client: WalletClient, bridge: LoopBridge, settings: Settings) -> None:
-        super().__init__()
+        super().__init__(bridge.loop)
         self.client = client
         self.bridge = bridge
         self.lease = queries.Lease(settings.instance_id, settings.lease_seconds)

@@ -88,7 +88,7 @@ class _Entry:
 
 class WithdrawalActor(StampActor):
     def __init__(self, deps: ActorDeps) -> None:
-        super().__init__()
+        super().__init__(deps.bridge.loop)
         self.deps = deps
         self.active: dict[CertificateKey, _Entry] = {}
         self.generations = 0

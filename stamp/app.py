@@ -242,7 +242,7 @@ async def drain(runtime: Runtime) -> None:
     tell_from_loop(runtime.supervisor, Drain())
     loop = asyncio.get_running_loop()
     deadline = loop.time() + runtime.settings.shutdown_timeout_seconds * 0.8
-    while runtime.live.certificate_actors and loop.time() < deadline:  # noqa: ASYNC110 (an actor thread sets it)
+    while runtime.live.certificate_actors and loop.time() < deadline:  # noqa: ASYNC110 (an actor's turn sets it)
         await asyncio.sleep(0.05)
 
 

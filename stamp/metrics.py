@@ -9,7 +9,7 @@ import: several Stamp apps may run in one process (the tests do), and a second
 registration of the same name would fail. Counters therefore add up over every app of
 the process; whoever compares them (tests, the load test) takes differences.
 
-Hooks are called from actor threads, the gateways and the HTTP edge; each costs a
+Hooks are called from actor turns, the gateways and the HTTP edge; each costs a
 lock and an addition. Labels have low cardinality only: states, steps, certificate
 types, route templates, status codes — never ids.
 """
@@ -101,8 +101,8 @@ HTTP_CONNECTIONS_CLOSED = Counter(
 
 HANDOFFS = Counter(
     "stamp_actor_handoffs",
-    "Crossings between the event loop and actor threads (a coroutine or statement handed to the "
-    "loop, an answer or timer handed back to an actor)",
+    "Hand-offs between actors and the event loop's coroutines (a coroutine or statement handed to "
+    "the loop, an answer or timer handed back to an actor)",
     ["direction"],
 )
 _TO_LOOP = HANDOFFS.labels("to_loop")
@@ -195,7 +195,7 @@ def wallet_answer(code: str) -> None:
 
 
 def handed_to_loop() -> None:
-    """An actor thread handed work to the event loop (a coroutine, a statement, a timer)."""
+    """An actor handed work to the event loop (a coroutine, a statement, a timer)."""
     _TO_LOOP.inc()
 
 

@@ -18,7 +18,7 @@ import asyncpg
 import pytest
 
 from actors import bridge as bridge_module
-from actors.base import RUN_QUEUE, StampActor, intake_request
+from actors.base import StampActor, intake_request, intake_requests
 from actors.bridge import HOLD_INTAKE_REQUESTS, SLICE_HANDOFFS, SLICE_SECONDS, LoopBridge, Reply
 from stamp.api.runtime import RUNTIME
 from stamp.db import queries
@@ -111,7 +111,7 @@ def test_held_while_intake_is_busy_then_released_in_order() -> None:
             assert sorted(got) == list(range(HANDOFFS))  # type: ignore[type-var]
             assert bridge.held == 0
             assert bridge.held_total >= HANDOFFS - SLICE_HANDOFFS
-    assert RUN_QUEUE.intake_requests == 0
+    assert intake_requests() == 0
 
 
 def test_quiet_intake_holds_nothing() -> None:
@@ -210,7 +210,7 @@ async def test_certificates_reach_their_terminal_state_while_intake_stays_busy(
         assert bridges[0].held == 0
         # A lease renewal, held, still comes before half the lease is gone.
         assert bridges[0].max_hold_seconds <= stack.settings.lease_seconds / 6
-    assert RUN_QUEUE.intake_requests == 0
+    assert intake_requests() == 0
 
 
 @pytest.mark.asyncio(loop_scope="session")
@@ -243,7 +243,7 @@ async def test_clients_that_send_their_bodies_slowly_do_not_count_as_intake(
                 await writer.drain()
                 writers.append(writer)
             await asyncio.sleep(0.3)  # each handler has started and waits for its body
-            assert RUN_QUEUE.intake_requests == 0
+            assert intake_requests() == 0
             # The pipeline is not held meanwhile: a certificate goes all the way.
             body = certificate_body(recipient)
             status, answer = await stack.post_certificate(body)
@@ -254,4 +254,4 @@ async def test_clients_that_send_their_bodies_slowly_do_not_count_as_intake(
         finally:
             for writer in writers:
                 writer.close()
-    assert RUN_QUEUE.intake_requests == 0
+    assert intake_requests() == 0

@@ -113,7 +113,7 @@ async def test_counters_add_up_after_a_run_of_delivered_certificates(stack: Stac
     )
     assert posted == 12
     assert delta("stamp_http_request_duration_seconds_count", route="/v1/recipients", status="201") == 3
-    # The journey's cost, counted: every crossing between the loop and an actor thread
+    # The journey's cost, counted: every hand-off between the loop and an actor
     # (about 11 per certificate here; a fixed 20 ms tick would add ~100 a second) and
     # every statement (the test's own status reads included, so only counted).
     handoffs = delta("stamp_actor_handoffs_total")
