@@ -118,21 +118,24 @@ def serve_jobs(
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if initializer is not None:
         initializer(*initargs)
-    sock.sendall(_answer_frame(READY_ID, True, warm() if warm is not None else None))
-    while True:
-        header = _read_exactly(sock, HEADER.size)
-        if header is None:
-            return
-        size, job_id, _ = HEADER.unpack(header)
-        payload = _read_exactly(sock, size)
-        if payload is None:
-            return
-        try:
-            fn, arg = pickle.loads(payload)  # noqa: S301 (from the Stamp that started this worker)
-            frame = _answer_frame(job_id, True, fn(arg))
-        except Exception as exc:
-            frame = _answer_frame(job_id, False, exc)
-        sock.sendall(frame)
+    try:
+        sock.sendall(_answer_frame(READY_ID, True, warm() if warm is not None else None))
+        while True:
+            header = _read_exactly(sock, HEADER.size)
+            if header is None:
+                return
+            size, job_id, _ = HEADER.unpack(header)
+            payload = _read_exactly(sock, size)
+            if payload is None:
+                return
+            try:
+                fn, arg = pickle.loads(payload)  # noqa: S301 (from the Stamp that started this worker)
+                frame = _answer_frame(job_id, True, fn(arg))
+            except Exception as exc:
+                frame = _answer_frame(job_id, False, exc)
+            sock.sendall(frame)
+    except (BrokenPipeError, ConnectionResetError):
+        return  # Stamp closed the pool (or ended) while this worker ran: nobody to answer
 
 
 # ---------------------------------------------------------------- in Stamp
