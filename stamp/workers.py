@@ -152,12 +152,6 @@ class _Worker:
     buffer: bytearray = field(default_factory=bytearray)
 
 
-@dataclass(slots=True)
-class _Job:
-    done: Done
-    worker: _Worker | None
-
-
 class WorkerPool:
     """``size`` worker processes running pure functions; see the module."""
 
@@ -184,7 +178,7 @@ class WorkerPool:
         self._context = multiprocessing.get_context("spawn")
         self._lock = threading.Lock()  # guards everything below
         self._workers: list[_Worker] = []
-        self._jobs: dict[int, _Job] = {}
+        self._jobs: dict[int, Done] = {}  # each job not answered yet: where its answer goes
         self._queued: deque[tuple[int, bytes]] = deque()  # frames waiting for a worker
         self._ids = itertools.count(READY_ID + 1)
         self._closed = False
@@ -249,8 +243,8 @@ class WorkerPool:
                 worker.started.set_exception(PoolClosed("the worker pool is shut down"))
                 worker.started.exception()  # retrieved: nobody may wait for it any more
         closed = PoolClosed("the worker pool is shut down")
-        for job in jobs.values():
-            self._call(job.done, None, closed)
+        for done in jobs.values():
+            self._call(done, None, closed)
         # Each worker sees its socket close and returns; one still in a long job is killed.
         await asyncio.gather(*(self._reap(w.process, STOP_SECONDS) for w in workers))
 
@@ -288,7 +282,7 @@ class WorkerPool:
                 raise PoolClosed("the worker pool is shut down")
             job_id = next(self._ids)
             worker = self._least_busy()
-            self._jobs[job_id] = _Job(done, worker)
+            self._jobs[job_id] = done
             if worker is None:
                 self._queued.append((job_id, payload))
                 return
@@ -310,10 +304,6 @@ class WorkerPool:
         taken: list[tuple[int, bytes]] = []
         while self._queued and len(worker.in_flight) < JOBS_PER_WORKER:
             job_id, payload = self._queued.popleft()
-            job = self._jobs.get(job_id)
-            if job is None:
-                continue
-            job.worker = worker
             worker.in_flight.add(job_id)
             taken.append((job_id, payload))
         return taken
@@ -363,20 +353,20 @@ class WorkerPool:
     def _answered(self, worker: _Worker, job_id: int, ok: bool, payload: bytes) -> None:
         with self._lock:
             worker.in_flight.discard(job_id)
-            job = self._jobs.pop(job_id, None)
+            done = self._jobs.pop(job_id, None)
             more = self._take_queued(worker)
         if more:  # the worker's next jobs before this answer is unpickled and handled
             self._send(worker, more)
-        if job is None:
+        if done is None:
             return
         try:
             value = pickle.loads(payload)  # noqa: S301 (from a worker of ours, over a socket pair)
         except Exception as exc:
             ok, value = False, RuntimeError(f"answer not readable: {exc!r}")
         if ok:
-            self._call(job.done, value, None)
+            self._call(done, value, None)
         else:
-            self._call(job.done, None, value)
+            self._call(done, None, value)
 
     def _ready(self, worker: _Worker, ok: bool, payload: bytes) -> None:
         try:
@@ -412,8 +402,8 @@ class WorkerPool:
         pid = worker.process.pid
         log.warning("workers.lost", pid=pid, jobs=len(lost), ready=worker.ready)
         error = WorkerLost(f"crypto worker {pid} ended before answering")
-        for job in lost:
-            self._call(job.done, None, error)
+        for done in lost:
+            self._call(done, None, error)
         reaping = self.loop.create_task(self._reap(worker.process, STOP_SECONDS))
         reaping.add_done_callback(_log_reap_failure)
         if not worker.started.done():
