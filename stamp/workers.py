@@ -14,10 +14,11 @@ a pickle: ``(fn, arg)`` for a job, the value or the exception for an answer. The
 reads without blocking and keeps partial frames until the rest arrives, so an answer of
 any size is read whole.
 
-Dispatch: at most ``JOBS_PER_WORKER`` jobs are sent to a worker (one running, the next
-already in its socket, so it never idles waiting for the loop); more wait here, in one
-queue, and go to whichever worker answers first: a job never queues behind a slow one
-while another worker is free. A new job goes to the least busy ready worker.
+Dispatch: a new job goes to the least busy ready worker (fewest jobs not answered), at
+most ``JOBS_PER_WORKER`` each, so a worker always has its next job at hand even when the
+loop is late to read an answer; more wait here, in one queue, and go to whichever
+worker answers first. Below saturation a worker holds zero or one job, so a job never
+waits behind another while a worker is idle.
 
 Submission (``submit``) works from any thread: it pickles in the calling thread and
 writes the frame itself (one ``send``; the few small frames a worker may hold never
@@ -64,9 +65,13 @@ HEADER = struct.Struct("!IQ?")
 """Payload length, job id, ok (False: the payload is the exception raised)."""
 READY_ID = 0
 """The job id of a worker's first frame: the warm-up's result, once it can take jobs."""
-JOBS_PER_WORKER = 2
-"""Jobs sent to one worker at a time: the one it runs and the next, so that it does not
-wait for the loop between two; the rest wait in the pool's queue for the first free one."""
+JOBS_PER_WORKER = 8
+"""Jobs sent to one worker at a time. More than one, so that a worker does not wait for
+the loop between two: the loop, not the worker, reads an answer and hands out the job
+queued here, and at saturation it can be tens of milliseconds late (a job takes a few).
+Bounded, so that the frames a worker holds never fill its socket's buffer (a few KB
+each) and what a killed worker takes with it stays small; the rest wait in the pool's
+queue for the first worker free."""
 READ_BYTES = 256 * 1024
 RESPAWN_DELAY_SECONDS = 1.0
 """Before replacing a worker that died before it was ready (it would likely die again)."""

@@ -147,7 +147,10 @@ async def test_submission_from_other_threads_is_answered_on_the_loop(pool: Worke
     assert threads_answered == {threading.get_ident()}
 
 
-async def test_a_killed_worker_fails_its_jobs_and_is_replaced(pool: WorkerPool) -> None:
+async def test_a_killed_worker_fails_its_jobs_and_is_replaced(
+    pool: WorkerPool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(workers, "JOBS_PER_WORKER", 2)  # so that some jobs wait in the pool's queue
     answers = Answers(asyncio.get_running_loop())
     first = await answers.submit(pool, my_pid, None)
     # Four long jobs: two on each worker; then more queued behind them.
