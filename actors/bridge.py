@@ -19,15 +19,15 @@ burst is over (then everything held is released at once). Nothing is lost: an ac
 certificate is in PostgreSQL before its 202, and held work only waits; none waits
 longer than ``max_hold_seconds`` (at most ``MAX_HOLD_SECONDS``, and short enough for
 the lease renewals), so a steady stream of intakes cannot starve it.
-Timers and the crypto pool are not held: a timer only tells its actor, which then
-hands its work here, and the crypto pool runs beside the loop. The actors' turns
-themselves are held by the same rule (``actors.base.HOLD_INTAKE_REQUESTS``).
+Timers and the crypto workers are not held: a timer only tells its actor, which then
+hands its work here, and a crypto job is one write to a worker's socket (its answer is
+read by a loop reader callback and told to the actor like any other loop outcome). The
+actors' turns themselves are held by the same rule (``actors.base.HOLD_INTAKE_REQUESTS``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import threading
 import time
 from collections import deque
@@ -44,6 +44,7 @@ from actors.base import HOLD_INTAKE_REQUESTS as HOLD_INTAKE_REQUESTS
 from actors.base import intake_busy
 from stamp import metrics
 from stamp.db.batcher import StatementBatcher
+from stamp.workers import WorkerPool
 
 T = TypeVar("T")
 log = structlog.get_logger(__name__)
@@ -134,14 +135,14 @@ class LoopBridge:
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
-        executor: concurrent.futures.Executor | None = None,
+        crypto: WorkerPool | None = None,
         batcher: StatementBatcher | None = None,
         *,
         max_hold_seconds: float = MAX_HOLD_SECONDS,
     ) -> None:
         self.loop = loop
         self.max_hold_seconds = max_hold_seconds
-        self.executor = executor
+        self.crypto = crypto
         self.batcher = batcher
         self._tasks: set[asyncio.Task[Any]] = set()  # referenced while they run
         self._held: deque[_Held] = deque()
@@ -272,25 +273,15 @@ class LoopBridge:
         )
 
     def compute(self, fn: Callable[[Any], T], arg: Any, reply: Reply[T]) -> None:
-        """Run a CPU-heavy pure function in the executor (process pool). Submitted in the
-        actor's turn and answered from the executor's thread: a tell, which queues the
-        actor's next turn on its loop thread-safely (actors/base.py)."""
-        assert self.executor is not None
+        """Run a CPU-heavy pure function in a crypto worker process (stamp/workers.py).
+        Submitted in the actor's turn, on the loop (one write to the worker's socket; any
+        other thread may submit too) and answered on the loop, which reads the worker's
+        answer and queues the actor's next turn: no other thread is involved."""
+        assert self.crypto is not None
         try:
-            future = self.executor.submit(fn, arg)
-        except RuntimeError as exc:  # shut down: the answer is the failure
+            self.crypto.submit(fn, arg, reply)
+        except Exception as exc:  # shut down, or arg not picklable: the answer is the failure
             tell_quietly(reply.to, reply.outcome(None, exc))
-            return
-
-        def done(f: concurrent.futures.Future[T]) -> None:
-            try:
-                value = f.result()
-            except BaseException as exc:
-                tell_quietly(reply.to, reply.outcome(None, exc))
-            else:
-                tell_quietly(reply.to, reply.outcome(value, None))
-
-        future.add_done_callback(done)
 
     def later(self, delay: float, ref: pykka.ActorRef[Any], message: object) -> None:
         """Tell ref message after delay seconds (a loop timer at that deadline)."""

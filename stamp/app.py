@@ -2,7 +2,7 @@
 ``cleanup_ctx`` generator, so start order and reverse stop order follow by
 construction (docs/architecture.md).
 
-database → crypto process pool → registry/wallet clients → actors → HTTP routes
+database → crypto worker processes → registry/wallet clients → actors → HTTP routes
 """
 
 from __future__ import annotations
@@ -11,13 +11,11 @@ import asyncio
 import contextlib
 import ctypes
 import ctypes.util
-import multiprocessing
 import os
 import signal
 import sys
 import threading
 from collections.abc import AsyncIterator
-from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import asyncpg
@@ -49,12 +47,13 @@ from stamp.db.migrate import apply_migrations, ensure_current
 from stamp.db.pool import create_pool, wait_for_database
 from stamp.gateways.registry_client import RegistryClient, RegistryTls
 from stamp.gateways.wallet_client import WalletClient
+from stamp.workers import WorkerPool
 
 log = structlog.get_logger(__name__)
 
 SETTINGS = web.AppKey("settings", Settings)
 POOL = web.AppKey("pool", asyncpg.Pool)
-EXECUTOR = web.AppKey("executor", ProcessPoolExecutor)
+CRYPTO_WORKERS = web.AppKey("crypto_workers", WorkerPool)
 REGISTRY_CLIENT = web.AppKey("registry_client", RegistryClient)
 WALLET_CLIENT = web.AppKey("wallet_client", WalletClient)
 
@@ -100,7 +99,7 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
 def die_with_parent() -> None:
     """A pool worker must not outlive the process that started it (a SIGKILLed Stamp
     or benchmark): Linux PR_SET_PDEATHSIG; elsewhere workers exit when the pool's
-    pipe closes."""
+    socket or pipe closes."""
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError, AttributeError):
             libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
@@ -136,8 +135,7 @@ def warm_crypto_worker() -> str:
 
 
 async def crypto_pool_ctx(app: web.Application) -> AsyncIterator[None]:
-    # Proving is CPU-bound and pure: a process pool puts it on every core. "spawn",
-    # because forking a process that runs actor and gRPC threads is unsafe.
+    # Proving is CPU-bound and pure: worker processes put it on every core.
     settings = app[SETTINGS]
     selection = backend.configure(settings.crypto_backend)
     log.info(
@@ -147,22 +145,28 @@ async def crypto_pool_ctx(app: web.Application) -> AsyncIterator[None]:
         fallback_reason=selection.fallback_reason,
     )
     metrics.set_crypto_backend(selection.group.name, selection.requested)
-    executor = ProcessPoolExecutor(
+    # Stamp's own pool (stamp/workers.py): answered on the loop, with no manager or
+    # feeder thread of ProcessPoolExecutor's.
+    workers = WorkerPool(
         settings.crypto_workers,
-        mp_context=multiprocessing.get_context("spawn"),
+        asyncio.get_running_loop(),
         initializer=init_crypto_worker,
         initargs=(selection.group.name,),
+        warm=warm_crypto_worker,
+        expect=selection.group.name,
     )
-    loop = asyncio.get_running_loop()
-    in_workers = await asyncio.gather(
-        *(loop.run_in_executor(executor, warm_crypto_worker) for _ in range(settings.crypto_workers))
-    )
-    if set(in_workers) != {selection.group.name}:
-        executor.shutdown(wait=False, cancel_futures=True)
-        raise RuntimeError(f"crypto workers run {sorted(set(in_workers))}, not {selection.group.name}")
-    app[EXECUTOR] = executor
+    try:
+        in_workers = await workers.start()
+        if set(in_workers) != {selection.group.name}:
+            raise RuntimeError(
+                f"crypto workers run {sorted(map(str, set(in_workers)))}, not {selection.group.name}"
+            )
+    except BaseException:
+        await workers.close()
+        raise
+    app[CRYPTO_WORKERS] = workers
     yield
-    executor.shutdown(wait=False, cancel_futures=True)
+    await workers.close()
 
 
 async def clients_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -194,7 +198,7 @@ async def actors_ctx(app: web.Application) -> AsyncIterator[None]:
     # A renewal of the leases (every third of STAMP_LEASE_SECONDS) held at most a sixth
     # more: renewed before half the lease is gone, whatever the intake.
     max_hold = min(MAX_HOLD_SECONDS, settings.lease_seconds / 6)
-    bridge = LoopBridge(loop, app[EXECUTOR], batcher, max_hold_seconds=max_hold)
+    bridge = LoopBridge(loop, app[CRYPTO_WORKERS], batcher, max_hold_seconds=max_hold)
     registry_gateway = RegistryGateway.start(app[REGISTRY_CLIENT], bridge, settings)
     wallet_gateway = WalletGateway.start(app[WALLET_CLIENT], bridge, settings)
     recipients = RecipientCache(pool)
