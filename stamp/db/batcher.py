@@ -193,8 +193,9 @@ class StatementBatcher:
     async def _give_back(self, conn: Any, clean: bool) -> None:
         # Kept only after statements that all got an answer: a connection whose
         # statement failed or timed out (a cancellation in progress) or was cancelled
-        # goes back to the pool, whose release waits for it or replaces it.
-        if clean and len(self._idle) < self._keep and _usable(conn):
+        # goes back to the pool, whose release waits for it or replaces it. (One lost
+        # while kept is found when it is taken again.)
+        if clean and len(self._idle) < self._keep:
             self._idle.append(conn)
             return
         await self._pool.release(conn)
