@@ -41,34 +41,6 @@ ROUND_GROUP_SECONDS = 0.02
 asked in it (a little early or late) instead of in a round of their own."""
 
 
-class FirstAsk:
-    """When to ask first after a send, per registry: never sooner than
-    ``STAMP_REGISTRY_POLL_INITIAL_SECONDS``, and later while first asks keep finding
-    the transaction PENDING. Each such ask is a gRPC call spent (the largest part of
-    Stamp's per-certificate CPU below saturation is its calls), and after it the next
-    ask waits the backoff; a first ask that finds it decided brings the delay back a
-    little. ``LONGER`` : ``SHORTER`` = 19 : 1 settles where about one first ask in
-    twenty finds it still PENDING, whatever the registry's commit time (up to
-    ``STAMP_REGISTRY_POLL_MAX_SECONDS``)."""
-
-    LONGER = 0.019
-    SHORTER = 0.001
-
-    def __init__(self, least: float, most: float) -> None:
-        self.least = least
-        self.most = max(least, most)
-        self._delays: dict[str, float] = {}
-
-    def delay(self, registry: str) -> float:
-        return self._delays.get(registry, self.least)
-
-    def answered(self, registry: str, pending: bool) -> None:
-        """A first ask after a send got an answer: still PENDING, or decided."""
-        delay = self.delay(registry)
-        longer, shorter = min(self.most, delay + self.LONGER), max(self.least, delay - self.SHORTER)
-        self._delays[registry] = longer if pending else shorter
-
-
 class Phase(enum.Enum):
     SEND = "send"  # queued for the next SendTransactions batch of its registry
     STATUS = "status"  # in a status round (after a send, a doubt, or a resume)
@@ -83,7 +55,6 @@ class Tracked:
     poll_delay: float
     errors: int = 0
     sends: int = 0
-    first_ask: bool = False  # the next status answer is the first one after a send
 
     @property
     def registry(self) -> str:
@@ -192,7 +163,6 @@ class RegistryGateway(StampActor):
         self.send_queues: dict[str, list[str]] = {}
         self.sending: set[str] = set()
         self.rounds: dict[str, list[_Round]] = {}
-        self.first_ask = FirstAsk(settings.registry_poll_initial_seconds, settings.registry_poll_max_seconds)
 
     # --- protocol ---------------------------------------------------------------
 
@@ -277,8 +247,7 @@ class RegistryGateway(StampActor):
                 continue
             if message.error is None:
                 tracked.deadline = now + self.settings.registry_pending_timeout_seconds
-                tracked.first_ask = True
-                self._ask_at(tracked, now + self.first_ask.delay(message.registry))
+                self._ask_at(tracked, now + tracked.poll_delay)
             else:
                 # The batch may have been stored although the call failed ("accepted
                 # then errored"): never re-send blindly, ask first.
@@ -342,9 +311,6 @@ class RegistryGateway(StampActor):
             tracked = self.tracked.get(tx_id)
             if tracked is None or tracked.phase is not Phase.STATUS:
                 continue
-            if tracked.first_ask and not isinstance(reply, RegistryCallError):
-                tracked.first_ask = False
-                self.first_ask.answered(tracked.registry, reply.status is TxStatus.PENDING)
             if isinstance(reply, RegistryCallError):
                 self._on_call_error(tracked, reply)
             elif reply.status.issued:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
-import random
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +20,6 @@ from typing import Any
 import asyncpg
 import pytest
 
-from actors.registry_gateway import FirstAsk
 from protos.project_origin.registry.v1 import registry_pb2
 from stamp.config import RetryPolicy
 from tests.stack import REGISTRY, Stack, certificate_body, running_stack
@@ -230,52 +228,3 @@ async def test_a_registry_slower_than_the_call_timeout_hits_the_deadline_then_re
         assert await _state(stack, certificate_id) == "delivered"
         _same_bytes_every_time(arrivals.of(certificate_id), await _stored_transaction(stack, certificate_id))
         assert stack.registry.stream_counters(certificate_id).distinct_issue_transactions == 1
-
-
-def test_the_first_ask_waits_longer_while_it_finds_pending_and_never_less_than_configured() -> None:
-    first = FirstAsk(0.2, 2.0)
-    assert first.delay("Narnia") == 0.2
-    first.answered("Narnia", pending=False)
-    assert first.delay("Narnia") == 0.2, "never sooner than STAMP_REGISTRY_POLL_INITIAL_SECONDS"
-    for _ in range(500):
-        first.answered("Narnia", pending=True)
-    assert first.delay("Narnia") == 2.0, "capped at STAMP_REGISTRY_POLL_MAX_SECONDS"
-    assert first.delay("Other") == 0.2, "per registry"
-
-    # A registry committing 0.2–0.3 s after the send: about one first ask in twenty
-    # finds it PENDING once the delay settled, not every one (the delay was 0.2).
-    rng = random.Random(7)
-    first = FirstAsk(0.2, 2.0)
-    pending = []
-    for _ in range(3000):
-        commit = rng.uniform(0.2, 0.3)
-        asked_pending = first.delay("Narnia") < commit
-        first.answered("Narnia", asked_pending)
-        pending.append(asked_pending)
-    settled = pending[1000:]
-    assert 0.02 < sum(settled) / len(settled) < 0.10
-    assert first.delay("Narnia") < 0.31
-
-
-async def test_a_registry_slower_than_the_first_ask_gets_fewer_asks_once_the_gateway_learned_it(
-    clean_db: asyncpg.Pool, database_dsn: str, tmp_path: Path
-) -> None:
-    # Commits 0.3 s after a send, asked first after 0.05 s: with that delay every
-    # certificate would take about five asks (0.05, 0.1, 0.175, 0.29, 0.46 s).
-    async with edge_stack(
-        clean_db, database_dsn, tmp_path, commit_delay=0.3, registry_poll_max_seconds=1.0
-    ) as (stack, _):
-        recipient = await stack.create_recipient()
-
-        async def one() -> None:
-            body = certificate_body(recipient)
-            assert (await stack.post_certificate(body))[0] == 202
-            await stack.wait_terminal([(REGISTRY, body["certificate"]["id"])])
-
-        for _ in range(12):  # one after the other: each first ask teaches the next
-            await one()
-        learned = stack.registry.stats().status_calls
-        for _ in range(6):
-            await one()
-        asks = (stack.registry.stats().status_calls - learned) / 6
-        assert asks < 3, f"{asks} status calls per certificate once learned"
