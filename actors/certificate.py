@@ -14,6 +14,7 @@ from collections import deque
 from collections.abc import Callable
 from functools import partial
 
+import asyncpg
 import structlog
 
 from actors.backoff import backoff_delay
@@ -90,8 +91,10 @@ def _built(bundle: IssueBundle) -> lc.BundleBuilt:
     return lc.BundleBuilt(bundle.transaction, bundle.transaction_id, bundle.blinding, bundle.salts)
 
 
-def _version(expected: int, row: object) -> lc.Written:
-    return lc.Written(expected, row["version"], bool(row["withdrawn"]))  # type: ignore[index]
+def _version(expected: int, row: asyncpg.Record) -> lc.Written:
+    # The writes right before a delivery also answer the recipient's endpoint.
+    endpoint: str | None = row.get("wallet_endpoint_url")
+    return lc.Written(expected, row["version"], bool(row["withdrawn"]), endpoint)
 
 
 class CertificateActor(StampActor):
@@ -178,16 +181,17 @@ class CertificateActor(StampActor):
                 self.deps.registry_gateway.tell(
                     SubmitTransaction(key, transaction, transaction_id, self.actor_ref, check, traced)
                 )
-            case lc.Deliver(record=record, recipient=recipient):
+            case lc.Deliver(record=record, recipient=recipient, endpoint=endpoint):
                 # Built here: a record no slice can be made of crashes this actor
                 # (and fails after the supervisor's restarts), it is no wallet error.
                 self.deps.wallet_gateway.tell(
                     DeliverSlice(
                         slice_of(record, recipient),
-                        recipient.wallet_endpoint_url,
+                        endpoint or recipient.wallet_endpoint_url,
                         record,
                         self.actor_ref,
                         tracing.current_span_context(),
+                        endpoint_is_current=endpoint is not None,
                     )
                 )
             case lc.Wait(step=step, attempt=attempt, reason=reason):

@@ -157,12 +157,17 @@ class SubmitTransaction:
 @dataclass(frozen=True, slots=True)
 class DeliverSlice:
     """Deliver this slice of ``record`` to the recipient's endpoint as it is now
-    (``endpoint`` is the one the certificate knew, for a recipient the database no
-    longer has) and, on a 2xx, record the delivery at once (the lifecycle's
-    ``delivered_write`` of ``record``); answered with ``lifecycle.WalletAnswered``."""
+    and, on a 2xx, record the delivery at once (the lifecycle's ``delivered_write`` of
+    ``record``); answered with ``lifecycle.WalletAnswered``.
+
+    ``endpoint_is_current``: ``endpoint`` was read by the write just before (the
+    lifecycle's ``Deliver.endpoint``) and is sent to as it is; otherwise the gateway
+    reads the endpoint first, and ``endpoint`` (the one the certificate knew) is used
+    only for a recipient the database no longer has."""
 
     slice: Slice
     endpoint: str
     record: CertificateRecord
     reply_to: Ref
     trace: Any = None  # the certificate's deliver span (an OTel SpanContext): the call's parent
+    endpoint_is_current: bool = False

@@ -48,16 +48,19 @@ class WalletGateway(StampActor):
         record = message.record
         recipient_id = record.content.recipient_id
         assert self.bridge.batcher is not None
-        # The endpoint is read when the slice is sent, not taken from a cache: a
-        # recipient moved (PATCH, by any Stamp process) gets the next attempt at its
-        # new address.
-        try:
-            endpoint = await self.bridge.batcher.fetch(
-                queries.SELECT_RECIPIENT_ENDPOINT, (recipient_id,), ("recipient", recipient_id)
-            )
-        except Exception as exc:
-            return _failed(f"recipient endpoint not read: {describe(exc)}")
-        url: str = endpoint["wallet_endpoint_url"] or message.endpoint
+        url = message.endpoint
+        if not message.endpoint_is_current:
+            # The endpoint is read when the slice is sent, not taken from a cache: a
+            # recipient moved (PATCH, by any Stamp process) gets the next attempt at
+            # its new address. (A delivery right after its claim or mark got the
+            # endpoint from that statement: stamp/lifecycle.py.)
+            try:
+                endpoint = await self.bridge.batcher.fetch(
+                    queries.SELECT_RECIPIENT_ENDPOINT, (recipient_id,), ("recipient", recipient_id)
+                )
+            except Exception as exc:
+                return _failed(f"recipient endpoint not read: {describe(exc)}")
+            url = endpoint["wallet_endpoint_url"] or message.endpoint
         result = await self.client.deliver(url, message.slice)
         outcome = result.outcome
         if outcome is not Delivery.DELIVERED:

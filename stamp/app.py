@@ -65,6 +65,10 @@ INTAKE_WRITERS = 8
 POOL_SIZE = 24
 """Connections: one writer per pipeline statement kind, the reads, and
 ``INTAKE_WRITERS`` intake-insert batches, so an intake batch does not wait for one."""
+BATCHER_KEEPS = 4
+"""Connections the group commit keeps between its batches (of ``POOL_SIZE``): below
+saturation one per statement kind being written at the same moment, so a batch costs
+no pool checkout (stamp/db/batcher.py)."""
 CRYPTO_WORKER_NICENESS = 10
 
 
@@ -194,7 +198,9 @@ async def actors_ctx(app: web.Application) -> AsyncIterator[None]:
     loop = asyncio.get_running_loop()
     # The intake insert is the one statement a client waits for (its 202): several
     # of its batches may be written at once (docs/benchmarks.md, "Actors on shared threads").
-    batcher = StatementBatcher(pool, loop, writers={queries.INSERT_CERTIFICATE: INTAKE_WRITERS})
+    batcher = StatementBatcher(
+        pool, loop, writers={queries.INSERT_CERTIFICATE: INTAKE_WRITERS}, keep_connections=BATCHER_KEEPS
+    )
     # A renewal of the leases (every third of STAMP_LEASE_SECONDS) held at most a sixth
     # more: renewed before half the lease is gone, whatever the intake.
     max_hold = min(MAX_HOLD_SECONDS, settings.lease_seconds / 6)
@@ -221,17 +227,22 @@ async def actors_ctx(app: web.Application) -> AsyncIterator[None]:
     app[RUNTIME] = runtime
     refresher = asyncio.create_task(_refresh_backlog(runtime))
     yield
-    refresher.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await refresher
-    await drain(runtime)  # at once when `stamp serve` drained before closing the listener
-    await asyncio.to_thread(_stop_actors, supervisor, [withdrawal_actor, registry_gateway, wallet_gateway])
-    # Whatever is still in flight is resumable from its persisted state: hand it to
-    # the next instance now rather than after the lease expires.
-    with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-        released = await queries.release_all_leases(pool, settings.instance_id)
-        released_withdrawals = await db_withdrawals.release_all_leases(pool, settings.instance_id)
-        log.info("supervisor.released", certificates=released, withdrawals=released_withdrawals)
+    try:
+        refresher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await refresher
+        await drain(runtime)  # at once when `stamp serve` drained before closing the listener
+        await asyncio.to_thread(
+            _stop_actors, supervisor, [withdrawal_actor, registry_gateway, wallet_gateway]
+        )
+        # Whatever is still in flight is resumable from its persisted state: hand it to
+        # the next instance now rather than after the lease expires.
+        with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            released = await queries.release_all_leases(pool, settings.instance_id)
+            released_withdrawals = await db_withdrawals.release_all_leases(pool, settings.instance_id)
+            log.info("supervisor.released", certificates=released, withdrawals=released_withdrawals)
+    finally:
+        await batcher.close()  # before the pool closes: it waits for every connection
 
 
 async def drain(runtime: Runtime) -> None:

@@ -26,9 +26,19 @@ the event(s) in brackets to the history):
                                     ─▶ rejected or attempts used up: REDELIVERED
                                         [CertificateRedeliveryFailed] (still delivered)
 
-Every delivery goes to the endpoint the recipient has *when it is sent* (read by the
-wallet gateway), and the event recording it names that endpoint; a failed attempt is
-recorded, with its endpoint, as soon as it failed (ATTEMPT_FAILED, a version bump
+Every delivery goes to the endpoint the recipient has *when it is sent*, and the event
+recording it names that endpoint. The write right before a delivery (ISSUE_AND_MARK,
+CLAIM_DELIVERY, CLAIM_REDELIVERY) reads the recipient's endpoint in the same statement
+and answers it with the new version (``Written.endpoint``); the ``Deliver`` that follows
+at once carries it, and the wallet gateway sends without a read of its own. The window
+between that read and the POST is the one the gateway's own read had (the statement's
+answer, then the POST) plus the hops from the loop to the certificate's actor, to the
+gateway and back to the loop: milliseconds, the same order as before, and no
+guarantee was ever stronger: a move committed inside either window (or during the POST)
+reaches the next attempt. A delivery that does not follow such a write at once (a
+recipient loaded in between) carries no endpoint, and the gateway reads it when it
+sends. A failed attempt is recorded, with its
+endpoint, as soon as it failed (ATTEMPT_FAILED, a version bump
 [CertificateWalletAttemptFailed]) before the backoff starts, so the history shows where
 each delivery went and a crash during the backoff loses no attempt. A delivery that
 succeeds at once makes no such write.
@@ -122,6 +132,9 @@ class Written:
     expected: int
     version: int | None
     withdrawn: bool = False  # the row's flag as the write found it
+    # The recipient's wallet endpoint as the statement read it, answered by the writes
+    # right before a delivery (None: not read, or the recipient is unknown).
+    endpoint: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,10 +251,13 @@ class Submit:
 class Deliver:
     """Deliver the certificate's slice (position, R, salts: all persisted) to the
     recipient's current endpoint and, on a 2xx, send ``delivered_write(record, status,
-    endpoint)`` at once (nothing happens between the two, so they share one trip)."""
+    endpoint)`` at once (nothing happens between the two, so they share one trip).
+    ``endpoint``: the recipient's endpoint as the write just before read it; None: the
+    gateway reads it when it sends."""
 
     record: CertificateRecord
     recipient: Recipient
+    endpoint: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -495,9 +511,10 @@ _ANSWERS: dict[type, Awaiting] = {
 }
 
 
-def _next(journey: Journey, rules: Rules) -> tuple[Journey, tuple[Effect, ...]]:
+def _next(journey: Journey, rules: Rules, endpoint: str | None = None) -> tuple[Journey, tuple[Effect, ...]]:
     """The next step, derived from the persisted record alone: a fresh start and a
-    resume after a crash take the same path."""
+    resume after a crash take the same path. ``endpoint``: the recipient's endpoint as
+    the write just answered read it (used only by a delivery that follows at once)."""
     record = journey.record
     if record.state.terminal and not record.redelivery:
         return _finish(journey, record.state)
@@ -509,7 +526,7 @@ def _next(journey: Journey, rules: Rules) -> tuple[Journey, tuple[Effect, ...]]:
             return _await(journey, Awaiting.RECIPIENT), (LoadRecipient(record.content.recipient_id),)
         if not journey.claimed:
             return _persist(journey, WriteKind.CLAIM_REDELIVERY, State.DELIVERED, None)
-        return _await(journey, Awaiting.WALLET), (Deliver(record, journey.recipient),)
+        return _await(journey, Awaiting.WALLET), (Deliver(record, journey.recipient, endpoint),)
     if state is State.STORED and record.position is None:
         return _await(journey, Awaiting.ALLOCATION), (
             Allocate(record.key, record.content.recipient_id, record.version),
@@ -536,7 +553,7 @@ def _next(journey: Journey, rules: Rules) -> tuple[Journey, tuple[Effect, ...]]:
         # Resumed or retried: move the version on first, so that only one driver of
         # this certificate can be delivering it.
         return _persist(journey, WriteKind.CLAIM_DELIVERY, State.MARKED_AS_ISSUED, None)
-    return _await(journey, Awaiting.WALLET), (Deliver(record, journey.recipient),)
+    return _await(journey, Awaiting.WALLET), (Deliver(record, journey.recipient, endpoint),)
 
 
 def _written(journey: Journey, event: Written, rules: Rules) -> tuple[Journey, tuple[Effect, ...]]:
@@ -582,7 +599,7 @@ def _written(journey: Journey, event: Written, rules: Rules) -> tuple[Journey, t
             moved = (Moved(issued, previous.state), Moved(record, State.ISSUED_IN_REGISTRY))
         else:
             moved = (Moved(record, previous.state),)
-    journey, effects = _next(journey, rules)
+    journey, effects = _next(journey, rules, event.endpoint)
     return journey, moved + effects
 
 

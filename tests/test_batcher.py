@@ -13,6 +13,7 @@ import pytest
 
 from stamp.db import queries
 from stamp.db.batcher import StatementBatcher
+from stamp.db.pool import create_pool
 from stamp.domain import CertificateContent, CertificateKey, Event, State
 from tests.test_positions import _stored_certificates
 
@@ -243,3 +244,56 @@ async def test_a_kind_with_more_writers_answers_without_waiting_for_a_slow_batch
         assert quick_after >= 0.9, "one writer: the next statement waits for the batch under way"
     else:
         assert quick_after < 0.5, "a second writer answers at once"
+
+
+PID = "SELECT pg_backend_pid() AS pid, $1::int AS n"
+
+
+async def _writers_done(batcher: StatementBatcher) -> None:
+    """A statement is answered before its writer gives the connection back."""
+    if batcher._running:
+        await asyncio.wait(list(batcher._running))
+
+
+async def test_a_batcher_keeps_its_connections_between_batches_and_gives_them_back_on_close(
+    database_dsn: str,
+) -> None:
+    pool = await create_pool(database_dsn, min_size=1, max_size=3)
+    try:
+        batcher = StatementBatcher(pool, asyncio.get_running_loop(), keep_connections=1)
+        pids = {(await batcher.fetch(PID, (i,), ("a",)))["pid"] for i in range(5)}
+        assert len(pids) == 1, "one statement after the other: the same kept connection"
+        await _writers_done(batcher)
+        assert pool.get_idle_size() < pool.get_size(), "kept checked out between batches"
+        await batcher.close()
+        assert pool.get_idle_size() == pool.get_size()
+        # Closed: a batch still gets written, on a connection it gives back at once.
+        assert (await batcher.fetch(PID, (9,), ("a",)))["n"] == 9
+        await _writers_done(batcher)
+        assert pool.get_idle_size() == pool.get_size()
+    finally:
+        await asyncio.wait_for(pool.close(), 5)  # would wait for ever for a kept connection
+
+
+async def test_a_kept_connection_that_was_lost_or_failed_is_not_used_again(
+    clean_db: asyncpg.Pool, database_dsn: str
+) -> None:
+    pool = await create_pool(database_dsn, min_size=1, max_size=3)
+    try:
+        batcher = StatementBatcher(pool, asyncio.get_running_loop(), keep_connections=1)
+        first = (await batcher.fetch(PID, (1,), ("a",)))["pid"]
+        # The server drops the kept connection while it is idle (a restart, an admin):
+        # the next batch gets another one instead of failing.
+        await clean_db.execute("SELECT pg_terminate_backend($1)", first)
+        await asyncio.sleep(0.3)
+        second = (await batcher.fetch(PID, (2,), ("a",)))["pid"]
+        assert second != first
+        # A statement that failed returns its connection to the pool, not to the batcher.
+        with pytest.raises(asyncpg.PostgresError):
+            await batcher.fetch("SELECT 1 / $1::int AS n", (0,), ("a",))
+        third = (await batcher.fetch(PID, (3,), ("a",)))["pid"]
+        await _writers_done(batcher)
+        assert batcher._idle and third == batcher._idle[0].get_server_pid()
+        await batcher.close()
+    finally:
+        await asyncio.wait_for(pool.close(), 5)

@@ -164,6 +164,32 @@ def test_a_resumed_delivery_is_claimed_before_it_is_sent() -> None:
     assert fx == [lc.Deliver(j.record, RECIPIENT)]  # no Moved: the state did not change
 
 
+MOVED_URL = "http://moved-wallet/v1/slices"
+
+
+def test_the_mark_answers_the_endpoint_the_delivery_goes_to() -> None:
+    # Driven since its build: the recipient is at hand when the registry commits.
+    j, _ = run(lc.Journey(SENT, recipient=RECIPIENT), lc.Started())
+    j, fx = run(j, RegistryCommitted(KEY), lc.Written(2, 3, endpoint=MOVED_URL))
+    assert fx[-1] == lc.Deliver(j.record, RECIPIENT, MOVED_URL)  # the mark read it: no read of its own
+
+
+def test_a_claim_answers_the_endpoint_the_delivery_goes_to() -> None:
+    j, fx = run(lc.Journey.resume(MARKED), lc.Started(), lc.RecipientFound(RECIPIENT))
+    j, fx = run(j, lc.Written(3, 4, endpoint=MOVED_URL))
+    assert fx == [lc.Deliver(j.record, RECIPIENT, MOVED_URL)]
+
+
+def test_a_delivery_not_right_after_its_write_has_its_endpoint_read() -> None:
+    # Resumed in sent_to_registry: the recipient is loaded between the mark and the
+    # delivery, so the endpoint the mark read is not used (the gateway reads it).
+    j, _ = run(lc.Journey.resume(SENT), lc.Started())
+    j, fx = run(j, RegistryCommitted(KEY), lc.Written(2, 3, endpoint=MOVED_URL))
+    assert fx[-1] == lc.LoadRecipient(RECIPIENT.id)
+    j, fx = run(j, lc.RecipientFound(RECIPIENT))
+    assert fx == [lc.Deliver(j.record, RECIPIENT, None)]
+
+
 # --- failures and retries -----------------------------------------------------------------------
 
 

@@ -6,15 +6,17 @@ from __future__ import annotations
 import asyncio
 import base64
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import pytest
 import pytest_asyncio
 from aiohttp import web
 
+from stamp.api.runtime import RUNTIME
 from stamp.config import RetryPolicy
 from stamp.crypto.hdkeys import ExtendedPrivateKey
+from stamp.db import queries
 from stamp.devstack.wallet import SliceStatus
 from tests.stack import REGISTRY, Stack, certificate_body, running_stack
 
@@ -197,8 +199,62 @@ async def failing_wallet() -> AsyncIterator[tuple[str, list[int]]]:
         await runner.cleanup()
 
 
+@pytest.fixture
+def endpoint_reads(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """The recipients whose endpoint the wallet gateway read before a delivery, from
+    now on (the batcher's ``fetch`` watched: the statements still run)."""
+    batcher = stack.app[RUNTIME].batcher
+    fetch = batcher.fetch
+    reads: list[object] = []
+
+    async def watched(sql: str, args: Sequence[Any], lock_key: tuple[str, ...]) -> Any:
+        if sql == queries.SELECT_RECIPIENT_ENDPOINT:
+            reads.append(args[0])
+        return await fetch(sql, args, lock_key)
+
+    monkeypatch.setattr(batcher, "fetch", watched)
+    return reads
+
+
+async def test_an_endpoint_moved_before_the_mark_gets_the_delivery_from_the_marks_answer(
+    stack: Stack, failing_wallet: tuple[str, list[int]], endpoint_reads: list[object]
+) -> None:
+    old_url, hits = failing_wallet
+    reference = stack.wallet.create_endpoint()
+    async with stack.http.post(
+        f"{stack.base}/v1/recipients",
+        json={"walletEndpointReference": {**reference.as_json(), "endpoint": old_url}},
+    ) as response:
+        assert response.status == 201
+        recipient = (await response.json())["id"]
+    body = certificate_body(recipient)
+    certificate_id = body["certificate"]["id"]
+    stack.registry.hold(certificate_ids=[certificate_id])
+    try:
+        assert (await stack.post_certificate(body))[0] == 202
+
+        async def at_the_registry() -> bool:
+            state = await stack.pool.fetchval("SELECT state FROM certificates WHERE id = $1", certificate_id)
+            return bool(state == "sent_to_registry")
+
+        await _until(at_the_registry)
+        # Moved by another Stamp process, say: straight in the database, so this
+        # process's recipient (loaded for the build) still names the old URL.
+        await stack.pool.execute(
+            "UPDATE recipients SET wallet_endpoint_url = $2 WHERE id = $1", recipient, reference.endpoint
+        )
+    finally:
+        stack.registry.release(certificate_ids=[certificate_id])
+    assert (await stack.wait_terminal([(REGISTRY, certificate_id)]))[certificate_id] == "delivered"
+    (sent,) = [e for e in await _events(stack, certificate_id) if e["type"] == "CertificateSentToWallet"]
+    assert sent["detail"]["endpoint"] == reference.endpoint
+    assert hits == []
+    # The mark (ISSUE_AND_MARK) answered the endpoint: the delivery made no read of its own.
+    assert recipient not in endpoint_reads
+
+
 async def test_moving_the_endpoint_redirects_a_delivery_in_flight(
-    stack: Stack, failing_wallet: tuple[str, list[int]]
+    stack: Stack, failing_wallet: tuple[str, list[int]], endpoint_reads: list[object]
 ) -> None:
     old_url, hits = failing_wallet
     reference = stack.wallet.create_endpoint()
@@ -234,6 +290,8 @@ async def test_moving_the_endpoint_redirects_a_delivery_in_flight(
     assert sent["detail"]["endpoint"] == reference.endpoint
     async with stack.http.get(f"{stack.base}/v1/recipients/{recipient}") as response:
         assert (await response.json())["walletEndpointReference"]["endpoint"] == reference.endpoint
+    # Every attempt followed its claim, which answered the endpoint: no read of its own.
+    assert recipient not in endpoint_reads
 
 
 async def test_a_recipient_keeps_its_key_and_moves_only_to_allowed_urls(stack: Stack) -> None:

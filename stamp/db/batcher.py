@@ -20,6 +20,14 @@ a bad row gets its own error and the others still commit.
 ``submit`` may be called from any thread (actors do); the completion callback runs on
 the event loop and must be quick. ``fetch`` is the awaitable form for code already on
 the loop (the HTTP edge).
+
+Below saturation nothing queues up and every statement is a batch of its own, so what
+a batch costs besides its round trip counts per statement. Two costs go: a batcher made
+with ``keep_connections`` keeps that many connections checked out between batches
+(asyncpg's acquire and release, with their timeout contexts and a shielded task per
+release, cost more CPU than the statement's own send and parse); and a batch of one
+statement is sent as a plain statement, not as a pipelined ``fetchmany``. Such a
+batcher must be closed (``close``) before its pool, which waits for every connection.
 """
 
 from __future__ import annotations
@@ -63,6 +71,7 @@ class StatementBatcher:
         *,
         max_batch: int = MAX_BATCH,
         writers: Mapping[str, int] | None = None,
+        keep_connections: int = 0,
     ) -> None:
         self._pool = pool
         self._loop = loop
@@ -79,6 +88,11 @@ class StatementBatcher:
         self._pending: dict[str, deque[_Pending]] = {}
         self._writing: dict[str, int] = {}
         self._running: set[asyncio.Task[None]] = set()  # referenced while they run
+        # Connections kept checked out between batches (used on the loop only), at
+        # most ``keep_connections``: one per writer busy at the same time below
+        # saturation; more busy writers acquire and release as usual.
+        self._keep = keep_connections
+        self._idle: list[Any] = []
         self.round_trips = 0
         self.statements = 0
 
@@ -160,22 +174,49 @@ class StatementBatcher:
                     self._writer_done(sql)
                 raise
 
+    async def close(self) -> None:
+        """Give the kept connections back to the pool (before it is closed); batches
+        written later acquire and release their own."""
+        self._keep = 0
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            await self._pool.release(conn)
+
+    async def _connection(self) -> Any:
+        while self._idle:
+            conn = self._idle.pop()
+            if _usable(conn):
+                return conn
+            await self._pool.release(conn)  # lost meanwhile: the pool replaces it
+        return await self._pool.acquire()
+
+    async def _give_back(self, conn: Any, clean: bool) -> None:
+        # Kept only after statements that all got an answer: a connection whose
+        # statement failed or timed out (a cancellation in progress) or was cancelled
+        # goes back to the pool, whose release waits for it or replaces it. (One lost
+        # while kept is found when it is taken again.)
+        if clean and len(self._idle) < self._keep:
+            self._idle.append(conn)
+            return
+        await self._pool.release(conn)
+
     async def _write_kind(self, sql: str, items: list[_Pending]) -> None:
         items.sort(key=lambda item: item.lock_key)
         try:
-            conn = await self._pool.acquire()
+            conn = await self._connection()
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
             self._settle(items, None, exc)  # no connection (database down): all fail alike
             return
+        clean = False
         try:
-            await self._write_group(conn, sql, items)
+            clean = await self._write_group(conn, sql, items)
         finally:
-            await self._pool.release(conn)
+            await self._give_back(conn, clean)
 
-    async def _write_group(self, conn: Any, sql: str, items: list[_Pending]) -> None:
+    async def _write_group(self, conn: Any, sql: str, items: list[_Pending]) -> bool:
+        """Write the batch; whether every statement got its answer from the database."""
         if not tracing.ENABLED:
-            await self._write_group_now(conn, sql, items)
-            return
+            return await self._write_group_now(conn, sql, items)
         # One span for the round trip, linked to the span of every statement in it.
         attributes = {
             "db.system": "postgresql",
@@ -183,17 +224,29 @@ class StatementBatcher:
             "db.query.summary": tracing.statement_summary(sql),
         }
         with tracing.batch_span("db.group_commit", (item.trace for item in items), attributes):
-            await self._write_group_now(conn, sql, items)
+            return await self._write_group_now(conn, sql, items)
 
-    async def _write_group_now(self, conn: Any, sql: str, items: list[_Pending]) -> None:
+    async def _write_group_now(self, conn: Any, sql: str, items: list[_Pending]) -> bool:
         self.round_trips += 1
         self.statements += len(items)
+        if len(items) == 1:  # nothing to pipeline: a plain statement costs less
+            (item,) = items
+            try:
+                row = await conn.fetchrow(sql, *item.args)
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+                _call(item, None, exc)
+                return False
+            if row is None:
+                _call(item, None, RuntimeError("a batched statement returned no row"))
+            else:
+                _call(item, row, None)
+            return True
         try:
             rows = await conn.fetchmany(sql, [item.args for item in items])
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
-            if len(items) == 1 or conn.is_closed():
+            if conn.is_closed():
                 self._settle(items, None, exc)
-                return
+                return False
             log.info("database.batch_retried_one_by_one", statements=len(items), error=type(exc).__name__)
             for item in items:
                 self.round_trips += 1
@@ -203,17 +256,25 @@ class StatementBatcher:
                     _call(item, None, one_exc)
                 else:
                     _call(item, row, None)
-            return
+            return False
         if len(rows) != len(items):
             error = RuntimeError(f"a batched statement returned {len(rows)} rows for {len(items)} requests")
             self._settle(items, None, error)
-            return
+            return True
         for item, row in zip(items, rows, strict=True):
             _call(item, row, None)
+        return True
 
     def _settle(self, items: list[_Pending], row: asyncpg.Record | None, error: BaseException | None) -> None:
         for item in items:
             _call(item, row, error)
+
+
+def _usable(conn: Any) -> bool:
+    try:
+        return not conn.is_closed()
+    except asyncpg.InterfaceError:  # lost while kept: asyncpg already returned it to the pool
+        return False
 
 
 def _call(item: _Pending, row: asyncpg.Record | None, error: BaseException | None) -> None:

@@ -236,16 +236,23 @@ FAIL = _TRANSITION.format(assignments="failed_step = $9, failure_reason = $10, a
 # A re-delivery ended, delivered or given up (the event says which): nothing pending.
 REDELIVERED = _TRANSITION.format(assignments="redelivery_requested_at = NULL, attempts = 0")
 
+# The recipient's wallet endpoint, read by the writes right before a delivery (the
+# CTE ``{cte}`` returns ``recipient_id``): the delivery that follows at once goes
+# there without a read of its own (stamp/lifecycle.py). NULL when nothing changed.
+_ENDPOINT = """(SELECT r.wallet_endpoint_url FROM recipients r
+  WHERE r.id = (SELECT recipient_id FROM {cte})) AS wallet_endpoint_url"""
+
 # The registry committed: issued_in_registry and marked_as_issued have no external
 # effect between them, so they are one statement; both events stay in the history,
-# in order (the history's sequence follows the ORDER BY of the insert).
+# in order (the history's sequence follows the ORDER BY of the insert). The delivery
+# comes next, so the statement also answers the recipient's endpoint.
 ISSUE_AND_MARK = """
 WITH changed AS (
     UPDATE certificates
     SET state = 'marked_as_issued', version = version + 1, updated_at = now(), attempts = 0,
         lease_owner = $4, lease_until = now() + make_interval(secs => $5)
     WHERE registry_name = $1 AND id = $2 AND version = $3
-    RETURNING registry_name, id, version, withdrawn
+    RETURNING registry_name, id, version, withdrawn, recipient_id
 ),
 event AS (
     INSERT INTO certificate_events (registry_name, certificate_id, event_type, state, detail, instance_id)
@@ -255,34 +262,40 @@ event AS (
                        (2, 'CertificateMarkedAsIssued', 'marked_as_issued')) AS e(n, event_type, state)
     ORDER BY e.n
 )
-SELECT (SELECT version FROM changed) AS version, (SELECT withdrawn FROM changed) AS withdrawn
+SELECT (SELECT version FROM changed) AS version, (SELECT withdrawn FROM changed) AS withdrawn,
 """
+ISSUE_AND_MARK += _ENDPOINT.format(cte="changed") + "\n"
 
 # Before every wallet delivery after the first: only the writer that moves the
 # version on may send, so two drivers of one certificate never both deliver ($6 an
 # event to record with it, if any, $7 its detail). The same statement records a failed
 # wallet attempt the moment it failed (state and attempts unchanged, the lease kept
-# through the backoff), so a crash before the next claim loses no attempt.
+# through the backoff), so a crash before the next claim loses no attempt. A claim
+# also answers the recipient's endpoint: its delivery comes next.
 _CLAIM = """
 WITH claimed AS (
     UPDATE certificates
     SET version = version + 1, {counted} updated_at = now(),
         lease_owner = $4, lease_until = now() + make_interval(secs => $5)
     WHERE registry_name = $1 AND id = $2 AND version = $3 AND {condition}
-    RETURNING registry_name, id, version, state, withdrawn
+    RETURNING registry_name, id, version, state, withdrawn, recipient_id
 ),
 event AS (
     INSERT INTO certificate_events (registry_name, certificate_id, event_type, state, detail, instance_id)
     SELECT registry_name, id, $6::text, state, $7::jsonb, $4 FROM claimed WHERE $6::text IS NOT NULL
 )
-SELECT (SELECT version FROM claimed) AS version, (SELECT withdrawn FROM claimed) AS withdrawn
+SELECT (SELECT version FROM claimed) AS version, (SELECT withdrawn FROM claimed) AS withdrawn{endpoint}
 """
-CLAIM_DELIVERY = _CLAIM.format(counted="attempts = attempts + 1,", condition="state = 'marked_as_issued'")
+_CLAIM_ENDPOINT = ",\n" + _ENDPOINT.format(cte="claimed")
+CLAIM_DELIVERY = _CLAIM.format(
+    counted="attempts = attempts + 1,", condition="state = 'marked_as_issued'", endpoint=_CLAIM_ENDPOINT
+)
 CLAIM_REDELIVERY = _CLAIM.format(
     counted="attempts = attempts + 1,",
     condition="state = 'delivered' AND redelivery_requested_at IS NOT NULL AND NOT withdrawn",
+    endpoint=_CLAIM_ENDPOINT,
 )
-RECORD_ATTEMPT_FAILED = _CLAIM.format(counted="", condition="state = $8")
+RECORD_ATTEMPT_FAILED = _CLAIM.format(counted="", condition="state = $8", endpoint="")
 
 RETRY_FAILED = """
 WITH changed AS (
