@@ -347,6 +347,52 @@ def test_a_body_that_trickles_in_is_closed_after_the_body_timeout(http_stamp: Ht
     assert '"level":"error"' not in http_stamp.log()[log_before:]
 
 
+def _ask_on(sock: socket.socket, request: bytes) -> Answer:
+    sock.sendall(request)
+    data = b""
+    while not _complete(data):
+        chunk = sock.recv(65536)
+        assert chunk, "closed before answering"
+        data += chunk
+    return _parse(data)
+
+
+def test_a_kept_alive_connection_busy_past_the_header_timeout_stays_open(http_stamp: HttpStamp) -> None:
+    # The deadline is per request: requests answered one after another for longer than
+    # the header timeout (counted from the connection's first byte) never trip it.
+    with socket.create_connection(("127.0.0.1", http_stamp.port), timeout=GIVE_UP) as sock:
+        started = time.monotonic()
+        while time.monotonic() - started < 2.5 * TIMEOUT:
+            assert _ask_on(sock, request_bytes("GET", f"{BASE}/health/live")).status == 200
+            time.sleep(TIMEOUT / 8)
+
+
+def test_a_second_request_whose_body_trickles_in_is_closed_after_its_own_body_timeout(
+    http_stamp: HttpStamp,
+) -> None:
+    # The connection's one timer was set by its first request and fires before the
+    # second request's body deadline: it must move on to that deadline, neither close
+    # the connection early nor lapse.
+    before = closed_by_guard(http_stamp, "body_timeout")
+    with socket.create_connection(("127.0.0.1", http_stamp.port), timeout=GIVE_UP) as sock:
+        assert _ask_on(sock, request_bytes("GET", f"{BASE}/health/live")).status == 200
+        time.sleep(TIMEOUT / 2)
+        head = request_bytes(
+            "POST",
+            f"{BASE}/v1/recipients",
+            bearer(TOKEN),
+            "Content-Type: application/json",
+            "Content-Length: 4096",
+        )
+        sent_at = time.monotonic()
+        sock.sendall(head + b"{")
+        answered = wait_closed(sock, drip=b" ")
+        lasted = time.monotonic() - sent_at
+    assert answered is not None, f"a trickling body still open after {GIVE_UP} s"
+    assert lasted >= TIMEOUT * 0.9, f"closed {lasted:.2f} s after the body began, before its deadline"
+    assert closed_by_guard(http_stamp, "body_timeout") > before
+
+
 def test_an_idle_keep_alive_connection_is_closed(http_stamp: HttpStamp) -> None:
     with socket.create_connection(("127.0.0.1", http_stamp.port), timeout=GIVE_UP) as sock:
         sock.sendall(request_bytes("GET", f"{BASE}/health/live"))
