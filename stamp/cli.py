@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import orjson
 
-from stamp import tracing
+from stamp import event_loop, tracing
 from stamp.config import ConfigError, Settings, load_settings
 from stamp.crypto import backend as crypto_backend
 from stamp.terminal import printable
@@ -59,7 +59,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # Before the app, its clients and channels exist: the instrumentations patch them.
     tracing.configure(traces, settings.instance_id)
     try:
-        return asyncio.run(serve(settings))
+        return event_loop.run(serve(settings), settings.event_loop)
     except _startup_errors() as exc:
         print(f"stamp: cannot start: {printable(str(exc), keep_newlines=True)}", file=sys.stderr)
         return 1
@@ -123,6 +123,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     shown["crypto_backend_in_use"] = selection.group.name
     if selection.fallback_reason:
         shown["crypto_backend_fallback_reason"] = selection.fallback_reason
+    shown["event_loop_in_use"] = event_loop.resolve(settings.event_loop)
     print(orjson.dumps(shown, option=orjson.OPT_INDENT_2, default=str).decode())
     return 0
 

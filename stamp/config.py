@@ -18,6 +18,7 @@ import platformdirs
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
+from stamp import event_loop
 from stamp.credentials import (
     DEFAULT_ALGORITHMS,
     DEFAULT_LEEWAY_SECONDS,
@@ -89,6 +90,8 @@ class Settings:
     verify_own_proofs: bool = True
     # auto: the native libdecaf backend when its extension loads, else libsodium.
     crypto_backend: str = "auto"
+    # auto: uvloop when it is installed (stamp/event_loop.py), else asyncio's own loop.
+    event_loop: str = "auto"
     # A failed bundle build (a crypto worker died, or the build raised).
     crypto_retry: RetryPolicy = RetryPolicy()
     registry_batch_size: int = 200
@@ -180,6 +183,16 @@ def _crypto_backend(raw: str) -> str:
     except crypto_backend.BackendUnavailable as exc:
         raise ValueError(f"decaf cannot be used here: {exc}") from exc
     return selection.requested
+
+
+def _event_loop(raw: str) -> str:
+    """A loop that can run here: ``uvloop`` where it is not installed is a configuration error."""
+    choice = raw.strip().lower()
+    try:
+        event_loop.resolve(choice)
+    except event_loop.EventLoopUnavailable as exc:
+        raise ValueError(str(exc)) from exc
+    return choice
 
 
 def _positive_int(raw: str) -> int:
@@ -482,6 +495,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         crypto_workers=_read(env, problems, "STAMP_CRYPTO_WORKERS", _positive_int, d.crypto_workers),
         verify_own_proofs=_read(env, problems, "STAMP_VERIFY_OWN_PROOFS", _bool, d.verify_own_proofs),
         crypto_backend=_read(env, problems, "STAMP_CRYPTO_BACKEND", _crypto_backend, d.crypto_backend),
+        event_loop=_read(env, problems, "STAMP_EVENT_LOOP", _event_loop, d.event_loop),
         crypto_retry=_retry(env, problems, "STAMP_CRYPTO"),
         registry_batch_size=_read(
             env, problems, "STAMP_REGISTRY_BATCH_SIZE", _positive_int, d.registry_batch_size

@@ -17,7 +17,7 @@ import signal
 import structlog
 from aiohttp import web
 
-from stamp import tracing
+from stamp import event_loop, tracing
 from stamp.api.connections import make_runner
 from stamp.api.runtime import RUNTIME
 from stamp.app import build_app, drain
@@ -35,7 +35,13 @@ async def serve(settings: Settings) -> int:
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port)
     await site.start()
-    log.info("stamp.started", host=settings.host, port=settings.port, instance_id=settings.instance_id)
+    log.info(
+        "stamp.started",
+        host=settings.host,
+        port=settings.port,
+        instance_id=settings.instance_id,
+        event_loop=event_loop.running_loop_name(),
+    )
     traces = tracing.TracingConfig.from_env()
     log.info("stamp.tracing", **traces.describe())
 
