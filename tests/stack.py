@@ -57,6 +57,17 @@ class Stack:
         async with self.http.post(f"{self.base}/v1/certificates", json=body) as response:
             return response.status, await response.json(content_type=None)
 
+    async def post_accepted(self, recipient: str, count: int) -> list[tuple[str, str]]:
+        """Post ``count`` new certificates for ``recipient``, one at a time, each answered
+        202; their keys (registry, id)."""
+        keys = []
+        for _ in range(count):
+            body = certificate_body(recipient)
+            status, answer = await self.post_certificate(body)
+            assert status == 202, answer
+            keys.append((body["registryName"], body["certificate"]["id"]))
+        return keys
+
     async def get_certificate(self, registry: str, certificate_id: str) -> tuple[int, dict[str, Any]]:
         async with self.http.get(f"{self.base}/v1/certificates/{registry}/{certificate_id}") as response:
             return response.status, await response.json(content_type=None)

@@ -27,7 +27,7 @@ from actors.base import (
     intake_request,
     intake_requests,
 )
-from tests.stack import certificate_body, running_stack
+from tests.stack import running_stack
 
 CERTIFICATES = 10
 
@@ -341,12 +341,7 @@ async def test_a_running_stamp_takes_every_turn_on_its_loop_without_crossing_thr
             return threadsafe(callback, *args, context=context)
 
         monkeypatch.setattr(loop, "call_soon_threadsafe", counting)
-        keys = []
-        for _ in range(CERTIFICATES):
-            body = certificate_body(recipient)
-            status, answer = await stack.post_certificate(body)
-            assert status == 202, answer
-            keys.append((body["registryName"], body["certificate"]["id"]))
+        keys = await stack.post_accepted(recipient, CERTIFICATES)
         states = await stack.wait_terminal(keys, timeout=60)
         assert set(states.values()) == {"delivered"}
         monkeypatch.setattr(loop, "call_soon_threadsafe", threadsafe)

@@ -197,13 +197,8 @@ async def test_certificates_reach_their_terminal_state_while_intake_stays_busy(
     monkeypatch.setattr(LoopBridge, "__init__", capture)
     async with running_stack(database_dsn, tmp_path) as stack:
         recipient = await stack.create_recipient()
-        keys = []
         with intake_busy():  # busy all along: only the slices move the pipeline
-            for _ in range(20):
-                body = certificate_body(recipient)
-                status, answer = await stack.post_certificate(body)
-                assert status == 202, answer
-                keys.append((body["registryName"], body["certificate"]["id"]))
+            keys = await stack.post_accepted(recipient, 20)
             states = await stack.wait_terminal(keys, timeout=60)
             assert set(states.values()) == {"delivered"}
         assert bridges and bridges[0].held_total > 0

@@ -327,16 +327,21 @@ def test_a_connection_that_sends_nothing_is_closed(http_stamp: HttpStamp) -> Non
         assert wait_closed(sock) == b"", f"a silent connection was still open after {GIVE_UP} s"
 
 
-def test_a_body_that_trickles_in_is_closed_after_the_body_timeout(http_stamp: HttpStamp) -> None:
-    before = closed_by_guard(http_stamp, "body_timeout")
-    log_before = len(http_stamp.log())
-    head = request_bytes(
+def _head_of_a_body_that_trickles() -> bytes:
+    """An authorized request announcing a 4 KiB body, of which the test sends a byte at a time."""
+    return request_bytes(
         "POST",
         f"{BASE}/v1/recipients",
         bearer(TOKEN),
         "Content-Type: application/json",
         "Content-Length: 4096",
     )
+
+
+def test_a_body_that_trickles_in_is_closed_after_the_body_timeout(http_stamp: HttpStamp) -> None:
+    before = closed_by_guard(http_stamp, "body_timeout")
+    log_before = len(http_stamp.log())
+    head = _head_of_a_body_that_trickles()
     with socket.create_connection(("127.0.0.1", http_stamp.port)) as sock:
         sock.sendall(head + b"{")
         answered = wait_closed(sock, drip=b" ")
@@ -377,13 +382,7 @@ def test_a_second_request_whose_body_trickles_in_is_closed_after_its_own_body_ti
     with socket.create_connection(("127.0.0.1", http_stamp.port), timeout=GIVE_UP) as sock:
         assert _ask_on(sock, request_bytes("GET", f"{BASE}/health/live")).status == 200
         time.sleep(TIMEOUT / 2)
-        head = request_bytes(
-            "POST",
-            f"{BASE}/v1/recipients",
-            bearer(TOKEN),
-            "Content-Type: application/json",
-            "Content-Length: 4096",
-        )
+        head = _head_of_a_body_that_trickles()
         sent_at = time.monotonic()
         sock.sendall(head + b"{")
         answered = wait_closed(sock, drip=b" ")

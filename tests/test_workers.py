@@ -9,23 +9,19 @@ import os
 import signal
 import threading
 import time
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import psutil
 import pytest
 import pytest_asyncio
 
 from stamp import workers
 from stamp.app import init_crypto_worker, warm_crypto_worker
-from stamp.devstack.registry import RegistrySimConfig, RegistrySimulator
-from stamp.devstack.wallet import WalletSimConfig, WalletSimulator
 from stamp.workers import PoolClosed, WorkerLost, WorkerPool
-from tests.process import StampProcess, free_port
-from tests.stack import GRID_AREA, ISSUER, REGISTRY, certificate_body, running_stack
+from tests.faults import start_scenario, stop_scenario
+from tests.stack import REGISTRY, certificate_body, running_stack
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -230,45 +226,17 @@ async def test_a_crypto_worker_killed_mid_build_loses_no_certificate(
 
 
 async def test_stamp_serve_stops_its_crypto_workers(database_dsn: str, tmp_path: Path) -> None:
-    registry = RegistrySimulator(
-        RegistrySimConfig(registries=(REGISTRY,), issuer_keys={GRID_AREA: (ISSUER.public_pem(),)})
-    )
-    await registry.start()
-    wallet = WalletSimulator(WalletSimConfig(registries={REGISTRY: registry.address}))
-    await wallet.start()
-    key_file = tmp_path / "dk1.pem"
-    key_file.write_text(ISSUER.private_pem())
-    stamp = StampProcess(
-        {
-            "STAMP_DATABASE_URL": database_dsn,
-            "STAMP_PORT": str(free_port()),
-            "STAMP_REGISTRIES": f"{REGISTRY}={registry.address}",
-            "STAMP_ISSUER_KEYS": f"{GRID_AREA}={key_file}",
-            "STAMP_INSTANCE_ID": f"workers-{uuid.uuid4().hex[:6]}",
-            "STAMP_CRYPTO_WORKERS": "2",
-        },
-        tmp_path / "stamp.log",
-    )
+    scenario = await start_scenario(database_dsn, tmp_path)
+    stamp = scenario.stamp
     try:
-        await stamp.start()
         assert stamp.process is not None
         serving = psutil.Process(stamp.process.pid)
         spawned = [p for p in serving.children(recursive=True) if "spawn_main" in " ".join(p.cmdline())]
         assert len(spawned) >= 2
-        async with aiohttp.ClientSession() as http:
-            reference = wallet.create_endpoint()
-            async with http.post(
-                f"{stamp.base}/v1/recipients", json={"walletEndpointReference": reference.as_json()}
-            ) as response:
-                recipient = (await response.json())["id"]
-            async with http.post(
-                f"{stamp.base}/v1/certificates", json=certificate_body(recipient)
-            ) as response:
-                assert response.status == 202
+        await scenario.create_recipients(1)
+        await scenario.post_certificates(1)
         assert await stamp.terminate() == 0
         _, alive = psutil.wait_procs(spawned, timeout=5)
         assert not alive, [p.pid for p in alive]
     finally:
-        stamp.stop()
-        await wallet.stop()
-        await registry.stop()
+        await stop_scenario(scenario)
