@@ -41,7 +41,8 @@ import pykka
 import structlog
 
 from actors.base import HOLD_INTAKE_REQUESTS as HOLD_INTAKE_REQUESTS
-from actors.base import intake_busy
+from actors.base import QUIET_CHUNK, intake_busy
+from actors.base import SLICE_SECONDS as SLICE_SECONDS
 from stamp import metrics
 from stamp.db.batcher import StatementBatcher
 from stamp.workers import WorkerPool
@@ -50,18 +51,15 @@ T = TypeVar("T")
 log = structlog.get_logger(__name__)
 
 SLICE_HANDOFFS = 4
-"""Held hand-offs released per slice while intake is busy."""
-SLICE_SECONDS = 0.02
-"""Time between two slices while intake is busy: with ``SLICE_HANDOFFS``, 200 hand-offs
-a second (a few dozen certificates a second, at about 8 hand-offs each)."""
+"""Held hand-offs released per slice while intake is busy (one slice every
+``SLICE_SECONDS``, the actors' turns' own pace: 200 hand-offs a second, a few dozen
+certificates a second at about 8 hand-offs each). Once intake is quiet, held hand-offs
+go out ``QUIET_CHUNK`` per loop callback, as held turns do."""
 MAX_HOLD_SECONDS = 10.0
 """No hand-off is held longer, whatever the intake: a lease sweep (leases last
 ``STAMP_LEASE_SECONDS``, 60 s, and are renewed every third of it) or a registry poll is
 at most this late. Longer than a burst: work released because it is overdue comes out
 all at once, which the slices are there to avoid."""
-UNHELD_CHUNK = 64
-"""Held hand-offs released per loop callback once intake is quiet, so that a long
-queue does not become one long callback either."""
 
 
 @dataclass(slots=True)
@@ -223,7 +221,7 @@ class LoopBridge:
         busy = intake_busy()
         now = time.monotonic()
         with self._held_lock:
-            count = SLICE_HANDOFFS if busy else UNHELD_CHUNK
+            count = SLICE_HANDOFFS if busy else QUIET_CHUNK
             overdue = now - self.max_hold_seconds
             taken: list[_Held] = []
             while self._held and (len(taken) < count or self._held[0].since <= overdue):

@@ -242,21 +242,14 @@ class RegistryClient:
         """Status of many transactions, concurrently; a failed call is returned in place."""
         if len(transaction_ids) == 1:  # below saturation, most rounds: no task to gather
             try:
-                return [await self.status(registry, transaction_ids[0])]
-            except RegistryCallError as exc:
-                return [exc]
+                only: StatusReply | BaseException = await self.status(registry, transaction_ids[0])
             except Exception as exc:
-                return [RegistryCallError(registry, type(exc).__name__, str(exc), transient=True)]
+                only = exc
+            return [_in_place(registry, only)]
         results = await asyncio.gather(
             *(self.status(registry, tx_id) for tx_id in transaction_ids), return_exceptions=True
         )
-        out: list[StatusReply | RegistryCallError] = []
-        for result in results:
-            if isinstance(result, (StatusReply, RegistryCallError)):
-                out.append(result)
-            elif isinstance(result, BaseException):
-                out.append(RegistryCallError(registry, type(result).__name__, str(result), transient=True))
-        return out
+        return [_in_place(registry, result) for result in results]
 
     async def stream_transactions(self, registry: str, certificate_id: str) -> list[bytes]:
         """The stream's transactions in order, as the registry serialises them."""
@@ -269,3 +262,11 @@ class RegistryClient:
                 raise self._error(registry, "GetStreamTransactions", exc) from exc
         metrics.registry_call("GetStreamTransactions", "OK")
         return [tx.SerializeToString() for tx in reply.transactions]
+
+
+def _in_place(registry: str, outcome: StatusReply | BaseException) -> StatusReply | RegistryCallError:
+    """One status call's outcome as ``statuses`` returns it: any failure that is not
+    already a ``RegistryCallError`` becomes a transient one."""
+    if isinstance(outcome, (StatusReply, RegistryCallError)):
+        return outcome
+    return RegistryCallError(registry, type(outcome).__name__, str(outcome), transient=True)
