@@ -17,7 +17,7 @@ import signal
 import structlog
 from aiohttp import web
 
-from stamp import event_loop, tracing
+from stamp import event_loop, gc_policy, tracing
 from stamp.api.connections import make_runner
 from stamp.api.runtime import RUNTIME
 from stamp.app import build_app, drain
@@ -35,6 +35,7 @@ async def serve(settings: Settings) -> int:
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port)
     await site.start()
+    gc_policy.settle_after_startup()
     log.info(
         "stamp.started",
         host=settings.host,

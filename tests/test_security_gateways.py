@@ -29,7 +29,9 @@ from stamp.config import ConfigError, load_settings
 from stamp.devstack.registry import RegistrySimConfig, RegistrySimulator
 from stamp.devstack.wallet import WalletSimConfig, WalletSimulator
 from stamp.devstack.wallet_faults import Fault
+from stamp.domain import CertificateKey, Delivery, Slice
 from stamp.gateways.endpoint_allow import NOT_ALLOWED, REFUSED_AT_CREATION
+from stamp.gateways.wallet_client import WalletClient
 from tests.faults import Scenario, stamp_env, start_scenario, stop_scenario
 from tests.process import StampProcess
 from tests.stack import GRID_AREA, ISSUER, REGISTRY, certificate_body
@@ -176,6 +178,47 @@ async def test_a_huge_wallet_answer_is_read_only_in_part(gw_scenario: Scenario) 
     print(f"\nlong wallet answer: sent {answer.sent} of {answer.planned} bytes before Stamp hung up")
     assert not answer.complete
     assert answer.sent < 16 * 1024 * 1024, answer
+
+
+# --- a wallet's cookies are not kept -------------------------------------------------------
+
+
+async def test_a_cookie_set_by_a_wallet_is_never_sent_back() -> None:
+    """Wallets sharing a host would otherwise receive each other's cookies with every
+    later slice: a hostile one could plant state that Stamp carries to the others."""
+    seen: list[str | None] = []
+
+    async def answer(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Cookie"))
+        response = web.Response(status=202)
+        response.set_cookie("session", "planted-by-a-wallet", path="/")
+        return response
+
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", answer)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    # A host name: aiohttp's default jar ignores cookies from address literals anyway.
+    base = f"http://localhost:{runner.addresses[0][1]}"
+    client = WalletClient(timeout=5, limit_per_host=4)
+    piece = Slice(
+        public_key=b"\x01" * 78,
+        position=1,
+        key=CertificateKey(REGISTRY, str(uuid.uuid4())),
+        quantity=10,
+        blinding=b"\x02" * 32,
+        hashed_attributes=(("assetId", "571234567890123456", b"\x03" * 32),),
+    )
+    try:
+        for path in ("/wallet-a/v1/slices", "/wallet-b/v1/slices", "/wallet-a/v1/slices"):
+            result = await client.deliver(base + path, piece)
+            assert result.outcome is Delivery.DELIVERED
+    finally:
+        await client.close()
+        await runner.cleanup()
+    assert seen == [None, None, None]
 
 
 # --- finding 6: no answer read back, and the allow-list -------------------------------------

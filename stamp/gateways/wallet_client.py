@@ -98,8 +98,14 @@ class WalletClient:
                 resolver = AllowListResolver(self._allow, aiohttp.DefaultResolver())
             connector = aiohttp.TCPConnector(limit=0, limit_per_host=self._limit_per_host, resolver=resolver)
             # auto_decompress off: the answer is never used, so nothing is ever inflated.
+            # No cookie jar: a wallet's Set-Cookie would otherwise be kept and sent back
+            # with later slices to that host (every wallet sharing it), and each request
+            # would pay for filtering the jar.
             self._session = aiohttp.ClientSession(
-                connector=connector, timeout=self._timeout, auto_decompress=False
+                connector=connector,
+                timeout=self._timeout,
+                auto_decompress=False,
+                cookie_jar=aiohttp.DummyCookieJar(),
             )
         return self._session
 
