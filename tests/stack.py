@@ -138,6 +138,20 @@ def stack_settings(database_url: str, registry_address: str, data_dir: Path, **o
 
 
 @contextlib.asynccontextmanager
+async def loopback_host(app: web.Application) -> AsyncIterator[int]:
+    """Serve ``app`` on a free loopback port for the block (a wallet host that answers
+    what a test needs, say); yields the port."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield runner.addresses[0][1]
+    finally:
+        await runner.cleanup()
+
+
+@contextlib.asynccontextmanager
 async def serving(
     settings: Settings, registry: RegistrySimulator, wallet: WalletSimulator
 ) -> AsyncIterator[Stack]:

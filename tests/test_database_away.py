@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 
 from stamp.api.problems import problem_middleware
-from tests.stack import REGISTRY, Stack, certificate_body, running_stack
+from tests.stack import REGISTRY, Stack, certificate_body, loopback_host, running_stack
 from tests.tcp_proxy import TcpProxy
 from tests.waiting import wait_until
 
@@ -108,18 +108,16 @@ async def test_a_server_out_of_connection_slots_is_a_503_not_a_500(
 
     app = web.Application(middlewares=[problem_middleware])
     app.router.add_get("/", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
     try:
-        async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/") as r:
+        async with (
+            loopback_host(app) as port,
+            aiohttp.ClientSession() as http,
+            http.get(f"http://127.0.0.1:{port}/") as r,
+        ):
             problem = await r.json(content_type=None)
             assert r.status == 503, problem
             assert int(r.headers["Retry-After"]) > 0
             assert problem["status"] == 503
     finally:
-        await runner.cleanup()
         await admin.execute(f"DROP ROLE {role}")
         await admin.close()

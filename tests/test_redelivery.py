@@ -18,7 +18,7 @@ from stamp.config import RetryPolicy
 from stamp.crypto.hdkeys import ExtendedPrivateKey
 from stamp.db import queries
 from stamp.devstack.wallet import SliceStatus
-from tests.stack import REGISTRY, Stack, certificate_body, running_stack
+from tests.stack import REGISTRY, Stack, certificate_body, loopback_host, running_stack
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -188,15 +188,8 @@ async def failing_wallet() -> AsyncIterator[tuple[str, list[int]]]:
 
     app = web.Application()
     app.router.add_post("/{tail:.*}", answer)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
+    async with loopback_host(app) as port:
         yield f"http://127.0.0.1:{port}/v1/slices", hits
-    finally:
-        await runner.cleanup()
 
 
 @pytest.fixture

@@ -34,7 +34,7 @@ from stamp.gateways.endpoint_allow import NOT_ALLOWED, REFUSED_AT_CREATION
 from stamp.gateways.wallet_client import WalletClient
 from tests.faults import Scenario, stamp_env, start_scenario, stop_scenario
 from tests.process import StampProcess
-from tests.stack import GRID_AREA, ISSUER, REGISTRY, certificate_body
+from tests.stack import GRID_AREA, ISSUER, REGISTRY, certificate_body, loopback_host
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -196,12 +196,6 @@ async def test_a_cookie_set_by_a_wallet_is_never_sent_back() -> None:
 
     app = web.Application()
     app.router.add_post("/{tail:.*}", answer)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    # A host name: aiohttp's default jar ignores cookies from address literals anyway.
-    base = f"http://localhost:{runner.addresses[0][1]}"
     client = WalletClient(timeout=5, limit_per_host=4)
     piece = Slice(
         public_key=b"\x01" * 78,
@@ -211,13 +205,15 @@ async def test_a_cookie_set_by_a_wallet_is_never_sent_back() -> None:
         blinding=b"\x02" * 32,
         hashed_attributes=(("assetId", "571234567890123456", b"\x03" * 32),),
     )
-    try:
-        for path in ("/wallet-a/v1/slices", "/wallet-b/v1/slices", "/wallet-a/v1/slices"):
-            result = await client.deliver(base + path, piece)
-            assert result.outcome is Delivery.DELIVERED
-    finally:
-        await client.close()
-        await runner.cleanup()
+    async with loopback_host(app) as port:
+        # A host name: aiohttp's default jar ignores cookies from address literals anyway.
+        base = f"http://localhost:{port}"
+        try:
+            for path in ("/wallet-a/v1/slices", "/wallet-b/v1/slices", "/wallet-a/v1/slices"):
+                result = await client.deliver(base + path, piece)
+                assert result.outcome is Delivery.DELIVERED
+        finally:
+            await client.close()
     assert seen == [None, None, None]
 
 
