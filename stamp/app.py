@@ -57,9 +57,11 @@ CRYPTO_WORKERS = web.AppKey("crypto_workers", WorkerPool)
 REGISTRY_CLIENT = web.AppKey("registry_client", RegistryClient)
 WALLET_CLIENT = web.AppKey("wallet_client", WalletClient)
 
-# Actor and helper threads run shallow calls: a smaller stack than the default
-# keeps their resident memory low.
-ACTOR_THREAD_STACK_BYTES = 512 * 1024
+# The Python threads Stamp still starts (the loop's default executor: the metrics
+# sampler's walk of the actors, stopping the actors at shutdown) run shallow calls: a
+# smaller stack than the default keeps their resident memory low. Actors have no
+# threads of their own (their turns run on the event loop).
+HELPER_THREAD_STACK_BYTES = 512 * 1024
 PR_SET_PDEATHSIG = 1
 INTAKE_WRITERS = 8
 POOL_SIZE = 24
@@ -194,7 +196,7 @@ async def clients_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def actors_ctx(app: web.Application) -> AsyncIterator[None]:
     settings, pool = app[SETTINGS], app[POOL]
-    threading.stack_size(ACTOR_THREAD_STACK_BYTES)
+    threading.stack_size(HELPER_THREAD_STACK_BYTES)
     loop = asyncio.get_running_loop()
     # The intake insert is the one statement a client waits for (its 202): several
     # of its batches may be written at once (docs/benchmarks.md, "Actors on shared threads").
