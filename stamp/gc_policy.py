@@ -1,14 +1,14 @@
 """How ``stamp serve`` asks the cyclic garbage collector to run once it is up.
 
-Every certificate allocates a few thousand short-lived objects (request, records,
-messages, futures). With CPython's default thresholds (700, 10, 10) the collector
-runs a young collection every 700 net allocations and, now and then, a full one that
-walks every object the process holds: the ~80,000 that importing aiohttp, grpc,
-asyncpg and the rest leaves behind, which never become garbage. Measured during
-``stamp loadtest -n 900 -r 1000 --rate 30`` (``gc.callbacks`` timing each collection
-in the Stamp process): 159 ms in the collector for 900 certificates with the
-defaults, 99 ms with the policy below, most of that during start-up and in the one
-full collection before the freeze.
+Every certificate allocates many short-lived objects (request, records, messages,
+futures). With CPython's default thresholds (700, 10, 10) the collector runs a young
+collection every 700 net allocations and, now and then, a full one that walks every
+object the process holds: among them the ~75,000 that start-up leaves behind (modules
+of aiohttp, grpc, asyncpg and the rest), which never become garbage. Measured during
+``stamp loadtest -n 900 -r 1000 --rate 30`` (``gc.callbacks`` timing each collection in
+the Stamp process): 159 ms in the collector for 900 certificates with the defaults,
+99 ms with the policy below, most of that during start-up and in the one full
+collection before the freeze.
 
 So, once started: freeze what start-up built (moved to a generation the collector
 never walks; it stays alive anyway), and let the young generation grow to
