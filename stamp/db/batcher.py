@@ -230,17 +230,7 @@ class StatementBatcher:
         self.round_trips += 1
         self.statements += len(items)
         if len(items) == 1:  # nothing to pipeline: a plain statement costs less
-            (item,) = items
-            try:
-                row = await conn.fetchrow(sql, *item.args)
-            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
-                _call(item, None, exc)
-                return False
-            if row is None:
-                _call(item, None, RuntimeError("a batched statement returned no row"))
-            else:
-                _call(item, row, None)
-            return True
+            return await _write_one(conn, sql, items[0])
         try:
             rows = await conn.fetchmany(sql, [item.args for item in items])
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
@@ -250,12 +240,7 @@ class StatementBatcher:
             log.info("database.batch_retried_one_by_one", statements=len(items), error=type(exc).__name__)
             for item in items:
                 self.round_trips += 1
-                try:
-                    row = await conn.fetchrow(sql, *item.args)
-                except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as one_exc:
-                    _call(item, None, one_exc)
-                else:
-                    _call(item, row, None)
+                await _write_one(conn, sql, item)
             return False
         if len(rows) != len(items):
             error = RuntimeError(f"a batched statement returned {len(rows)} rows for {len(items)} requests")
@@ -268,6 +253,21 @@ class StatementBatcher:
     def _settle(self, items: list[_Pending], row: asyncpg.Record | None, error: BaseException | None) -> None:
         for item in items:
             _call(item, row, error)
+
+
+async def _write_one(conn: Any, sql: str, item: _Pending) -> bool:
+    """One statement in a round trip of its own (a batch of one, or a failed batch's
+    statements one by one); whether the database answered it."""
+    try:
+        row = await conn.fetchrow(sql, *item.args)
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+        _call(item, None, exc)
+        return False
+    if row is None:
+        _call(item, None, RuntimeError("a batched statement returned no row"))
+    else:
+        _call(item, row, None)
+    return True
 
 
 def _usable(conn: Any) -> bool:
