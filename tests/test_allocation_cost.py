@@ -102,8 +102,11 @@ async def test_an_allocation_reads_its_own_certificates_not_the_backlog(conn: as
             "SELECT registry_name, id::text FROM certificates WHERE recipient_id = $1 LIMIT 1", other
         )
         await queries.allocate_positions(
-            conn, other, [(CertificateKey(r["registry_name"], r["id"]), 0) for r in mine],
-            lease_owner="a", lease_seconds=60,
+            conn,
+            other,
+            [(CertificateKey(r["registry_name"], r["id"]), 0) for r in mine],
+            lease_owner="a",
+            lease_seconds=60,
         )
 
     async with conn.transaction():
