@@ -72,7 +72,6 @@ BATCHER_KEEPS = 4
 saturation one per statement kind being written at the same moment, so a batch costs
 no pool checkout (stamp/db/batcher.py)."""
 CRYPTO_WORKER_NICENESS = 10
-"""Where the idle scheduling class is not available (``lower_crypto_worker_priority``)."""
 
 
 async def database_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -121,36 +120,13 @@ def init_crypto_worker(crypto_backend: str = "auto") -> None:
     - The worker dies with Stamp (``die_with_parent``).
     - It uses the backend the service chose (the resolved name, so that ``auto`` cannot
       resolve differently in a worker).
-    - It runs only on cycles nothing else wants (``lower_crypto_worker_priority``)."""
+    - It runs at a lower priority than Stamp itself: proving saturates every core by
+      design, and intake latency and the actors' hand-offs should not queue behind
+      it. Throughput is unchanged; the workers still get every idle cycle."""
     die_with_parent()
     backend.configure(crypto_backend)
-    lower_crypto_worker_priority()
-
-
-def lower_crypto_worker_priority() -> str:
-    """Puts the calling process in Linux's idle scheduling class (``SCHED_IDLE``); where
-    that is refused or missing, ``nice +10``. Returns the one it got ("idle", "nice" or
-    "normal").
-
-    Proving saturates every core by design, while intake, the event loop and
-    PostgreSQL wait on one another in short chains of wake-ups. A niced worker still
-    keeps its core until its time slice ends, so each wake-up of such a chain could
-    wait behind it; a worker in the idle class is preempted as soon as any ordinary
-    task wakes. It still gets every idle cycle, so throughput is unchanged
-    (docs/benchmarks.md, "Crypto workers in the idle class")."""
-    setscheduler = getattr(os, "sched_setscheduler", None)
-    idle_class = getattr(os, "SCHED_IDLE", None)
-    if setscheduler is not None and idle_class is not None:
-        try:
-            setscheduler(0, idle_class, os.sched_param(0))
-            return "idle"
-        except OSError:
-            pass
-    try:
+    with contextlib.suppress(OSError):
         os.nice(CRYPTO_WORKER_NICENESS)
-    except OSError:
-        return "normal"
-    return "nice"
 
 
 def warm_crypto_worker() -> str:

@@ -5,13 +5,11 @@ threads; and through the service, a worker killed while certificates are being b
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
 import os
 import signal
 import threading
 import time
 from collections.abc import AsyncIterator
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -244,33 +242,18 @@ async def test_stamp_serve_stops_its_crypto_workers(database_dsn: str, tmp_path:
         await stop_scenario(scenario)
 
 
-@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux's idle scheduling class")
-async def test_crypto_workers_run_in_the_idle_scheduling_class() -> None:
-    # Only cycles nothing else wants: intake, the loop and PostgreSQL never wait for a
-    # worker's time slice to end (stamp.app.lower_crypto_worker_priority).
+async def test_crypto_workers_run_niced_below_stamp() -> None:
+    # Proving takes the cycles intake, the loop and PostgreSQL leave (stamp.app); the
+    # idle scheduling class was measured too and lowered crypto-bound throughput
+    # (docs/benchmarks.md, "The session of 2026-12-07 (second)").
     loop = asyncio.get_running_loop()
     pool = WorkerPool(2, loop, initializer=init_crypto_worker, warm=warm_crypto_worker)
     await pool.start()
     try:
+        mine = os.getpriority(os.PRIO_PROCESS, 0)
         assert pool.pids
-        assert {os.sched_getscheduler(pid) for pid in pool.pids} == {os.SCHED_IDLE}
-        assert os.sched_getscheduler(0) != os.SCHED_IDLE  # Stamp itself keeps its class
+        assert {os.getpriority(os.PRIO_PROCESS, pid) for pid in pool.pids} == {
+            min(19, mine + app.CRYPTO_WORKER_NICENESS)
+        }
     finally:
         await pool.close()
-
-
-def lower_priority_where_the_idle_class_is_refused() -> tuple[str, int, int]:
-    def refuse(*args: object) -> None:
-        raise PermissionError("refused by policy")
-
-    os.sched_setscheduler = refuse
-    before = os.getpriority(os.PRIO_PROCESS, 0)
-    got = app.lower_crypto_worker_priority()
-    return got, before, os.getpriority(os.PRIO_PROCESS, 0)
-
-
-def test_a_refused_idle_class_falls_back_to_nice() -> None:
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as child:
-        got, before, after = child.submit(lower_priority_where_the_idle_class_is_refused).result(timeout=60)
-    assert got == "nice"
-    assert after == min(19, before + app.CRYPTO_WORKER_NICENESS)
