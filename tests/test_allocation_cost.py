@@ -15,7 +15,6 @@ does not depend on timing.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -25,6 +24,7 @@ import pytest_asyncio
 from stamp.db import queries
 from stamp.db.migrate import apply_migrations
 from stamp.domain import CertificateKey
+from tests.rows import insert_recipient
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -46,17 +46,6 @@ async def conn(empty_database_dsn: str) -> AsyncIterator[asyncpg.Connection]:
         yield connection
     finally:
         await connection.close()
-
-
-async def _recipient(conn: asyncpg.Connection) -> str:
-    recipient = str(uuid.uuid4())
-    await conn.execute(
-        "INSERT INTO recipients (id, wallet_endpoint_version, wallet_endpoint_url, wallet_public_key) "
-        "VALUES ($1, 1, 'http://wallet.example/v1/slices', $2)",
-        recipient,
-        bytes(74),
-    )
-    return recipient
 
 
 async def _store(
@@ -87,8 +76,8 @@ async def _index_entries_read(conn: asyncpg.Connection) -> dict[str, int]:
 
 
 async def test_an_allocation_reads_its_own_certificates_not_the_backlog(conn: asyncpg.Connection) -> None:
-    allocating = await _recipient(conn)
-    others = [await _recipient(conn) for _ in range(20)]
+    allocating = await insert_recipient(conn)
+    others = [await insert_recipient(conn) for _ in range(20)]
     # The history when the table was last analysed: finished certificates, few stored.
     await _store(conn, others, HISTORY // len(others), state="failed")
     await _store(conn, others, 1)

@@ -10,18 +10,13 @@ import pytest
 
 from stamp.db import queries
 from stamp.domain import CertificateKey
+from tests.rows import insert_recipient
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
 async def _stored_certificates(pool: asyncpg.Pool, count: int) -> tuple[str, list[CertificateKey]]:
-    recipient = str(uuid.uuid4())
-    await pool.execute(
-        "INSERT INTO recipients (id, wallet_endpoint_version, wallet_endpoint_url, wallet_public_key) "
-        "VALUES ($1, 1, 'http://wallet.example/v1/slices', $2)",
-        recipient,
-        bytes(74),
-    )
+    recipient = await insert_recipient(pool)
     keys = []
     for i in range(count):
         key = CertificateKey("Narnia", str(uuid.uuid4()))
