@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from stamp.crypto.hdkeys import ExtendedPrivateKey
 from tests.stack import REGISTRY, Stack, certificate_body, running_stack
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -48,6 +49,15 @@ async def test_backlog_over_the_limit_answers_503_with_retry_after_and_writes_no
         small.registry.hold(certificate_ids=[b["certificate"]["id"] for b in bodies])
         for body in bodies:
             assert (await small.post_certificate(body))[0] == 202
+        ids = [b["certificate"]["id"] for b in bodies]
+
+        async def both_held_in_the_registry() -> bool:
+            # Counted only once the pipeline has nothing left to write: until the held
+            # transactions are sent, their sent_to_registry events are still to come.
+            states = await small.pool.fetch("SELECT state FROM certificates WHERE id = ANY($1::uuid[])", ids)
+            return [r["state"] for r in states] == ["sent_to_registry"] * len(ids)
+
+        await wait_until(both_held_in_the_registry, what="both certificates sent and held")
         before = await _row_counts(small, recipient)
         async with small.http.post(f"{small.base}/v1/certificates", json=certificate_body(recipient)) as r:
             assert r.status == 503
