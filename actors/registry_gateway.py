@@ -9,8 +9,9 @@ status first and re-sends the same bytes only on UNKNOWN; FAILED "already exists
 "already withdrawn" is settled by reading the stream (``settle_by_stream``).
 
 Timers sit at the deadlines: a status round is one coroutine that sleeps until the
-round is due and then asks; transactions that come due within ``ROUND_GROUP_SECONDS``
-of a round not yet started join it. Nothing wakes up that is not due.
+round is due and then asks; transactions that come due up to ``ROUND_GROUP_SECONDS``
+before a round not yet started join it. Nothing wakes up that is not due, and nothing
+is asked before it is due.
 """
 
 from __future__ import annotations
@@ -37,8 +38,11 @@ from stamp.gateways.registry_client import RegistryCallError, RegistryClient, St
 
 log = structlog.get_logger(__name__)
 ROUND_GROUP_SECONDS = 0.02
-"""Transactions due within this long of a status round that has not started yet are
-asked in it (a little early or late) instead of in a round of their own."""
+"""A status round starts this long after the first of its transactions is due, and
+every transaction that comes due before it starts joins it: a little late, never early
+(asked before its due time, a transaction is still PENDING, and that costs another call
+and another poll delay). The grouping pays beyond the calls: a round's outcomes reach
+their certificates together, and so their next database writes share statements."""
 
 
 class Phase(enum.Enum):
@@ -277,9 +281,9 @@ class RegistryGateway(StampActor):
         limit = self.settings.registry_batch_size
         rounds = self.rounds.setdefault(tracked.registry, [])
         for round_ in rounds:
-            if abs(round_.at - due) <= ROUND_GROUP_SECONDS and round_.join(tracked.tx_id, limit):
+            if 0.0 <= round_.at - due <= ROUND_GROUP_SECONDS and round_.join(tracked.tx_id, limit):
                 return
-        round_ = _Round(tracked.registry, due, [tracked.tx_id])
+        round_ = _Round(tracked.registry, due + ROUND_GROUP_SECONDS, [tracked.tx_id])
         rounds.append(round_)
         self.bridge.run(self._ask(round_), Reply(self.actor_ref, _identity, self._round_failed(round_)))
 

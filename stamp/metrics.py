@@ -27,7 +27,9 @@ from stamp.domain import CERTIFICATE_TYPES, CertificateKey, CertificateRecord, S
 
 # Seconds: from a few ms (DB transitions) to minutes (a deep backlog).
 _PIPELINE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600)
-_HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+# 0.075: a latency objective of 100 ms (docs/benchmarks.md) is read off these buckets,
+# and with nothing between 50 and 100 ms an interpolated p99 was tens of ms off.
+_HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 _LAG_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 
 RECEIVED = Counter("stamp_certificates_received", "Certificates accepted (202, first time)")

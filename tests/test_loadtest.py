@@ -16,6 +16,7 @@ import psutil
 import pytest
 import pytest_asyncio
 
+from stamp import event_loop
 from stamp.crypto.issuer_keys import IssuerKey
 from stamp.load.database import create_database, drop_database
 from stamp.load.database import database_dsn as dsn_for_database
@@ -85,6 +86,7 @@ async def test_small_loadtest_passes_the_invariant_check_and_reports_every_field
     # The wallet simulator read the registry simulator in its process, each read counted
     # as the RPC it stands for.
     assert report["registry"]["walletReads"] == "in-process"
+    assert report["registry"]["eventLoop"] == event_loop.resolve("auto"), "the simulators run on Stamp's loop"
     assert report["registry"]["stats"]["stream_calls"] >= 100
     assert resources["peak_crypto_workers_rss_bytes"] > 10 * 2**20
     conn = await asyncpg.connect(loadtest_dsn)

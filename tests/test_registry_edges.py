@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,6 +111,45 @@ async def test_the_transaction_is_readable_from_the_database_when_the_registry_r
             assert arrival.persisted is not None, "sent before its bytes were persisted"
             assert arrival.persisted == arrival.data, "sent other bytes than the persisted ones"
             assert arrival.persisted_id == base64.b64encode(hashlib.sha256(arrival.data).digest()).decode()
+
+
+def _transaction_id(tx: registry_pb2.Transaction) -> str:
+    return base64.b64encode(hashlib.sha256(tx.SerializeToString()).digest()).decode()
+
+
+async def test_no_transaction_is_asked_about_before_its_poll_delay_has_passed(
+    clean_db: asyncpg.Pool, database_dsn: str, tmp_path: Path
+) -> None:
+    # Status rounds group transactions that come due close together. A transaction
+    # may wait a little for a round due after it, never join one due before it: asked
+    # early, it is still PENDING, and that costs another round and another poll delay.
+    poll = 0.2
+    async with edge_stack(clean_db, database_dsn, tmp_path, registry_poll_initial_seconds=poll) as (
+        stack,
+        arrivals,
+    ):
+        sent_at: dict[str, float] = {}
+        asked_at: dict[str, float] = {}
+
+        async def on_send(transactions: Sequence[registry_pb2.Transaction]) -> None:
+            now = time.monotonic()
+            for tx in transactions:
+                sent_at.setdefault(_transaction_id(tx), now)
+            await arrivals(transactions)
+
+        stack.registry.on_send = on_send
+        stack.registry.on_status = lambda tx_id: asked_at.setdefault(tx_id, time.monotonic())
+        recipients = [await stack.create_recipient() for _ in range(4)]
+        # Back to back: their sends finish a few milliseconds apart, within one round's reach.
+        bodies = [certificate_body(recipients[i % 4]) for i in range(24)]
+        for body in bodies:
+            assert (await stack.post_certificate(body))[0] == 202
+        states = await stack.wait_terminal([(REGISTRY, b["certificate"]["id"]) for b in bodies])
+        assert set(states.values()) == {"delivered"}
+        assert len(sent_at) == len(bodies) and asked_at.keys() == sent_at.keys()
+        due = {tx: sent + poll for tx, sent in sent_at.items()}
+        early = {tx: round(due[tx] - asked, 4) for tx, asked in asked_at.items() if asked < due[tx]}
+        assert not early, f"asked before the poll delay had passed since the send (seconds early): {early}"
 
 
 async def test_a_lost_send_answer_is_settled_by_the_status_without_a_resend(

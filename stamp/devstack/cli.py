@@ -26,6 +26,7 @@ from typing import Any
 import orjson
 import structlog
 
+from stamp import event_loop
 from stamp.crypto.issuer_keys import IssuerKey
 
 DEFAULT_REGISTRY = "Narnia"
@@ -145,7 +146,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "stamp devstack") -> int
         except (OSError, ValueError) as exc:
             print(f"stamp devstack: {exc}", file=sys.stderr)
             return 2
-        return asyncio.run(_run(args, keys))
+        return event_loop.run(_run(args, keys), "auto")
     finally:
         if args.out_dir is None:
             shutil.rmtree(out_dir, ignore_errors=True)

@@ -19,7 +19,8 @@ around it (docs/registry.md):
 All state lives on the event loop the simulator was started on; call its methods from
 that loop. Fault injection (``fail_next``, ``set_latency``, ``hold``/``release``,
 ``forget_uncommitted``, ``force_failure``, ``go_down``/``go_up``) may be changed at any
-time, mid-run. ``on_send`` lets a test look at each SendTransactions as it arrives.
+time, mid-run. ``on_send`` lets a test look at each SendTransactions as it arrives,
+``on_status`` at each GetTransactionStatus.
 
 Standalone: ``python -m stamp.devstack.registry --port 5001 --registry Narnia
 --issuer-key DK1=<Base64 of the public PEM>``.
@@ -71,6 +72,10 @@ SendHook = Callable[[Sequence[registry_pb2.Transaction]], Awaitable[None]]
 """Awaited with the transactions of each SendTransactions call as it arrives; the call
 is answered only after it returns. Tests use it to see what the sender had persisted
 at that moment and that every re-send carried the same bytes."""
+
+StatusHook = Callable[[str], object]
+"""Called with the transaction id of each GetTransactionStatus as it arrives. Tests use
+it to see when each transaction was first asked about."""
 
 
 UNKNOWN = registry_pb2.UNKNOWN
@@ -296,6 +301,7 @@ class RegistrySimulator:
         # A test's look at every SendTransactions as it arrives, before any fault or
         # latency applies and before the registry stores anything (see ``on_send``).
         self.on_send: SendHook | None = None
+        self.on_status: StatusHook | None = None
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -777,6 +783,8 @@ class _Servicer(registry_pb2_grpc.RegistryServiceServicer):
         request: registry_pb2.GetTransactionStatusRequest,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> registry_pb2.GetTransactionStatusResponse:
+        if self._sim.on_status is not None:
+            self._sim.on_status(request.id)
         fault = await self._sim._before_call("GetTransactionStatus")
         if fault is not None:
             await context.abort(fault.code, "injected fault")
