@@ -9,9 +9,9 @@ status first and re-sends the same bytes only on UNKNOWN; FAILED "already exists
 "already withdrawn" is settled by reading the stream (``settle_by_stream``).
 
 Timers sit at the deadlines: a status round is one coroutine that sleeps until the
-round is due and then asks; transactions that come due up to ``ROUND_GROUP_SECONDS``
-before a round not yet started join it. Nothing wakes up that is not due, and nothing
-is asked before it is due.
+round is due and then asks; a round waits ``ROUND_WAIT_FRACTION`` of the poll delay for
+the transactions that come due meanwhile (``round_for``). Nothing wakes up that is not
+due, and nothing is asked before it is due.
 """
 
 from __future__ import annotations
@@ -37,12 +37,13 @@ from stamp.domain import RegistryCommitted, RegistryGaveUp, RegistryOutcome, Reg
 from stamp.gateways.registry_client import RegistryCallError, RegistryClient, StatusReply, TxStatus
 
 log = structlog.get_logger(__name__)
-ROUND_GROUP_SECONDS = 0.02
-"""A status round starts this long after the first of its transactions is due, and
-every transaction that comes due before it starts joins it: a little late, never early
-(asked before its due time, a transaction is still PENDING, and that costs another call
-and another poll delay). The grouping pays beyond the calls: a round's outcomes reach
-their certificates together, and so their next database writes share statements."""
+ROUND_WAIT_FRACTION = 0.5
+"""A status round starts this fraction of the initial poll delay after the first of its
+transactions is due, and every transaction that comes due before it starts joins it: a
+little late, never early (asked before its due time, a transaction is still PENDING,
+which costs another call and another poll delay). The wait pays beyond the calls: a
+round's outcomes reach their certificates together, so their next database writes share
+statements and their hand-offs share turns (docs/benchmarks.md, "Status rounds")."""
 
 
 class Phase(enum.Enum):
@@ -70,7 +71,7 @@ class Tracked:
 
 
 @dataclass(eq=False, slots=True)
-class _Round:
+class StatusRound:
     """One status round of one registry, due at ``at`` (time.monotonic)."""
 
     registry: str
@@ -101,7 +102,7 @@ class _Sent:
 
 @dataclass(frozen=True, slots=True)
 class _Statuses:
-    round: _Round
+    round: StatusRound
     ids: tuple[str, ...]
     replies: tuple[StatusReply | RegistryCallError, ...]
 
@@ -111,6 +112,20 @@ class _StreamRead:
     tx_id: str
     outcome: RegistryOutcome | None  # None: the read failed
     error: RegistryCallError | None
+
+
+def round_for(
+    rounds: list[StatusRound], registry: str, tx_id: str, due: float, wait: float, limit: int
+) -> StatusRound | None:
+    """The status round that asks about ``tx_id``, due at ``due``: one of ``rounds`` not
+    started yet, with room, due at most ``wait`` after it (joined; None is returned), else
+    a new round due ``wait`` after it, appended to ``rounds`` for the caller to start."""
+    for round_ in rounds:
+        if 0.0 <= round_.at - due <= wait and round_.join(tx_id, limit):
+            return None
+    round_ = StatusRound(registry, due + wait, [tx_id])
+    rounds.append(round_)
+    return round_
 
 
 def _client_error(registry: str, reason: str) -> RegistryCallError:
@@ -166,7 +181,8 @@ class RegistryGateway(StampActor):
         self.tracked: dict[str, Tracked] = {}
         self.send_queues: dict[str, list[str]] = {}
         self.sending: set[str] = set()
-        self.rounds: dict[str, list[_Round]] = {}
+        self.rounds: dict[str, list[StatusRound]] = {}
+        self.round_wait = ROUND_WAIT_FRACTION * settings.registry_poll_initial_seconds
 
     # --- protocol ---------------------------------------------------------------
 
@@ -278,16 +294,13 @@ class RegistryGateway(StampActor):
 
     def _ask_at(self, tracked: Tracked, due: float) -> None:
         tracked.phase = Phase.STATUS
-        limit = self.settings.registry_batch_size
         rounds = self.rounds.setdefault(tracked.registry, [])
-        for round_ in rounds:
-            if 0.0 <= round_.at - due <= ROUND_GROUP_SECONDS and round_.join(tracked.tx_id, limit):
-                return
-        round_ = _Round(tracked.registry, due + ROUND_GROUP_SECONDS, [tracked.tx_id])
-        rounds.append(round_)
-        self.bridge.run(self._ask(round_), Reply(self.actor_ref, _identity, self._round_failed(round_)))
+        limit = self.settings.registry_batch_size
+        round_ = round_for(rounds, tracked.registry, tracked.tx_id, due, self.round_wait, limit)
+        if round_ is not None:
+            self.bridge.run(self._ask(round_), Reply(self.actor_ref, _identity, self._round_failed(round_)))
 
-    async def _ask(self, round_: _Round) -> _Statuses:
+    async def _ask(self, round_: StatusRound) -> _Statuses:
         await asyncio.sleep(max(0.0, round_.at - time.monotonic()))
         ids = round_.start()
         if not tracing.ENABLED:
@@ -299,7 +312,7 @@ class RegistryGateway(StampActor):
             replies = await self.client.statuses(round_.registry, list(ids))
         return _Statuses(round_, ids, tuple(replies))
 
-    def _round_failed(self, round_: _Round) -> Callable[[str], _Statuses]:
+    def _round_failed(self, round_: StatusRound) -> Callable[[str], _Statuses]:
         def failed(reason: str) -> _Statuses:
             ids = round_.start()
             return _Statuses(round_, ids, tuple(_client_error(round_.registry, reason) for _ in ids))
