@@ -6,6 +6,7 @@
     .venv/bin/python scripts/bench.py --quick    # the same, smaller (2,000 over 200): a few minutes
     .venv/bin/python scripts/bench.py --full     # adds 100,000 certificates over 10,000 recipients
     .venv/bin/python scripts/bench.py --batch-only -n 5000   # batch intake against the single route only
+    .venv/bin/python scripts/bench.py --libsodium-only       # the main run with Stamp on libsodium only
 
 Ceilings, each measured here and now:
 
@@ -24,6 +25,11 @@ Batch intake: the main run again as batches of 1,000 (``POST /v1/certificates/ba
 ``--batch-concurrency`` batches in flight, default 2), with its intake/s, its ratio to
 the single route's intake/s in the same run and the p99 of a batch against the targets
 (≥ 10,000 certificates/s, < 1 s).
+
+libsodium (``--libsodium-only``): the main run with Stamp's crypto on the libsodium
+backend (``STAMP_CRYPTO_BACKEND=sodium`` for Stamp only: the simulators stand for the
+registry and the wallet, which are not Stamp's to slow down), between two measurements
+of the libsodium crypto ceiling, and delivered/s over the better one.
 
 Then Stamp (``stamp.loadtest``: simulators in a child process, Stamp processes as
 ``stamp serve``, a fresh database each), and the ratios Stamp/ceiling. PostgreSQL is
@@ -57,8 +63,9 @@ import asyncpg
 import orjson
 from aiohttp import web
 
-from stamp.app import die_with_parent, warm_crypto_worker
+from stamp.app import init_crypto_worker, warm_crypto_worker
 from stamp.config import Settings
+from stamp.crypto import backend
 from stamp.crypto.bundle import IssueRequest, build_issue_bundle
 from stamp.crypto.hdkeys import ExtendedPrivateKey
 from stamp.crypto.issuer_keys import IssuerKey
@@ -94,13 +101,14 @@ class Plan:
     full: bool
     two_instances: bool
     batch_only: bool = False
+    libsodium_only: bool = False
     batch_concurrency: int = BATCH_CONCURRENCY
 
 
 # --- crypto ceiling -----------------------------------------------------------------------
 
 
-def crypto_ceiling(count: int, verify_proof: bool) -> dict[str, Any]:
+def crypto_ceiling(count: int, verify_proof: bool, crypto_backend: str | None = None) -> dict[str, Any]:
     cores = os.cpu_count() or 1
     recipient = ExtendedPrivateKey.generate().public().to_bytes()
     issuer = IssuerKey.generate().private_pem()
@@ -128,15 +136,24 @@ def crypto_ceiling(count: int, verify_proof: bool) -> dict[str, Any]:
     # Not niced like Stamp's workers (a busy neighbour would then lower the ceiling
     # and flatter the ratios), but gone when the benchmark is killed.
     with ProcessPoolExecutor(
-        cores, mp_context=multiprocessing.get_context("spawn"), initializer=die_with_parent
+        cores,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=init_crypto_worker,
+        # Without a backend named, STAMP_CRYPTO_BACKEND decides, as it does for Stamp.
+        initargs=(crypto_backend or os.environ.get(backend.ENV_VAR, "auto"), 0),
     ) as pool:
-        for warming in [pool.submit(warm_crypto_worker) for _ in range(cores)]:
-            warming.result()
+        backends = {warming.result() for warming in [pool.submit(warm_crypto_worker) for _ in range(cores)]}
         started = time.perf_counter()
         for future in [pool.submit(build_issue_bundle, r) for r in requests]:
             future.result()
         seconds = time.perf_counter() - started
-    return {"bundles": count, "seconds": seconds, "per_second": count / seconds, "workers": cores}
+    return {
+        "bundles": count,
+        "seconds": seconds,
+        "per_second": count / seconds,
+        "workers": cores,
+        "backend": ",".join(sorted(backends)),
+    }
 
 
 # --- database ceiling ---------------------------------------------------------------------
@@ -371,6 +388,8 @@ async def bench(args: argparse.Namespace, plan: Plan) -> dict[str, Any]:
     ceilings = results["ceilings"]
     if plan.batch_only:
         return await batch_comparison(args, plan, results, note)
+    if plan.libsodium_only:
+        return await libsodium_ratio(args, plan, results, note)
     note(f"crypto ceiling: {plan.crypto_bundles} bundles on {os.cpu_count()} cores")
     ceilings["crypto"] = await asyncio.to_thread(crypto_ceiling, plan.crypto_bundles, True)
     ceilings["crypto_without_self_verification"] = await asyncio.to_thread(
@@ -504,6 +523,65 @@ async def batch_comparison(
     results["batch_intake"] = batch_figures(results["stamp"][0], results["stamp"][1], plan)
     results["machine"]["load_average_end"] = list(os.getloadavg())
     return results
+
+
+async def libsodium_ratio(
+    args: argparse.Namespace, plan: Plan, results: dict[str, Any], note: Callable[[str], None]
+) -> dict[str, Any]:
+    """The main run with Stamp on the libsodium backend, between two measurements of the
+    libsodium crypto ceiling: how close the pipeline comes to its crypto there."""
+    ceilings = results["ceilings"]
+    note(f"libsodium crypto ceiling: {plan.crypto_bundles} bundles on {os.cpu_count()} cores")
+    ceilings["crypto"] = await asyncio.to_thread(crypto_ceiling, plan.crypto_bundles, True, "sodium")
+    async with postgres(args.database_url) as (server_dsn, postgres_pid):
+        options = LoadOptions(
+            certificates=plan.certificates,
+            recipients=plan.recipients,
+            schedule=Schedule.closed(plan.certificates, INTAKE_CONCURRENCY),
+            commit_delay=args.commit_delay,
+            proof_sample=args.proof_sample,
+            progress=not args.no_progress,
+            postgres_pid=postgres_pid,
+            stamp_env={backend.ENV_VAR: "sodium"},
+        )
+        name = f"{plan.certificates} over {plan.recipients}, Stamp on libsodium"
+        results["stamp"].append(await stamp_run(server_dsn, name, options, note))
+    note("libsodium crypto ceiling again")
+    ceilings["crypto_at_end"] = await asyncio.to_thread(crypto_ceiling, plan.crypto_bundles, True, "sodium")
+    run = results["stamp"][0]
+    ceiling = crypto_ceiling_per_second(ceilings)
+    results["libsodium"] = {
+        "crypto_ceiling_per_second": ceiling,
+        "delivered_per_second": run["pipeline"]["delivered_per_second"],
+        "delivered_per_crypto_ceiling": run["pipeline"]["delivered_per_second"] / ceiling,
+        "cpu_seconds_per_certificate": run["resources"]["cpu_seconds_per_certificate"],
+        "invariants_ok": bool(run["invariants"]["ok"]),
+    }
+    results["machine"]["load_average_end"] = list(os.getloadavg())
+    return results
+
+
+def libsodium_markdown(results: dict[str, Any]) -> str:
+    c, figures = results["ceilings"], results["libsodium"]
+    run = results["stamp"][0]
+    per = ", ".join(f"{k} {v * 1000:.2f} ms" for k, v in figures["cpu_seconds_per_certificate"].items())
+    return (
+        "\n".join(
+            [
+                f"{run['name']} ({results['started_at']}):",
+                "",
+                "| libsodium crypto ceiling, start / end | delivered/s | delivered / better ceiling "
+                "| invariants |",
+                "| --- | --- | --- | --- |",
+                f"| {c['crypto']['per_second']:.1f} / {c['crypto_at_end']['per_second']:.1f} "
+                f"| {figures['delivered_per_second']:.1f} | {figures['delivered_per_crypto_ceiling']:.2f} "
+                f"| {'ok' if figures['invariants_ok'] else 'FAILED'} |",
+                "",
+                f"CPU per certificate: {per}.",
+            ]
+        )
+        + "\n"
+    )
 
 
 def batch_figures(single: dict[str, Any], batched: dict[str, Any], plan: Plan) -> dict[str, Any]:
@@ -669,6 +747,11 @@ def main() -> int:
         help="only the single route and batch intake runs, without the ceilings and the other runs",
     )
     parser.add_argument(
+        "--libsodium-only",
+        action="store_true",
+        help="only the main run with Stamp on the libsodium backend, between two libsodium crypto ceilings",
+    )
+    parser.add_argument(
         "-n", "--certificates", type=int, help="certificates of the main run (default 10,000)"
     )
     parser.add_argument("--recipients", type=int, help="recipients of the main runs (default 1,000)")
@@ -704,11 +787,17 @@ def main() -> int:
         full=args.full,
         two_instances=not args.no_two_instances,
         batch_only=args.batch_only,
+        libsodium_only=args.libsodium_only,
         batch_concurrency=max(1, args.batch_concurrency),
     )
     quiet_logs()
     results = asyncio.run(bench(args, plan))
-    text = batch_markdown(results) if plan.batch_only else markdown(results)
+    if plan.batch_only:
+        text = batch_markdown(results)
+    elif plan.libsodium_only:
+        text = libsodium_markdown(results)
+    else:
+        text = markdown(results)
     print(text)
     if args.json:
         args.json.write_text(orjson.dumps(results, option=orjson.OPT_INDENT_2).decode() + "\n")
