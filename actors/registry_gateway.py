@@ -43,7 +43,8 @@ transactions is due, and every transaction that comes due before it starts joins
 little late, never early (asked before its due time, a transaction is still PENDING,
 which costs another call and another poll delay). The wait pays beyond the calls: a
 round's outcomes reach their certificates together, so their next database writes share
-statements and their hand-offs share turns (docs/benchmarks.md, "Status rounds")."""
+statements and their hand-offs share turns (docs/benchmarks.md, "The session of
+2026-12-07 (third)")."""
 
 
 class Phase(enum.Enum):
