@@ -404,12 +404,7 @@ async def bench(args: argparse.Namespace, plan: Plan) -> dict[str, Any]:
         note(f"HTTP intake ceiling: {plan.http_requests} requests at concurrency {INTAKE_CONCURRENCY}")
         ceilings["http"] = await http_ceiling(plan.http_requests)
 
-        common: dict[str, Any] = {
-            "commit_delay": args.commit_delay,
-            "proof_sample": args.proof_sample,
-            "progress": not args.no_progress,
-            "postgres_pid": postgres_pid,
-        }
+        common = common_options(args, postgres_pid)
         runs: list[tuple[str, Callable[[], Awaitable[dict[str, Any]]]]] = []
 
         def closed(name: str, certificates: int, recipients: int, instances: int = 1) -> None:
@@ -484,6 +479,27 @@ async def bench(args: argparse.Namespace, plan: Plan) -> dict[str, Any]:
     return results
 
 
+def common_options(args: argparse.Namespace, postgres_pid: int | None) -> dict[str, Any]:
+    """What every Stamp run of one benchmark shares."""
+    return {
+        "commit_delay": args.commit_delay,
+        "proof_sample": args.proof_sample,
+        "progress": not args.no_progress,
+        "postgres_pid": postgres_pid,
+    }
+
+
+def main_run_options(plan: Plan, common: dict[str, Any], **extra: Any) -> LoadOptions:
+    """The main run: the plan's certificates over its recipients, as fast as possible."""
+    return LoadOptions(
+        certificates=plan.certificates,
+        recipients=plan.recipients,
+        schedule=Schedule.closed(plan.certificates, INTAKE_CONCURRENCY),
+        **common,
+        **extra,
+    )
+
+
 def batch_run_name(plan: Plan) -> str:
     return f"{plan.certificates} in batches of {BATCH_SIZE} over {plan.recipients}"
 
@@ -504,18 +520,8 @@ async def batch_comparison(
     """Only the two runs batch intake is judged by: the single route, then batches, on
     one database server, one after the other (a shared machine moves both alike)."""
     async with postgres(args.database_url) as (server_dsn, postgres_pid):
-        common: dict[str, Any] = {
-            "commit_delay": args.commit_delay,
-            "proof_sample": args.proof_sample,
-            "progress": not args.no_progress,
-            "postgres_pid": postgres_pid,
-        }
-        single = LoadOptions(
-            certificates=plan.certificates,
-            recipients=plan.recipients,
-            schedule=Schedule.closed(plan.certificates, INTAKE_CONCURRENCY),
-            **common,
-        )
+        common = common_options(args, postgres_pid)
+        single = main_run_options(plan, common)
         name = f"{plan.certificates} over {plan.recipients}"
         results["stamp"].append(await stamp_run(server_dsn, name, single, note))
         batched = batch_run_options(plan, common)
@@ -534,15 +540,8 @@ async def libsodium_ratio(
     note(f"libsodium crypto ceiling: {plan.crypto_bundles} bundles on {os.cpu_count()} cores")
     ceilings["crypto"] = await asyncio.to_thread(crypto_ceiling, plan.crypto_bundles, True, "sodium")
     async with postgres(args.database_url) as (server_dsn, postgres_pid):
-        options = LoadOptions(
-            certificates=plan.certificates,
-            recipients=plan.recipients,
-            schedule=Schedule.closed(plan.certificates, INTAKE_CONCURRENCY),
-            commit_delay=args.commit_delay,
-            proof_sample=args.proof_sample,
-            progress=not args.no_progress,
-            postgres_pid=postgres_pid,
-            stamp_env={backend.ENV_VAR: "sodium"},
+        options = main_run_options(
+            plan, common_options(args, postgres_pid), stamp_env={backend.ENV_VAR: "sodium"}
         )
         name = f"{plan.certificates} over {plan.recipients}, Stamp on libsodium"
         results["stamp"].append(await stamp_run(server_dsn, name, options, note))

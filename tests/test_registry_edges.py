@@ -23,6 +23,7 @@ import pytest
 
 from protos.project_origin.registry.v1 import registry_pb2
 from stamp.config import RetryPolicy
+from stamp.crypto.transactions import transaction_id
 from tests.stack import REGISTRY, Stack, certificate_body, running_stack
 from tests.waiting import wait_until
 
@@ -113,10 +114,6 @@ async def test_the_transaction_is_readable_from_the_database_when_the_registry_r
             assert arrival.persisted_id == base64.b64encode(hashlib.sha256(arrival.data).digest()).decode()
 
 
-def _transaction_id(tx: registry_pb2.Transaction) -> str:
-    return base64.b64encode(hashlib.sha256(tx.SerializeToString()).digest()).decode()
-
-
 async def test_no_transaction_is_asked_about_before_its_poll_delay_has_passed(
     clean_db: asyncpg.Pool, database_dsn: str, tmp_path: Path
 ) -> None:
@@ -134,7 +131,7 @@ async def test_no_transaction_is_asked_about_before_its_poll_delay_has_passed(
         async def on_send(transactions: Sequence[registry_pb2.Transaction]) -> None:
             now = time.monotonic()
             for tx in transactions:
-                sent_at.setdefault(_transaction_id(tx), now)
+                sent_at.setdefault(transaction_id(tx.SerializeToString()), now)
             await arrivals(transactions)
 
         stack.registry.on_send = on_send

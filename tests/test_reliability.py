@@ -46,10 +46,10 @@ async def test_backlog_over_the_limit_answers_503_with_retry_after_and_writes_no
     async with running_stack(empty_database_dsn, tmp_path, max_backlog=2) as small:
         recipient = await small.create_recipient()
         bodies = [certificate_body(recipient) for _ in range(2)]
-        small.registry.hold(certificate_ids=[b["certificate"]["id"] for b in bodies])
+        ids = [b["certificate"]["id"] for b in bodies]
+        small.registry.hold(certificate_ids=ids)
         for body in bodies:
             assert (await small.post_certificate(body))[0] == 202
-        ids = [b["certificate"]["id"] for b in bodies]
 
         async def both_held_in_the_registry() -> bool:
             # Counted only once the pipeline has nothing left to write: until the held
