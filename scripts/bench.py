@@ -133,14 +133,14 @@ def crypto_ceiling(count: int, verify_proof: bool, crypto_backend: str | None = 
         )
         for i in range(count)
     ]
-    # Not niced like Stamp's workers (a busy neighbour would then lower the ceiling
-    # and flatter the ratios), but gone when the benchmark is killed.
+    # Not niced or on a short slice like Stamp's workers (a busy neighbour would then
+    # lower the ceiling and flatter the ratios), but gone when the benchmark is killed.
     with ProcessPoolExecutor(
         cores,
         mp_context=multiprocessing.get_context("spawn"),
         initializer=init_crypto_worker,
         # Without a backend named, STAMP_CRYPTO_BACKEND decides, as it does for Stamp.
-        initargs=(crypto_backend or os.environ.get(backend.ENV_VAR, "auto"), 0),
+        initargs=(crypto_backend or os.environ.get(backend.ENV_VAR, "auto"), 0, None),
     ) as pool:
         backends = {warming.result() for warming in [pool.submit(warm_crypto_worker) for _ in range(cores)]}
         started = time.perf_counter()

@@ -31,7 +31,7 @@ from actors.registry_gateway import RegistryGateway
 from actors.supervisor import Supervisor
 from actors.wallet_gateway import WalletGateway
 from actors.withdrawal import WithdrawalActor
-from stamp import metrics
+from stamp import metrics, scheduling
 from stamp.admission import Backlog, LiveCounts, RecipientCache
 from stamp.api import auth, batch, metrics_http, openapi, withdrawals
 from stamp.api import routes as certificate_routes
@@ -72,6 +72,9 @@ BATCHER_KEEPS = 4
 saturation one per statement kind being written at the same moment, so a batch costs
 no pool checkout (stamp/db/batcher.py)."""
 CRYPTO_WORKER_NICENESS = 10
+CRYPTO_WORKER_SLICE_SECONDS = scheduling.MIN_SLICE_SECONDS
+"""The crypto workers' time slice: the shortest the kernel grants, so that intake's
+wake-ups preempt them at once (stamp/scheduling.py)."""
 
 
 async def database_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -114,7 +117,11 @@ def die_with_parent() -> None:
                 os._exit(1)
 
 
-def init_crypto_worker(crypto_backend: str = "auto", niceness: int = CRYPTO_WORKER_NICENESS) -> None:
+def init_crypto_worker(
+    crypto_backend: str = "auto",
+    niceness: int = CRYPTO_WORKER_NICENESS,
+    slice_seconds: float | None = CRYPTO_WORKER_SLICE_SECONDS,
+) -> None:
     """Runs first in each crypto worker process.
 
     - The worker dies with Stamp (``die_with_parent``).
@@ -122,13 +129,19 @@ def init_crypto_worker(crypto_backend: str = "auto", niceness: int = CRYPTO_WORK
       resolve differently in a worker).
     - It runs at a lower priority than Stamp itself: proving saturates every core by
       design, and intake latency and the actors' hand-offs should not queue behind
-      it. Throughput is unchanged; the workers still get every idle cycle. (The
-      benchmark's crypto ceiling passes 0: alone on the machine it needs no yielding.)"""
+      it. Throughput is unchanged; the workers still get every idle cycle.
+    - It asks for a short time slice, so that whatever wakes up (the loop, a database
+      backend) takes the core at once instead of after the worker's slice; where the
+      kernel cannot, the worker runs without (stamp/scheduling.py).
+    (The benchmark's crypto ceiling passes 0 and no slice: alone on the machine it
+    needs no yielding.)"""
     die_with_parent()
     backend.configure(crypto_backend)
     if niceness:
         with contextlib.suppress(OSError):
             os.nice(niceness)
+    if slice_seconds is not None:
+        scheduling.request_slice(slice_seconds)
 
 
 def warm_crypto_worker() -> str:
@@ -172,6 +185,13 @@ async def crypto_pool_ctx(app: web.Application) -> AsyncIterator[None]:
     except BaseException:
         await workers.close()
         raise
+    # Operators see whether the kernel granted the short slice (Linux 6.12 and later).
+    granted = [scheduling.current_slice(pid) for pid in workers.pids]
+    log.info(
+        "crypto.workers",
+        count=len(granted),
+        short_slice=all(g == CRYPTO_WORKER_SLICE_SECONDS for g in granted),
+    )
     app[CRYPTO_WORKERS] = workers
     yield
     await workers.close()

@@ -17,10 +17,11 @@ import psutil
 import pytest
 import pytest_asyncio
 
-from stamp import app, workers
+from stamp import app, scheduling, workers
 from stamp.app import init_crypto_worker, warm_crypto_worker
 from stamp.workers import PoolClosed, WorkerLost, WorkerPool
 from tests.faults import start_scenario, stop_scenario
+from tests.slices import needs_custom_slices
 from tests.stack import REGISTRY, certificate_body, running_stack
 from tests.waiting import wait_until
 
@@ -255,5 +256,19 @@ async def test_crypto_workers_run_niced_below_stamp() -> None:
         assert {os.getpriority(os.PRIO_PROCESS, pid) for pid in pool.pids} == {
             min(19, mine + app.CRYPTO_WORKER_NICENESS)
         }
+    finally:
+        await pool.close()
+
+
+@needs_custom_slices
+async def test_crypto_workers_ask_for_the_shortest_time_slice() -> None:
+    # So that intake's wake-ups preempt them at once (stamp/scheduling.py).
+    loop = asyncio.get_running_loop()
+    pool = WorkerPool(2, loop, initializer=init_crypto_worker, warm=warm_crypto_worker)
+    await pool.start()
+    try:
+        assert pool.pids
+        assert {scheduling.current_slice(pid) for pid in pool.pids} == {app.CRYPTO_WORKER_SLICE_SECONDS}
+        assert scheduling.current_slice() != app.CRYPTO_WORKER_SLICE_SECONDS  # Stamp itself keeps its own
     finally:
         await pool.close()
