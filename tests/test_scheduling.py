@@ -33,7 +33,7 @@ def test_a_short_slice_keeps_the_threads_policy_and_nice_value() -> None:
     ("asked", "granted"),
     [(1e-6, scheduling.MIN_SLICE_SECONDS), (0.003, 0.003), (5.0, scheduling.MAX_SLICE_SECONDS)],
 )
-def test_a_slice_outside_the_kernels_range_is_clamped_to_it(asked: float, granted: float) -> None:
+def test_a_slice_is_clamped_to_the_kernels_range(asked: float, granted: float) -> None:
     def run() -> tuple[bool, float | None]:
         return scheduling.request_slice(asked), scheduling.current_slice()
 
