@@ -22,6 +22,7 @@ says so; the process still runs, only without the hint.
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import platform
 import struct
@@ -46,6 +47,7 @@ _ATTR = struct.Struct("=IIQiIQQQ")
 _SCHED_FLAG_KEEP_POLICY = 0x08
 
 
+@functools.cache  # the answer cannot change within a process: look it up once
 def _calls() -> tuple[ctypes.CDLL, int, int] | None:
     if not sys.platform.startswith("linux"):
         return None
