@@ -17,7 +17,8 @@ the event(s) in brackets to the history):
                                         [CertificateIssuedInRegistry, CertificateMarkedAsIssued]
                                     ─▶ registry FAILED:    REJECT [CertificateFailedInRegistry]
     issued_in_registry    ─▶ MARK [CertificateMarkedAsIssued]  (only left over by older versions)
-    marked_as_issued      ─ (CLAIM_DELIVERY unless this driver just entered the state)
+    marked_as_issued      ─ (CLAIM_DELIVERY unless this driver's mark was the last
+                             thing it did)
                           ─ Deliver ─▶ wallet 2xx: DELIVER [CertificateSentToWallet]
     marked_as_issued, withdrawn ─▶ WITHHOLD → withheld [CertificateNotDelivered]
     delivered, re-delivery requested (an operator's, ``record.redelivery``)
@@ -35,13 +36,14 @@ between that read and the POST is the one the gateway's own read had (the statem
 answer, then the POST) plus the hops from the loop to the certificate's actor, to the
 gateway and back to the loop: milliseconds, the same order as before, and no
 guarantee was ever stronger: a move committed inside either window (or during the POST)
-reaches the next attempt. A delivery that does not follow such a write at once (a
-recipient loaded in between) carries no endpoint, and the gateway reads it when it
-sends. A failed attempt is recorded, with its
-endpoint, as soon as it failed (ATTEMPT_FAILED, a version bump
-[CertificateWalletAttemptFailed]) before the backoff starts, so the history shows where
-each delivery went and a crash during the backoff loses no attempt. A delivery that
-succeeds at once makes no such write.
+reaches the next attempt. A resumed driver reads the recipient before anything else
+(in sent_to_registry, before it asks the registry), so its mark too is followed by the
+delivery at once. Only a mark that reads no endpoint (ADVANCE, from issued_in_registry
+left over by older versions) gives a delivery without one, and the gateway reads it
+when it sends. A failed attempt is recorded, with its endpoint, as soon as it failed
+(ATTEMPT_FAILED, a version bump [CertificateWalletAttemptFailed]) before the backoff
+starts, so the history shows where each delivery went and a crash during the backoff
+loses no attempt. A delivery that succeeds at once makes no such write.
 
 A withdrawn certificate still goes through its issuance (the registry can only
 withdraw a stream it holds) but its slice is never delivered (``withheld_from_wallet``).
@@ -59,8 +61,11 @@ Retry and failure rules, all of them:
 - Crypto failure, registry give-up, wallet transient: counted per step; at the step's
   ``max_attempts`` the certificate fails with step, reason and attempts. A wallet
   400/404 fails at once; a registry FAILED rejects at once.
-- After a wallet attempt that did not succeed the delivery is claimed again (a version
-  bump) right before the next one, after the backoff, so two drivers never both deliver.
+- A delivery goes out only right after this driver's own write moved the version on
+  (the mark or a claim). After anything else awaited in between — a wallet attempt that
+  did not succeed and its backoff — the delivery is claimed again (a version bump)
+  first, so a driver whose claim another one has overtaken stops at its stale claim
+  instead of delivering.
 - Draining (shutdown): an answer that must be recorded (a write, a wallet delivery) is
   awaited and recorded; anything else stops at once and resumes after restart.
 - Answers nobody waits for (late, duplicated, for an older write) change nothing.
@@ -320,7 +325,6 @@ class Journey:
     pending: Write | None = None  # the write awaited, or repeated when the timer fires
     attempts: int = 0  # failed attempts at the current step
     database_failures: int = 0
-    claimed: bool = False  # this driver moved the version on in marked_as_issued
     fresh_transaction: bool = False  # persisted by this driver: never sent before
     draining: bool = False
     finished: bool = False
@@ -409,7 +413,7 @@ def advance(journey: Journey, event: LifecycleEvent, rules: Rules) -> tuple[Jour
             if attempts >= rules.wallet_max_attempts:
                 return _wallet_gave_up(journey, reason, attempts, endpoint)
             failure = {"endpoint": endpoint, "reason": reason, "attempt": attempts}
-            journey = dataclasses.replace(journey, claimed=False, attempts=attempts)
+            journey = dataclasses.replace(journey, attempts=attempts)
             return _persist(
                 journey, WriteKind.ATTEMPT_FAILED, record.state, Event.WALLET_ATTEMPT_FAILED, failure
             )
@@ -511,10 +515,17 @@ _ANSWERS: dict[type, Awaiting] = {
 }
 
 
-def _next(journey: Journey, rules: Rules, endpoint: str | None = None) -> tuple[Journey, tuple[Effect, ...]]:
+def _next(
+    journey: Journey, rules: Rules, endpoint: str | None = None, *, claimed: bool = False
+) -> tuple[Journey, tuple[Effect, ...]]:
     """The next step, derived from the persisted record alone: a fresh start and a
-    resume after a crash take the same path. ``endpoint``: the recipient's endpoint as
-    the write just answered read it (used only by a delivery that follows at once)."""
+    resume after a crash take the same path. ``claimed``: the write just answered was
+    this driver's and moved the version on in a delivering state (a mark or a claim);
+    ``endpoint``: the recipient's endpoint as that write read it.
+
+    A claim holds only for a delivery sent at once: anything awaited in between (a
+    backoff, a read) lets another driver claim meanwhile, so the delivery is claimed
+    again first and goes out only if this driver's version is still the row's."""
     record = journey.record
     if record.state.terminal and not record.redelivery:
         return _finish(journey, record.state)
@@ -524,7 +535,7 @@ def _next(journey: Journey, rules: Rules, endpoint: str | None = None) -> tuple[
     if state is State.DELIVERED:  # a re-delivery was requested
         if journey.recipient is None:
             return _await(journey, Awaiting.RECIPIENT), (LoadRecipient(record.content.recipient_id),)
-        if not journey.claimed:
+        if not claimed:
             return _persist(journey, WriteKind.CLAIM_REDELIVERY, State.DELIVERED, None)
         return _await(journey, Awaiting.WALLET), (Deliver(record, journey.recipient, endpoint),)
     if state is State.STORED and record.position is None:
@@ -533,10 +544,13 @@ def _next(journey: Journey, rules: Rules, endpoint: str | None = None) -> tuple[
         )
     if state is State.MARKED_AS_ISSUED and withheld_from_wallet(record):
         return _withhold(journey)
-    if state in (State.STORED, State.MARKED_AS_ISSUED) and journey.recipient is None:
+    if journey.recipient is None:
+        # Read before anything that leads to the delivery (for a driver resumed in
+        # sent_to_registry, before it asks the registry), so that the mark is followed by
+        # the delivery at once and is its claim: no read in between for another driver
+        # to claim in.
         return _await(journey, Awaiting.RECIPIENT), (LoadRecipient(record.content.recipient_id),)
     if state is State.STORED:
-        assert journey.recipient is not None
         if record.content.grid_area not in rules.grid_areas:
             return _fail(
                 journey, Step.CRYPTO, f"no issuer key configured for grid area {record.content.grid_area}", 1
@@ -548,8 +562,8 @@ def _next(journey: Journey, rules: Rules, endpoint: str | None = None) -> tuple[
         return _await(journey, Awaiting.REGISTRY), (submit,)
     if state is State.ISSUED_IN_REGISTRY:
         return _persist(journey, WriteKind.ADVANCE, State.MARKED_AS_ISSUED, Event.MARKED_AS_ISSUED)
-    assert state is State.MARKED_AS_ISSUED and journey.recipient is not None
-    if not journey.claimed:
+    assert state is State.MARKED_AS_ISSUED
+    if not claimed:
         # Resumed or retried: move the version on first, so that only one driver of
         # this certificate can be delivering it.
         return _persist(journey, WriteKind.CLAIM_DELIVERY, State.MARKED_AS_ISSUED, None)
@@ -578,13 +592,6 @@ def _written(journey: Journey, event: Written, rules: Rules) -> tuple[Journey, t
         record=record,
         pending=None,
         database_failures=0,
-        # A recorded failure is no claim: the next attempt is claimed after the backoff.
-        claimed=write.kind is not WriteKind.ATTEMPT_FAILED
-        and (
-            journey.claimed
-            or write.state is State.MARKED_AS_ISSUED
-            or write.kind is WriteKind.CLAIM_REDELIVERY
-        ),
         fresh_transaction=journey.fresh_transaction or write.kind is WriteKind.RECORD_TRANSACTION,
     )
     if write.kind is WriteKind.ATTEMPT_FAILED and not journey.draining and not withheld_from_wallet(record):
@@ -599,7 +606,11 @@ def _written(journey: Journey, event: Written, rules: Rules) -> tuple[Journey, t
             moved = (Moved(issued, previous.state), Moved(record, State.ISSUED_IN_REGISTRY))
         else:
             moved = (Moved(record, previous.state),)
-    journey, effects = _next(journey, rules, event.endpoint)
+    # A recorded failure is no claim: the next attempt is claimed after the backoff.
+    claimed = write.kind is not WriteKind.ATTEMPT_FAILED and (
+        write.state is State.MARKED_AS_ISSUED or write.kind is WriteKind.CLAIM_REDELIVERY
+    )
+    journey, effects = _next(journey, rules, event.endpoint, claimed=claimed)
     return journey, moved + effects
 
 

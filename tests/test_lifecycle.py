@@ -6,13 +6,14 @@ database, no network."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from stamp import lifecycle as lc
 from stamp.domain import (
@@ -137,8 +138,9 @@ def test_a_new_certificate_travels_the_whole_journey() -> None:
     [
         (record(), [lc.Allocate(KEY, RECIPIENT.id, 0)]),
         (record(position=3, version=1), [lc.LoadRecipient(RECIPIENT.id)]),
-        (SENT, [lc.Submit(KEY, TX, "tx-1", check_first=True)]),  # may have been sent: ask first
-        (dataclasses.replace(SENT, state=State.ISSUED_IN_REGISTRY), ["Persist advance marked_as_issued"]),
+        # The recipient first, so that the mark is followed by the delivery at once.
+        (SENT, [lc.LoadRecipient(RECIPIENT.id)]),
+        (dataclasses.replace(SENT, state=State.ISSUED_IN_REGISTRY), [lc.LoadRecipient(RECIPIENT.id)]),
         (MARKED, [lc.LoadRecipient(RECIPIENT.id)]),
         (dataclasses.replace(SENT, state=State.DELIVERED), [lc.Finish(State.DELIVERED)]),
         (dataclasses.replace(SENT, state=State.REJECTED), [lc.Finish(State.REJECTED)]),
@@ -165,6 +167,7 @@ def test_a_resumed_delivery_is_claimed_before_it_is_sent() -> None:
 
 
 MOVED_URL = "http://moved-wallet/v1/slices"
+NEW_URL = "http://new-wallet/v1/slices"
 
 
 def test_the_mark_answers_the_endpoint_the_delivery_goes_to() -> None:
@@ -180,21 +183,33 @@ def test_a_claim_answers_the_endpoint_the_delivery_goes_to() -> None:
     assert fx == [lc.Deliver(j.record, RECIPIENT, MOVED_URL)]
 
 
-def test_a_delivery_not_right_after_its_write_has_its_endpoint_read() -> None:
-    # Resumed in sent_to_registry: the recipient is loaded between the mark and the
-    # delivery, so the endpoint the mark read is not used (the gateway reads it).
+def test_a_resumed_certificate_reads_its_recipient_before_it_asks_the_registry() -> None:
+    # Then the mark (which also reads the endpoint) is followed by the delivery at once:
+    # it is the delivery's claim, as for a certificate driven since its build.
     j, _ = run(lc.Journey.resume(SENT), lc.Started())
-    j, fx = run(j, RegistryCommitted(KEY), lc.Written(2, 3, endpoint=MOVED_URL))
-    assert fx[-1] == lc.LoadRecipient(RECIPIENT.id)
     j, fx = run(j, lc.RecipientFound(RECIPIENT))
-    assert fx == [lc.Deliver(j.record, RECIPIENT, None)]
+    assert fx == [lc.Submit(KEY, TX, "tx-1", check_first=True)]  # may have been sent: ask first
+    j, fx = run(j, RegistryCommitted(KEY), lc.Written(2, 3, endpoint=MOVED_URL))
+    assert kinds(fx) == ["Persist", "Moved", "Moved", "Deliver"]
+    assert fx[-1] == lc.Deliver(j.record, RECIPIENT, MOVED_URL)
+
+
+def test_a_delivery_after_a_write_that_reads_no_endpoint_has_it_read_by_the_gateway() -> None:
+    # Left in issued_in_registry by an older version: its mark (ADVANCE) reads no endpoint.
+    issued = dataclasses.replace(SENT, state=State.ISSUED_IN_REGISTRY)
+    j, fx = run(lc.Journey.resume(issued), lc.Started(), lc.RecipientFound(RECIPIENT))
+    mark = fx[-1]
+    assert isinstance(mark, lc.Persist) and mark.write.kind is lc.WriteKind.ADVANCE
+    j, fx = run(j, lc.Written(2, 3))
+    assert fx[-1] == lc.Deliver(j.record, RECIPIENT, None)
 
 
 # --- failures and retries -----------------------------------------------------------------------
 
 
 def _after_send() -> lc.Journey:
-    j, _ = run(lc.Journey.resume(SENT), lc.Started())
+    j, _ = run(lc.Journey.resume(SENT), lc.Started(), lc.RecipientFound(RECIPIENT))
+    assert j.awaiting is lc.Awaiting.REGISTRY
     return j
 
 
@@ -338,7 +353,6 @@ def test_a_2xx_recorded_on_the_same_trip_needs_no_second_write() -> None:
 
 DELIVERED = dataclasses.replace(MARKED, state=State.DELIVERED, version=5)
 REDELIVERY = dataclasses.replace(DELIVERED, redelivery=True)
-NEW_URL = "http://new-wallet/v1/slices"
 
 
 def _redelivering() -> lc.Journey:
@@ -495,6 +509,19 @@ class Driver:
 OUTCOMES = st.sampled_from(["ok", "ok", "ok", "transient", "permanent", "db_down"])
 
 
+# Where the row starts: a new certificate, or one left mid-journey (resumed drivers
+# take the paths a fresh one never does, e.g. reading the recipient after the mark).
+STARTS = st.sampled_from(
+    [
+        record(),
+        record(position=3, version=1),
+        SENT,
+        dataclasses.replace(SENT, state=State.ISSUED_IN_REGISTRY),
+        MARKED,
+    ]
+)
+
+
 class LifecycleMachine(RuleBasedStateMachine):
     """Outcomes in any order; a crash replaces the driver by a replay of the persisted
     row; a zombie driver may linger and keep answering."""
@@ -506,6 +533,10 @@ class LifecycleMachine(RuleBasedStateMachine):
         self.deliveries: list[tuple[int, bytes, bytes, int]] = []
         self.sends: list[bytes] = []
         self.names = 0
+
+    @initialize(persisted=STARTS)
+    def start(self, persisted: CertificateRecord) -> None:
+        self.row = Row(persisted)
         self._start_driver()
 
     def _start_driver(self) -> Driver:
@@ -705,3 +736,114 @@ def test_replay_after_any_crash_reaches_a_terminal_state_when_outcomes_are_good(
                 journey, more = lc.advance(journey, event, RULES)
                 queue.extend(more)
         assert journey.finished and row.record.state is State.DELIVERED, persisted.state
+
+
+# --- two drivers, every interleaving ----------------------------------------------------------
+
+
+_TAKEN = lc.WalletAnswered(Delivery.DELIVERED, 202, "")
+_BUSY = lc.WalletAnswered(Delivery.TRANSIENT, 503, "wallet answered 503")
+
+
+def _good_answer(row: Row, effect: lc.Effect) -> lc.LifecycleEvent:
+    """What a working database and registry answer (the wallet's is chosen apart)."""
+    match effect:
+        case lc.Allocate(version=version):
+            allocated = row.allocate(version)
+            return lc.PositionRefused() if allocated is None else lc.PositionAllocated(*allocated)
+        case lc.LoadRecipient():
+            return lc.RecipientFound(RECIPIENT)
+        case lc.Build():
+            return BUILT
+        case lc.Persist(write=write):
+            return lc.Written(write.expected, row.apply(write))
+        case lc.Submit():
+            return RegistryCommitted(KEY)
+        case lc.Wait():
+            return lc.RetryDue()
+    raise AssertionError(effect)
+
+
+@dataclasses.dataclass
+class _Driving:
+    journey: lc.Journey
+    outstanding: list[lc.Effect]
+
+
+def _interleavings(
+    row: Row,
+    drivers: tuple[_Driving, ...],
+    second_started: bool,
+    wallet_busy_once: bool,
+    found: list[str],
+    path: tuple[str, ...],
+) -> None:
+    """Every order in which the drivers' answers can arrive, the second driver starting
+    at any point, and the wallet answering 503 once at any delivery (a retry after the
+    backoff, claimed again): each delivery must go out on the claim the row holds at
+    that moment."""
+
+    def feed(row: Row, driving: _Driving, event: lc.LifecycleEvent, step: str) -> None:
+        driving.journey, effects = lc.advance(driving.journey, event, RULES)
+        for effect in effects:
+            if isinstance(effect, lc.Deliver):
+                current = row.record
+                if (
+                    current.state is not State.MARKED_AS_ISSUED
+                    or driving.journey.record.version != current.version
+                ):
+                    found.append(" → ".join((*path, step)))
+            if not isinstance(effect, lc.Moved | lc.Finish):
+                driving.outstanding.append(effect)
+
+    moves: list[tuple[int | None, bool]] = []
+    for number, waiting in enumerate(drivers):
+        if waiting.outstanding:
+            moves.append((number, False))
+            if isinstance(waiting.outstanding[0], lc.Deliver) and not wallet_busy_once:
+                moves.append((number, True))
+    if not second_started:
+        moves.append((None, False))
+    for index, busy in moves:
+        row_copy = copy.deepcopy(row)
+        drivers_copy = copy.deepcopy(drivers)
+        if index is None:
+            step = "driver 2 starts"
+            started = _Driving(lc.Journey.resume(row_copy.record), [])
+            drivers_copy = (*drivers_copy, started)
+            feed(row_copy, started, lc.Started(), step)
+        else:
+            driving = drivers_copy[index]
+            effect = driving.outstanding.pop(0)
+            if isinstance(effect, lc.Deliver):
+                answer: lc.LifecycleEvent = _BUSY if busy else _TAKEN
+            else:
+                answer = _good_answer(row_copy, effect)
+            shown = f"{answer.status}" if isinstance(answer, lc.WalletAnswered) else type(answer).__name__
+            step = f"driver {index + 1}: {type(effect).__name__} answered {shown}"
+            feed(row_copy, driving, answer, step)
+        _interleavings(
+            row_copy,
+            drivers_copy,
+            second_started or index is None,
+            wallet_busy_once or busy,
+            found,
+            (*path, step),
+        )
+
+
+@pytest.mark.parametrize(
+    "persisted",
+    [SENT, dataclasses.replace(SENT, state=State.ISSUED_IN_REGISTRY), MARKED],
+    ids=["sent_to_registry", "issued_in_registry", "marked_as_issued"],
+)
+def test_two_drivers_in_any_interleaving_never_deliver_on_a_stale_claim(persisted: CertificateRecord) -> None:
+    """The case TestLifecycleInvariants once found at random, searched exhaustively: a
+    resumed driver and a second one (another instance, or a zombie's successor)."""
+    row = Row(persisted)
+    first = _Driving(lc.Journey.resume(row.record), [])
+    first.journey, effects = lc.advance(first.journey, lc.Started(), RULES)
+    first.outstanding.extend(effects)
+    found: list[str] = []
+    _interleavings(row, (first,), False, False, found, ())
+    assert not found, f"{len(found)} orders deliver on a stale claim, e.g. {found[0]}"
