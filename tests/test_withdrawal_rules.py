@@ -87,7 +87,7 @@ def test_a_withdrawn_certificate_resumed_in_marked_as_issued_is_withheld_not_del
 
 
 def test_a_withdrawal_seen_in_the_answer_of_the_issuance_write_withholds_the_delivery() -> None:
-    j, _ = run(lc.Journey.resume(SENT), lc.Started())
+    j, _ = run(lc.Journey.resume(SENT), lc.Started(), lc.RecipientFound(RECIPIENT))
     j, fx = run(j, RegistryCommitted(KEY))
     [persist] = fx
     assert isinstance(persist, lc.Persist) and persist.write.kind is lc.WriteKind.ISSUE_AND_MARK
@@ -100,14 +100,14 @@ def test_a_withdrawal_seen_in_the_answer_of_the_issuance_write_withholds_the_del
 
 
 def test_the_same_answer_without_a_withdrawal_delivers() -> None:
-    j, _ = run(lc.Journey.resume(SENT), lc.Started())
-    j, fx = run(j, RegistryCommitted(KEY), lc.Written(2, 3, False), lc.RecipientFound(RECIPIENT))
+    j, _ = run(lc.Journey.resume(SENT), lc.Started(), lc.RecipientFound(RECIPIENT))
+    j, fx = run(j, RegistryCommitted(KEY), lc.Written(2, 3, False))
     assert any(isinstance(e, lc.Deliver) for e in fx)
 
 
 def test_a_withdrawal_between_wallet_attempts_stops_the_next_one_and_says_one_may_have_landed() -> None:
-    j, _ = run(lc.Journey.resume(SENT), lc.Started())
-    j, fx = run(j, RegistryCommitted(KEY), lc.Written(2, 3, False), lc.RecipientFound(RECIPIENT))
+    j, _ = run(lc.Journey.resume(SENT), lc.Started(), lc.RecipientFound(RECIPIENT))
+    j, fx = run(j, RegistryCommitted(KEY), lc.Written(2, 3, False))
     assert any(isinstance(e, lc.Deliver) for e in fx)
     j, fx = run(
         j, lc.WalletAnswered(Delivery.TRANSIENT, None, "timeout"), lc.Written(3, 4, False), lc.RetryDue()
@@ -123,8 +123,8 @@ def test_a_withdrawal_between_wallet_attempts_stops_the_next_one_and_says_one_ma
 
 
 def test_a_withdrawal_seen_when_a_failed_attempt_is_recorded_withholds_without_waiting() -> None:
-    j, _ = run(lc.Journey.resume(SENT), lc.Started())
-    j, fx = run(j, RegistryCommitted(KEY), lc.Written(2, 3, False), lc.RecipientFound(RECIPIENT))
+    j, _ = run(lc.Journey.resume(SENT), lc.Started(), lc.RecipientFound(RECIPIENT))
+    j, fx = run(j, RegistryCommitted(KEY), lc.Written(2, 3, False))
     j, fx = run(j, lc.WalletAnswered(Delivery.TRANSIENT, None, "timeout"))
     [recorded] = fx
     assert isinstance(recorded, lc.Persist) and recorded.write.kind is lc.WriteKind.ATTEMPT_FAILED
