@@ -532,12 +532,6 @@ def _next(
     if journey.draining:
         return _finish(journey, None, "left for restart")
     state = record.state
-    if state is State.DELIVERED:  # a re-delivery was requested
-        if journey.recipient is None:
-            return _await(journey, Awaiting.RECIPIENT), (LoadRecipient(record.content.recipient_id),)
-        if not claimed:
-            return _persist(journey, WriteKind.CLAIM_REDELIVERY, State.DELIVERED, None)
-        return _await(journey, Awaiting.WALLET), (Deliver(record, journey.recipient, endpoint),)
     if state is State.STORED and record.position is None:
         return _await(journey, Awaiting.ALLOCATION), (
             Allocate(record.key, record.content.recipient_id, record.version),
@@ -562,11 +556,12 @@ def _next(
         return _await(journey, Awaiting.REGISTRY), (submit,)
     if state is State.ISSUED_IN_REGISTRY:
         return _persist(journey, WriteKind.ADVANCE, State.MARKED_AS_ISSUED, Event.MARKED_AS_ISSUED)
-    assert state is State.MARKED_AS_ISSUED
+    assert state in (State.MARKED_AS_ISSUED, State.DELIVERED)  # delivered: a re-delivery was requested
     if not claimed:
-        # Resumed or retried: move the version on first, so that only one driver of
-        # this certificate can be delivering it.
-        return _persist(journey, WriteKind.CLAIM_DELIVERY, State.MARKED_AS_ISSUED, None)
+        # Resumed, retried or re-delivered: move the version on first, so that only one
+        # driver of this certificate can be delivering it.
+        kind = WriteKind.CLAIM_REDELIVERY if state is State.DELIVERED else WriteKind.CLAIM_DELIVERY
+        return _persist(journey, kind, state, None)
     return _await(journey, Awaiting.WALLET), (Deliver(record, journey.recipient, endpoint),)
 
 

@@ -504,7 +504,29 @@ class Driver:
         self.name = name
         self.journey = lc.Journey.resume(persisted)
         self.outstanding: list[lc.Effect] = []  # effects whose answers are still to come
-        self.delivered_at_version: list[int] = []
+
+
+_TAKEN = lc.WalletAnswered(Delivery.DELIVERED, 202, "")
+_BUSY = lc.WalletAnswered(Delivery.TRANSIENT, 503, "wallet answered 503")
+
+
+def _good_answer(row: Row, effect: lc.Effect) -> lc.LifecycleEvent:
+    """What a working database and registry answer (the wallet's is chosen apart)."""
+    match effect:
+        case lc.Allocate(version=version):
+            allocated = row.allocate(version)
+            return lc.PositionRefused() if allocated is None else lc.PositionAllocated(*allocated)
+        case lc.LoadRecipient():
+            return lc.RecipientFound(RECIPIENT)
+        case lc.Build():
+            return BUILT
+        case lc.Persist(write=write):
+            return lc.Written(write.expected, row.apply(write))
+        case lc.Submit():
+            return RegistryCommitted(KEY)
+        case lc.Wait():
+            return lc.RetryDue()
+    raise AssertionError(effect)
 
 
 OUTCOMES = st.sampled_from(["ok", "ok", "ok", "transient", "permanent", "db_down"])
@@ -575,7 +597,6 @@ class LifecycleMachine(RuleBasedStateMachine):
                 assert persisted.state is State.MARKED_AS_ISSUED
                 assert driver.journey.record.version == persisted.version
                 assert delivered.position == persisted.position and delivered.blinding == persisted.blinding
-                driver.delivered_at_version.append(persisted.version)
                 self.deliveries.append(
                     (
                         driver.name,
@@ -605,40 +626,25 @@ class LifecycleMachine(RuleBasedStateMachine):
 
     def _answers(self, effect: lc.Effect, outcome: str, same_trip: bool) -> list[lc.LifecycleEvent]:
         match effect:
-            case lc.Allocate(version=version):
-                allocated = self.row.allocate(version)
-                return [lc.PositionRefused() if allocated is None else lc.PositionAllocated(*allocated)]
-            case lc.LoadRecipient():
-                if outcome == "db_down":
-                    return [lc.DatabaseFailed("ConnectionRefusedError")]
-                return [lc.RecipientFound(RECIPIENT)]
-            case lc.Build():
-                if outcome in ("transient", "permanent"):
-                    return [lc.BuildFailed("BundleError")]
-                return [BUILT]
-            case lc.Persist(write=write):
-                if outcome == "db_down":
-                    return [lc.DatabaseFailed("ConnectionRefusedError")]
-                return [lc.Written(write.expected, self.row.apply(write))]
-            case lc.Submit(key=key):
-                if outcome == "permanent":
-                    return [RegistryRejected(key, "invalid")]
-                if outcome in ("transient", "db_down"):
-                    return [RegistryGaveUp(key, "UNAVAILABLE", 3)]
-                return [RegistryCommitted(key)]
+            case lc.LoadRecipient() | lc.Persist() if outcome == "db_down":
+                return [lc.DatabaseFailed("ConnectionRefusedError")]
+            case lc.Build() if outcome in ("transient", "permanent"):
+                return [lc.BuildFailed("BundleError")]
+            case lc.Submit(key=key) if outcome == "permanent":
+                return [RegistryRejected(key, "invalid")]
+            case lc.Submit(key=key) if outcome in ("transient", "db_down"):
+                return [RegistryGaveUp(key, "UNAVAILABLE", 3)]
             case lc.Deliver():
                 if outcome == "permanent":
                     return [lc.WalletAnswered(Delivery.REJECTED, 404, "wallet answered 404")]
                 if outcome in ("transient", "db_down"):
-                    return [lc.WalletAnswered(Delivery.TRANSIENT, 503, "wallet answered 503")]
+                    return [_BUSY]
                 if same_trip:  # the gateway recorded the 2xx on the same trip
                     expected = effect.record.version
                     written = lc.Written(expected, self.row.apply(lc.delivered_write(effect.record, 202, "")))
                     return [lc.WalletAnswered(Delivery.DELIVERED, 202, "", written)]
-                return [lc.WalletAnswered(Delivery.DELIVERED, 202, "")]
-            case lc.Wait():
-                return [lc.RetryDue()]
-        raise AssertionError(effect)
+                return [_TAKEN]
+        return [_good_answer(self.row, effect)]
 
     # --- crashes, zombies, shutdown -----------------------------------------------------
 
@@ -715,65 +721,21 @@ def test_replay_after_any_crash_reaches_a_terminal_state_when_outcomes_are_good(
             if journey.finished:
                 break
             effect = queue.pop(0)
-            machine_events: list[lc.LifecycleEvent]
-            match effect:
-                case lc.Allocate(version=version):
-                    allocated = row.allocate(version)
-                    assert allocated is not None
-                    machine_events = [lc.PositionAllocated(*allocated)]
-                case lc.LoadRecipient():
-                    machine_events = [lc.RecipientFound(RECIPIENT)]
-                case lc.Build():
-                    machine_events = [BUILT]
-                case lc.Persist(write=write):
-                    machine_events = [lc.Written(write.expected, row.apply(write))]
-                case lc.Submit():
-                    machine_events = [RegistryCommitted(KEY)]
-                case lc.Deliver():
-                    machine_events = [lc.WalletAnswered(Delivery.DELIVERED, 202, "")]
-                case _:
-                    machine_events = []
-            for event in machine_events:
-                journey, more = lc.advance(journey, event, RULES)
-                queue.extend(more)
+            if isinstance(effect, lc.Moved | lc.Finish):
+                continue
+            event = _TAKEN if isinstance(effect, lc.Deliver) else _good_answer(row, effect)
+            assert not isinstance(event, lc.PositionRefused)
+            journey, more = lc.advance(journey, event, RULES)
+            queue.extend(more)
         assert journey.finished and row.record.state is State.DELIVERED, persisted.state
 
 
 # --- two drivers, every interleaving ----------------------------------------------------------
 
 
-_TAKEN = lc.WalletAnswered(Delivery.DELIVERED, 202, "")
-_BUSY = lc.WalletAnswered(Delivery.TRANSIENT, 503, "wallet answered 503")
-
-
-def _good_answer(row: Row, effect: lc.Effect) -> lc.LifecycleEvent:
-    """What a working database and registry answer (the wallet's is chosen apart)."""
-    match effect:
-        case lc.Allocate(version=version):
-            allocated = row.allocate(version)
-            return lc.PositionRefused() if allocated is None else lc.PositionAllocated(*allocated)
-        case lc.LoadRecipient():
-            return lc.RecipientFound(RECIPIENT)
-        case lc.Build():
-            return BUILT
-        case lc.Persist(write=write):
-            return lc.Written(write.expected, row.apply(write))
-        case lc.Submit():
-            return RegistryCommitted(KEY)
-        case lc.Wait():
-            return lc.RetryDue()
-    raise AssertionError(effect)
-
-
-@dataclasses.dataclass
-class _Driving:
-    journey: lc.Journey
-    outstanding: list[lc.Effect]
-
-
 def _interleavings(
     row: Row,
-    drivers: tuple[_Driving, ...],
+    drivers: tuple[Driver, ...],
     second_started: bool,
     wallet_busy_once: bool,
     found: list[str],
@@ -786,7 +748,7 @@ def _interleavings(
     that moment (``found`` collects the orders where one did not); ``ends`` collects the
     row's state once nobody waits for anything."""
 
-    def feed(row: Row, driving: _Driving, event: lc.LifecycleEvent, step: str) -> None:
+    def feed(row: Row, driving: Driver, event: lc.LifecycleEvent, step: str) -> None:
         driving.journey, effects = lc.advance(driving.journey, event, RULES)
         for effect in effects:
             if isinstance(effect, lc.Deliver):
@@ -815,7 +777,7 @@ def _interleavings(
         drivers_copy = copy.deepcopy(drivers)
         if index is None:
             step = "driver 2 starts"
-            started = _Driving(lc.Journey.resume(row_copy.record), [])
+            started = Driver(row_copy.record, 2)
             drivers_copy = (*drivers_copy, started)
             feed(row_copy, started, lc.Started(), step)
         else:
@@ -848,7 +810,7 @@ def test_two_drivers_in_any_interleaving_never_deliver_on_a_stale_claim(persiste
     """The case TestLifecycleInvariants once found at random, searched exhaustively: a
     resumed driver and a second one (another instance, or a zombie's successor)."""
     row = Row(persisted)
-    first = _Driving(lc.Journey.resume(row.record), [])
+    first = Driver(row.record, 1)
     first.journey, effects = lc.advance(first.journey, lc.Started(), RULES)
     first.outstanding.extend(effects)
     found: list[str] = []
