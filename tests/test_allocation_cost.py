@@ -133,31 +133,26 @@ async def test_the_allocation_function_keeps_one_plan_instead_of_planning_every_
 
 
 async def test_an_allocation_planned_on_an_empty_table_still_goes_by_primary_key(
-    empty_database_dsn: str,
+    conn: asyncpg.Connection,
 ) -> None:
     # A new installation: Stamp's connections make the function's one plan on their
     # first allocation, when the table holds almost nothing and a sequential scan looks
     # cheapest; that plan is kept while the table grows. Measured with the generic plan
     # alone (no enable_seqscan = off): 3,004 rows read here, and 6 ms of PostgreSQL CPU
     # per certificate instead of 2.4 in a load test of 6,000.
-    connection = await asyncpg.connect(empty_database_dsn)
-    try:
-        await apply_migrations(connection)
-        first = await insert_recipient(connection)
-        (key,) = await _store(connection, [first], 1)
-        await queries.allocate_positions(connection, first, [(key, 0)], lease_owner="a", lease_seconds=60)
-        others = [await insert_recipient(connection) for _ in range(10)]
-        await _store(connection, others, 300)
-        later = await insert_recipient(connection)
-        wanted = await _store(connection, [later], 2)
-        async with connection.transaction():
-            allocated = await queries.allocate_positions(
-                connection, later, [(k, 0) for k in wanted], lease_owner="a", lease_seconds=60
-            )
-            scanned = await connection.fetchval(
-                "SELECT seq_tup_read FROM pg_stat_xact_user_tables WHERE relid = 'certificates'::regclass"
-            )
-    finally:
-        await connection.close()
+    first = await insert_recipient(conn)
+    (key,) = await _store(conn, [first], 1)
+    await queries.allocate_positions(conn, first, [(key, 0)], lease_owner="a", lease_seconds=60)
+    others = [await insert_recipient(conn) for _ in range(10)]
+    await _store(conn, others, 300)
+    later = await insert_recipient(conn)
+    wanted = await _store(conn, [later], 2)
+    async with conn.transaction():
+        allocated = await queries.allocate_positions(
+            conn, later, [(k, 0) for k in wanted], lease_owner="a", lease_seconds=60
+        )
+        scanned = await conn.fetchval(
+            "SELECT seq_tup_read FROM pg_stat_xact_user_tables WHERE relid = 'certificates'::regclass"
+        )
     assert [a.position for a in allocated] == [1, 2]
     assert scanned == 0
