@@ -46,7 +46,7 @@ from actors.messages import (
     WithdrawalsClaimed,
 )
 from actors.recipient import RecipientDirectory
-from stamp import lifecycle
+from stamp import lifecycle, metrics
 from stamp.db import queries, withdrawals
 from stamp.domain import CertificateKey, CertificateRecord, Step, step_of
 
@@ -59,6 +59,14 @@ bug or bad data that a restart does not cure."""
 MAX_TRACKED_CRASHES = 1024
 """Crash counts kept at once. An entry lives only while its certificate holds a slot,
 so there are at most ``max_in_flight``; the cap bounds the map whatever happens."""
+CLAIM_BATCH_FRACTION = 16
+"""While saturated, a finished certificate's slot is refilled from the backlog only once
+1/16 of ``max_in_flight`` slots are free (or at the next tick). A claim reads past every
+certificate in flight (they are the oldest unfinished rows, leased), so its cost hardly
+depends on how many it claims: at 512 in flight, claiming slot by slot made 13 claims a
+second reading ~1,000 index entries and ~470 rows each (docs/database.md); with the
+others in flight still queued for the crypto workers, a slot left empty a moment longer
+delays nothing."""
 WITHDRAWAL_CLAIM_LIMIT = 1000
 """Pending withdrawals claimed per sweep; more are claimed by the next one, a tick later."""
 
@@ -95,6 +103,7 @@ class Supervisor(StampActor):
         self.crashes: OrderedDict[CertificateKey, int] = OrderedDict()
         self.claiming = False
         self.claim_slots = 0  # slots taken for the backlog claim under way
+        self.claim_batch = max(1, self.settings.max_in_flight // CLAIM_BATCH_FRACTION)
         self.backlog_waiting = True  # unknown at start: look
         self.draining = False
         self.last_renewal = time.monotonic()
@@ -130,7 +139,7 @@ class Supervisor(StampActor):
                     )
                     self.backlog_waiting = True
                 if self.backlog_waiting or self.deps.live.backlog_waiting:
-                    self._pump()
+                    self._pump(at_least=self.claim_batch)
             case CertificateCrashed(key=key, state=state, position=position, reason=reason):
                 self._on_crash(key, step_of(state, position), reason)
             case RestartCertificate(key=key):
@@ -156,6 +165,8 @@ class Supervisor(StampActor):
                         spawned += 1
                 self.deps.live.release_slots(self.claim_slots - spawned)
                 self.claim_slots = 0
+                metrics.BACKLOG_CLAIMS.inc()
+                metrics.BACKLOG_CLAIMED.inc(spawned)
             case BacklogClaimFailed(reason=reason):
                 self.claiming = False
                 self.deps.live.release_slots(self.claim_slots)
@@ -223,10 +234,10 @@ class Supervisor(StampActor):
             record, self.deps, self.actor_ref, self.recipients, self.rules
         )
 
-    def _pump(self) -> None:
+    def _pump(self, at_least: int = 1) -> None:
         if self.claiming or self.draining:
             return
-        limit = self.deps.live.take_slots(self.settings.max_in_flight, 500)
+        limit = self.deps.live.take_slots(self.settings.max_in_flight, 500, at_least)
         if limit == 0:
             return
         self.claiming = True

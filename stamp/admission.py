@@ -94,10 +94,12 @@ class LiveCounts:
     slots_peak: int = 0  # the most slots taken at once since start (a high-water mark)
     _slots_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def take_slots(self, limit: int, wanted: int = 1) -> int:
-        """Takes up to ``wanted`` slots while fewer than ``limit`` are taken; how many."""
+    def take_slots(self, limit: int, wanted: int = 1, at_least: int = 1) -> int:
+        """Takes up to ``wanted`` slots while fewer than ``limit`` are taken; how many.
+        Takes none while fewer than ``at_least`` are free."""
         with self._slots_lock:
-            taken = max(0, min(wanted, limit - self.slots_taken))
+            free = limit - self.slots_taken
+            taken = max(0, min(wanted, free)) if free >= at_least else 0
             self.slots_taken += taken
             self.slots_peak = max(self.slots_peak, self.slots_taken)
             return taken

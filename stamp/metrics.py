@@ -75,6 +75,14 @@ CERTIFICATE_SLOTS_PEAK = Gauge(
     "The most certificate actor slots taken at once since start: the peak of live certificate "
     "actors, which never exceeds STAMP_MAX_IN_FLIGHT",
 )
+BACKLOG_CLAIMS = Counter(
+    "stamp_backlog_claims",
+    "Claims of certificates waiting in the database (one statement each); with "
+    "stamp_backlog_claimed_certificates, how many each claim took on average",
+)
+BACKLOG_CLAIMED = Counter(
+    "stamp_backlog_claimed_certificates", "Certificates the backlog claims took (and started an actor for)"
+)
 MAILBOX_DEPTH = Gauge(
     "stamp_mailbox_depth", "Messages waiting in the actors' inboxes, summed by kind", ["kind"]
 )
