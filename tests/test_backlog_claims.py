@@ -23,8 +23,6 @@ from stamp.admission import LiveCounts
 from stamp.api.runtime import RUNTIME
 from tests.stack import REGISTRY, Stack, certificate_body, running_stack
 
-pytestmark = pytest.mark.asyncio(loop_scope="session")
-
 MAX_IN_FLIGHT = 128
 BATCH = MAX_IN_FLIGHT // CLAIM_BATCH_FRACTION
 BURST = 600
@@ -48,6 +46,7 @@ async def _counters(stack: Stack) -> tuple[float, float]:
     return values["stamp_backlog_claims_total"], values["stamp_backlog_claimed_certificates_total"]
 
 
+@pytest.mark.asyncio(loop_scope="session")
 async def test_a_saturated_stamp_claims_its_backlog_in_batches_and_delivers_everything(
     claims_stack: Stack,
 ) -> None:
