@@ -2,9 +2,10 @@
 
 At most ``max_in_flight`` certificate actors live at once; the rest wait as rows in
 PostgreSQL (the database is the backlog) and are claimed, oldest first, as capacity
-frees. The bound is kept with slots (``LiveCounts.take_slots``): whoever admits a
-certificate takes its slot first (intake, or this actor's backlog sweep), and this
-actor releases it when the certificate actor has stopped. On start it resumes every
+frees (while saturated, some slots at a time: ``CLAIM_BATCH_FRACTION``). The bound is
+kept with slots (``LiveCounts.take_slots``): whoever admits a certificate takes its
+slot first (intake, or this actor's backlog sweep), and this actor releases it when
+the certificate actor has stopped. On start it resumes every
 certificate this instance was driving before a crash or restart.
 
 One lease sweep serves issuance and withdrawal alike: every third of a lease it
