@@ -68,6 +68,21 @@ class Stack:
             keys.append((body["registryName"], body["certificate"]["id"]))
         return keys
 
+    async def post_in_parallel(self, bodies: list[dict[str, Any]], clients: int) -> list[int]:
+        """POST every body, ``clients`` at once, each client on a session of its own (as
+        separate issuing bodies' clients would be); every answer's status."""
+
+        async def client(share: list[dict[str, Any]]) -> list[int]:
+            async with aiohttp.ClientSession() as http:
+                statuses = []
+                for body in share:
+                    async with http.post(f"{self.base}/v1/certificates", json=body) as response:
+                        statuses.append(response.status)
+                return statuses
+
+        shares = await asyncio.gather(*(client(bodies[i::clients]) for i in range(clients)))
+        return [status for share in shares for status in share]
+
     async def get_certificate(self, registry: str, certificate_id: str) -> tuple[int, dict[str, Any]]:
         async with self.http.get(f"{self.base}/v1/certificates/{registry}/{certificate_id}") as response:
             return response.status, await response.json(content_type=None)

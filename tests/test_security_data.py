@@ -299,17 +299,8 @@ async def test_max_in_flight_holds_under_a_burst_and_nothing_is_lost(
     live = data_stack.app[RUNTIME].live
     bodies = [certificate_body(data_recipient) for _ in range(150)]
 
-    async def client(share: list[dict[str, Any]]) -> list[int]:
-        async with aiohttp.ClientSession() as http:
-            statuses = []
-            for body in share:
-                async with http.post(f"{data_stack.base}/v1/certificates", json=body) as response:
-                    statuses.append(response.status)
-            return statuses
-
     with DataActorPeak() as observed:
-        statuses = await asyncio.gather(*(client(bodies[i::30]) for i in range(30)))
-        assert [s for share in statuses for s in share] == [202] * len(bodies)
+        assert await data_stack.post_in_parallel(bodies, clients=30) == [202] * len(bodies)
         states = await data_stack.wait_terminal(
             [(REGISTRY, b["certificate"]["id"]) for b in bodies], timeout=180
         )
