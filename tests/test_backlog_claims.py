@@ -19,6 +19,7 @@ import pytest_asyncio
 from actors.supervisor import CLAIM_BATCH_FRACTION, TICK_SECONDS
 from stamp.admission import LiveCounts
 from stamp.api.runtime import RUNTIME
+from stamp.load.scrape import scrape
 from tests.stack import REGISTRY, Stack, certificate_body, running_stack
 
 MAX_IN_FLIGHT = 128
@@ -33,15 +34,13 @@ async def claims_stack(database_dsn: str, tmp_path_factory: pytest.TempPathFacto
         yield running
 
 
+CLAIMS = "stamp_backlog_claims_total"
+CLAIMED = "stamp_backlog_claimed_certificates_total"
+
+
 async def _counters(stack: Stack) -> tuple[float, float]:
-    async with stack.http.get(f"{stack.base}/metrics") as response:
-        text = await response.text()
-    values = {}
-    for line in text.splitlines():
-        name, _, value = line.partition(" ")
-        if name in ("stamp_backlog_claims_total", "stamp_backlog_claimed_certificates_total"):
-            values[name] = float(value)
-    return values["stamp_backlog_claims_total"], values["stamp_backlog_claimed_certificates_total"]
+    metrics = await scrape(stack.http, stack.base, frozenset({CLAIMS, CLAIMED}))
+    return metrics.total(CLAIMS), metrics.total(CLAIMED)
 
 
 @pytest.mark.asyncio(loop_scope="session")
